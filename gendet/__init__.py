@@ -1,0 +1,14 @@
+"""gendet: detect AI-generated images with GenDet.
+
+The library is pure torch + pyarrow + fsspec + webdataset and never imports Ray;
+``pipelines/`` wires it into Ray Data and Ray Train.
+"""
+
+__version__ = "0.1.0"
+
+
+class GendetError(Exception):
+    """A user-facing failure: the message is one line naming the input and the fix.
+
+    The CLI prints it as ``gendet: error: <message>`` and exits 2, without a traceback.
+    """

@@ -1,0 +1,5 @@
+import sys
+
+from gendet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""fsspec helpers written once: every path or URL in gendet goes through these.
+
+Writes are atomic where the filesystem allows it: the bytes go to a temporary name beside the
+target and are moved into place, so a job killed at any moment leaves either the old file or the
+new one, never half of one (object stores such as s3 write whole objects anyway).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from gendet import GendetError
+
+
+def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a local path or any fsspec URL."""
+    try:
+        return url_to_fs(str(url))
+    except (ImportError, ValueError) as exc:  # unknown protocol or missing backend package
+        raise GendetError(f"{url}: cannot open this URL ({exc}); install the fsspec backend for its protocol") from exc
+
+
+def join(url: str, *parts: str) -> str:
+    url = str(url).rstrip("/")
+    return "/".join([url, *[p.strip("/") for p in parts]])
+
+
+def basename(url: str) -> str:
+    return str(url).rstrip("/").rsplit("/", 1)[-1]
+
+
+def exists(url: str) -> bool:
+    fs, path = fs_and_path(url)
+    return fs.exists(path)
+
+
+def makedirs(url: str) -> None:
+    fs, path = fs_and_path(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = fs_and_path(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` through a temporary sibling and a rename."""
+    fs, path = fs_and_path(url)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    if is_local(fs):
+        os.replace(tmp, path)  # atomic on POSIX
+    else:
+        fs.mv(tmp, path)
+
+
+def read_json(url: str) -> Any:
+    return json.loads(read_bytes(url).decode("utf-8"))
+
+
+def write_json_atomic(url: str, obj: Any) -> None:
+    write_bytes_atomic(url, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def glob(url: str, pattern: str) -> list[str]:
+    """Sorted full URLs (plain paths when local) under ``url`` matching ``pattern`` (e.g. ``*.tar``)."""
+    fs, path = fs_and_path(url)
+    hits = fs.glob(path.rstrip("/") + "/" + pattern)
+    return sorted(h if is_local(fs) else fs.unstrip_protocol(h) for h in hits)
