@@ -29,3 +29,143 @@ def ray_local():
                  configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------- MLflow
+# (added for tests/test_tracking.py, test_registry.py, test_pyfunc.py, test_predict.py)
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc, timeout: float = 120.0) -> None:
+    """Poll ``url`` until it answers 200; fail with the process's log if it exits or times out."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def stop_process(proc) -> None:
+    """Terminate a process started with ``start_new_session=True`` and its workers (its group)."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=3)  # uvicorn waits for idle keep-alive clients
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts); yields its URI."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    log = open(root / "server.log", "wb")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+# ---------------------------------------------------------------------------------------------- detector
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory) -> list:
+    """Six small real image files (PNG and JPEG: noise, gradients, blocks) in one folder."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("tiny_images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        h, w = 40 + 8 * i, 56 - 4 * i
+        if i % 3 == 0:
+            pixels = rng.integers(0, 256, (h, w, 3))
+        elif i % 3 == 1:
+            ramps = np.meshgrid(np.linspace(0, 255, w), np.linspace(0, 255, h))
+            pixels = np.stack([*ramps, np.full((h, w), 40.0 * i)], -1)
+        else:
+            pixels = np.kron(rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3)), np.ones((8, 8, 1)))[:h, :w]
+        path = folder / f"img{i}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_dir(tmp_path_factory, tiny_images) -> str:
+    """A saved ``gendet``-method Detector (seeded random init) over the offline ``spectrum:v1``
+    encoder, its threshold the median score of ``tiny_images`` (so some are called fake, some not)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from gendet.detector import Detector, build_method_nets
+    from gendet.encoders import load_encoder
+    from gendet.models import Arch
+
+    torch.manual_seed(0)
+    encoder = load_encoder("spectrum:v1")
+    arch = Arch(feature_dim=encoder.dim, layers=1, heads=2)
+    detector = Detector(method="gendet", arch=arch, nets=build_method_nets("gendet", arch),
+                        encoder=encoder.name, encoder_weights=encoder.weights_ref,
+                        preprocess_hash=encoder.preprocess_hash, threshold=0.5, target_fpr=0.05)
+    batch = torch.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in tiny_images])
+    detector.threshold = float(np.median(detector.score(encoder(batch))))
+    out = str(tmp_path_factory.mktemp("detector") / "detector")
+    detector.save(out)
+    return out
+
+
+@pytest.fixture
+def torch_one_thread():
+    """One torch thread while a test trains: on 2 shared cores, more threads mostly wait on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_scores(tiny_images, tiny_detector_dir) -> dict:
+    """{image path: Detector.score of its spectrum:v1 features}, computed without gendet.predict."""
+    import torch
+    from PIL import Image
+
+    from gendet.detector import Detector
+    from gendet.encoders import load_encoder
+
+    encoder, detector = load_encoder("spectrum:v1"), Detector.load(tiny_detector_dir)
+    batch = torch.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in tiny_images])
+    return dict(zip(map(str, tiny_images), detector.score(encoder(batch)).tolist()))

@@ -1,0 +1,182 @@
+"""Extraction throughput: the Ray pipeline and the plain runner against a bare
+``for batch in loader: encoder(batch)`` loop over the same images and encoder, in the same run.
+
+CPU mode (default; needs Ray):   python benchmarks/extract.py --encoders spectrum:v1,open_clip:ViT-B-32/none
+GPU mode (never imports Ray):    python benchmarks/extract.py --device cuda --precision fp16 \
+                                     --encoders open_clip:ViT-L-14/none --batch-size 256
+GPU mode rows: the bare model on ready tensors, decode+preprocess alone on the machine's cores, the
+bare loop, and the library's extraction loop without Ray (``gendet.extract.run_local``).
+
+Images are random-noise JPEGs (``--size`` px) written as shards in a temp folder. Each row is
+one flat record (units in column names) appended to ``benchmarks/results/extract-<tag>.csv`` and
+rendered to the ``.md`` beside it, with the load average at the start of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gendet.encoders import load_encoder, load_preprocess
+from gendet.extract import ExtractConfig, run_local
+from gendet.extract.reader import decode_image
+from gendet.shards import Sample, ShardWriter
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def make_shards(folder: str, n_images: int, per_shard: int, size: int) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    images = []
+    with ShardWriter(folder, "bench", max_count=per_shard) as writer:
+        for i in range(n_images):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+            images.append(buf.getvalue())
+            writer.write(Sample(key=f"b{i:06d}", image=images[-1], image_ext="jpg", label="real", subset="bench"))
+    return images
+
+
+class _Decoded(torch.utils.data.Dataset):
+    def __init__(self, images: list[bytes], preprocess):
+        self.images, self.preprocess = images, preprocess
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.preprocess(decode_image(self.images[i]))
+
+
+def loader(images, preprocess, batch_size, workers):
+    return torch.utils.data.DataLoader(_Decoded(images, preprocess), batch_size=batch_size, num_workers=workers,
+                                       prefetch_factor=4 if workers else None)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bare_loop(encoder, images, args) -> float:
+    """images/s of ``for batch in loader: encoder(batch)``, encoder loaded and warmed up first."""
+    batches = loader(images, encoder.preprocess, args.batch_size, args.workers)
+    encoder(next(iter(loader(images[: args.batch_size], encoder.preprocess, args.batch_size, 0))))
+    sync(args.device)
+    started = time.perf_counter()
+    for batch in batches:
+        encoder(batch)
+    sync(args.device)
+    return len(images) / (time.perf_counter() - started)
+
+
+def bare_model(encoder, args, steps: int = 20) -> float:
+    x = torch.randn(args.batch_size, 3, *encoder.preprocess_cfg["size"], device=args.device)
+    for _ in range(3):
+        encoder(x)
+    sync(args.device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        encoder(x)
+    sync(args.device)
+    return steps * args.batch_size / (time.perf_counter() - started)
+
+
+def decode_only(name, images, args) -> float:
+    started = time.perf_counter()
+    for _ in loader(images, load_preprocess(name), args.batch_size, args.workers):
+        pass
+    return len(images) / (time.perf_counter() - started)
+
+
+def extraction(cfg: ExtractConfig, use_ray: bool) -> float:
+    if use_ray:
+        from pipelines.extract import extract
+
+        summary = extract(cfg)
+    else:
+        summary = run_local(cfg)
+    return summary["images"] / summary["seconds"]
+
+
+def run_encoder(name: str, folder: str, images: list[bytes], args, tmp: str) -> list[dict]:
+    encoder = load_encoder(name, device=args.device, precision=args.precision)
+    rows = {"bare_loop": bare_loop(encoder, images, args)}
+    if args.device != "cpu":
+        rows["bare_model"] = bare_model(encoder, args)
+        rows["decode_only"] = decode_only(name, images, args)
+    del encoder
+    base = dict(shards=folder, encoder=name, batch_size=args.batch_size, precision=args.precision)
+    rows["runner_no_ray"] = extraction(ExtractConfig(**base, features=f"{tmp}/local-{len(rows)}", device=args.device,
+                                                     num_workers=args.workers), use_ray=False)
+    if args.device == "cpu" and not args.no_ray:
+        cfg = ExtractConfig(**base, features=f"{tmp}/ray", cpus_per_actor=args.actor_cpus, concurrency=1)
+        extraction(ExtractConfig(**base, shards=f"{folder}/bench-000000.tar", features=f"{tmp}/warm"), use_ray=True)
+        rows["ray_pipeline"] = extraction(cfg, use_ray=True)
+    return [{"mode": mode, "images_per_s": round(ips, 2), "ratio_to_bare_loop": round(ips / rows["bare_loop"], 3),
+             "encoder": name} for mode, ips in rows.items()]
+
+
+def environment(args) -> dict:
+    gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else ""
+    return {"device": args.device, "gpu": gpu, "precision": args.precision, "batch_size": args.batch_size,
+            "images": args.images, "image_px": args.size, "decode_workers": args.workers, "cpu_cores": os.cpu_count(),
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def write(rows: list[dict], tag: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"extract-{tag}.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoders", default="spectrum:v1,open_clip:ViT-B-32/none")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--per-shard", type=int, default=64)
+    parser.add_argument("--size", type=int, default=256, help="image side in px")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="decode workers")
+    parser.add_argument("--actor-cpus", type=float, default=float(os.cpu_count() or 1), help="torch threads of the Ray encoder actor")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray row (implied by --device cuda)")
+    parser.add_argument("--tag", default="", help="result file tag (default: device, precision, torch version)")
+    args = parser.parse_args(argv)
+    env = environment(args)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gendet-bench-") as tmp:
+        images = make_shards(f"{tmp}/shards", args.images, args.per_shard, args.size)
+        for name in args.encoders.split(","):
+            rows += [{**row, **env} for row in run_encoder(name, f"{tmp}/shards", images, args, tmp)]
+            print(*(f"{r['encoder']:32s} {r['mode']:14s} {r['images_per_s']:9.1f} img/s  x{r['ratio_to_bare_loop']}"
+                    for r in rows[-4:]), sep="\n", flush=True)
+    tag = args.tag or f"{args.device.split(':')[0]}-{args.precision}-pt{torch.__version__.split('+')[0]}"
+    print("wrote", write(rows, tag))
+    assert "ray" not in sys.modules or args.device == "cpu", "GPU mode must not import Ray"
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The extraction job without Ray: ``prepare`` (validate and plan), a plain loop over reader ->
+mapper -> writer with torch DataLoader workers for decoding (``run_local``), and ``finish``
+(manifest and summary). The Ray pipeline (``pipelines/extract.py``) shares ``prepare`` and
+``finish`` and only swaps the loop; this one runs where Ray is absent (a bare GPU box) and is the
+benchmark's baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from gendet import GendetError
+from gendet import io as gio
+from gendet.config import to_dict
+from gendet.extract.config import ExtractConfig
+from gendet.extract.manifest import VariantInfo, check_compatible, plan_shards, rebuild_manifest
+from gendet.extract.mapper import FeatureMapper
+from gendet.extract.reader import ShardReader
+from gendet.extract.writer import ShardAssembler, ShardRows, write_shard
+from gendet.shards import list_shards, shard_stem
+
+
+@dataclass
+class Plan:
+    """A validated run: the shards, what is left to do, where it goes, how images are prepared."""
+
+    cfg: ExtractConfig
+    shards: list[str]
+    todo: list[str]
+    skipped: list[str]
+    info: VariantInfo
+    reader: ShardReader
+    started: float = field(default_factory=time.perf_counter)
+
+    def url_of(self, stem: str) -> str:
+        return next((u for u in self.todo if shard_stem(u) == stem), "")
+
+
+def prepare(cfg: ExtractConfig) -> Plan:
+    """Every check that can fail on user input, before any worker or Ray starts: shards exist,
+    encoder and degradation are known, weights exist, the output variant is compatible."""
+    from gendet.degradations import parse_degrade
+    from gendet.encoders import load_preprocess, parse_encoder_name
+
+    shards = list_shards(cfg.shards)
+    name = parse_encoder_name(cfg.encoder).name
+    degrade = parse_degrade(cfg.degrade)
+    if cfg.weights and not gio.exists(cfg.weights):
+        raise GendetError(f"{cfg.weights}: weights file not found; pass --weights a checkpoint (local path or fsspec URL)")
+    preprocess = load_preprocess(name)
+    info = VariantInfo(store=str(cfg.features), encoder=name, preprocess_hash=preprocess.preprocess_hash,
+                       degrade=degrade.spec, dtype=cfg.feature_dtype, weights=cfg.weights or "")
+    try:
+        gio.makedirs(info.url)
+    except OSError as exc:
+        raise GendetError(f"{cfg.features}: cannot create the feature store here ({exc}); pass a writable FEATURES URL") from exc
+    check_compatible(info)
+    todo, skipped = plan_shards(shards, info, cfg.mode)
+    reader = ShardReader(preprocess, degrade=degrade if degrade.spec else None, batch_size=cfg.batch_size,
+                         max_retries=cfg.max_retries)
+    return Plan(cfg=cfg, shards=shards, todo=todo, skipped=skipped, info=info, reader=reader)
+
+
+def write_with_retries(plan: Plan, shard: ShardRows) -> dict[str, Any]:
+    """Write one complete shard, retrying transient storage errors ``max_retries`` times."""
+    if shard.error:
+        raise GendetError(shard.error)
+    for attempt in range(plan.cfg.max_retries + 1):
+        try:
+            return write_shard(shard, plan.info, url=plan.url_of(shard.stem), config=to_dict(plan.cfg))
+        except OSError:
+            if attempt == plan.cfg.max_retries:
+                raise
+            time.sleep(min(2.0**attempt, 10.0))
+    raise AssertionError("unreachable")
+
+
+def consume(plan: Plan, batches: Iterator[dict[str, Any]], mapper: Callable | None = None) -> tuple[list, dict]:
+    """Assemble mapper output into shards and write each as it completes.
+    Returns (stats of written shards, {stem: error} of failed ones)."""
+    assembler, done, failed = ShardAssembler(), [], {}
+    with tqdm(total=len(plan.todo), unit="shard", desc="extract", dynamic_ncols=True) as bar:
+        for batch in batches:
+            for shard in assembler.add(mapper(batch) if mapper else batch):
+                try:
+                    done.append(write_with_retries(plan, shard))
+                except (GendetError, OSError) as exc:
+                    failed[shard.stem] = str(exc)
+                bar.update(1)
+                bar.set_postfix(images=sum(s["written"] for s in done), failed=len(failed))
+    for stem in assembler.pending:  # rows came but the shard never finished: report, never half-write
+        failed.setdefault(stem, f"{stem}: incomplete (rows missing); run again to redo it")
+    return done, failed
+
+
+def finish(plan: Plan, done: list[dict], failed: dict[str, str]) -> dict[str, Any]:
+    """Rebuild the manifest and return this run's summary."""
+    seconds = time.perf_counter() - plan.started
+    manifest = rebuild_manifest(plan.info)
+    by_reason: dict[str, int] = {}
+    for s in done:
+        for reason, count in s["quarantined_by_reason"].items():
+            by_reason[reason] = by_reason.get(reason, 0) + count
+    images = sum(s["written"] for s in done)
+    return {"output": plan.info.url, "encoder": plan.info.encoder, "degrade": plan.info.degrade,
+            "shards": len(plan.shards), "shards_done": len(done), "shards_skipped": len(plan.skipped),
+            "shards_failed": dict(sorted(failed.items())), "read": sum(s["read"] for s in done), "images": images,
+            "quarantined": sum(s["quarantined"] for s in done), "quarantined_by_reason": dict(sorted(by_reason.items())),
+            "seconds": round(seconds, 3), "images_per_s": round(images / seconds, 2) if seconds > 0 else 0.0,
+            "store_rows": manifest["rows"]}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    reasons = ", ".join(f"{r}={n}" for r, n in summary["quarantined_by_reason"].items()) or "none"
+    lines = [f"extracted {summary['images']} images from {summary['shards_done']} shards "
+             f"({summary['shards_skipped']} already done) in {summary['seconds']:.1f} s: "
+             f"{summary['images_per_s']:.1f} images/s",
+             f"quarantined {summary['quarantined']}: {reasons}",
+             f"output: {summary['output']} ({summary['store_rows']} rows in the store)"]
+    for stem, error in summary["shards_failed"].items():
+        lines.append(f"FAILED {stem}: {error}")
+    if summary["shards_failed"]:
+        lines.append("run the same command again to redo the failed shards")
+    return "\n".join(lines)
+
+
+class _ShardStream(torch.utils.data.IterableDataset):
+    """Each DataLoader worker reads its own shards (every n-th), whole, in order."""
+
+    def __init__(self, reader: ShardReader, urls: list[str]):
+        self.reader, self.urls = reader, urls
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker = torch.utils.data.get_worker_info()
+        urls = self.urls if worker is None else self.urls[worker.id :: worker.num_workers]
+        for url in urls:
+            yield from self.reader.read(url)
+
+
+def _as_is(batch: Any) -> Any:
+    return batch  # keep numpy columns as they are (the default would turn them into tensors)
+
+
+def shard_loader(plan: Plan) -> torch.utils.data.DataLoader:
+    workers = min(plan.cfg.num_workers, len(plan.todo))
+    return torch.utils.data.DataLoader(_ShardStream(plan.reader, plan.todo), batch_size=None, num_workers=workers,
+                                       collate_fn=_as_is, prefetch_factor=4 if workers else None,
+                                       persistent_workers=False)
+
+
+def run_local(cfg: ExtractConfig) -> dict[str, Any]:
+    """Extract without Ray; returns the summary (also the manifest is rebuilt)."""
+    plan = prepare(cfg)
+    if not plan.todo:
+        return finish(plan, [], {})
+    mapper = FeatureMapper(plan.info.encoder, weights=cfg.weights, device=cfg.device, precision=cfg.precision,
+                           feature_dtype=cfg.feature_dtype)
+    done, failed = consume(plan, iter(shard_loader(plan)), mapper)
+    return finish(plan, done, failed)

@@ -1,0 +1,130 @@
+"""Writer: one complete shard's rows -> ``<stem>.parquet``, ``<stem>.quarantine.parquet`` and,
+last, ``<stem>.stats.json`` (the done marker).
+
+``ShardAssembler`` collects mapper output that may arrive in any order and in any batching (Ray
+Data) and hands back a shard once its end row has come and every row it announced is there. Rows
+are keyed by their position in the shard, so a retried task that re-sends rows cannot duplicate
+them, and each file is written in tar order, whatever the arrival order.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gendet import io as gio
+from gendet.extract.manifest import VariantInfo, parquet_url, quarantine_url, stats_url
+from gendet.extract.reader import END
+from gendet.features import QUARANTINE_SCHEMA, feature_schema
+
+META_COLUMNS = ("key", "label", "subset", "content_id", "split")
+_VERSIONED = ("gendet", "torch", "open_clip_torch", "pyarrow", "pillow", "numpy", "ray")
+
+
+@dataclass
+class ShardRows:
+    """One shard's rows as they arrive: samples and quarantine rows by index, plus its end row."""
+
+    stem: str
+    samples: dict[int, tuple] = field(default_factory=dict)
+    quarantine: dict[int, tuple[str, str]] = field(default_factory=dict)
+    n_rows: int | None = None
+    dim: int = 0
+    error: str = ""
+    read_seconds: float = 0.0
+    encode_seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.n_rows is not None and len(self.samples) + len(self.quarantine) >= self.n_rows
+
+
+class ShardAssembler:
+    """Feed mapper batches to ``add``; it returns the shards that became complete."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, ShardRows] = {}
+
+    def add(self, batch: dict[str, Any]) -> list[ShardRows]:
+        touched = set()
+        for i in range(len(batch["shard"])):
+            stem, reason, index = str(batch["shard"][i]), str(batch["reason"][i]), int(batch["index"][i])
+            shard = self.pending.setdefault(stem, ShardRows(stem))
+            touched.add(stem)
+            if reason == END:
+                shard.n_rows, shard.error = int(batch["n_rows"][i]), str(batch["error"][i])
+                shard.read_seconds = float(batch["read_seconds"][i])
+            elif reason:
+                shard.quarantine[index] = (str(batch["key"][i]), reason)
+            else:
+                shard.samples[index] = (*(str(batch[c][i]) for c in META_COLUMNS), batch["feature"][i])
+            shard.encode_seconds += float(batch["encode_seconds"][i])
+        for stem in touched:  # every row carries a feature (zeros when not encoded): the width
+            self.pending[stem].dim = int(np.shape(batch["feature"])[1])
+        return [self.pending.pop(stem) for stem in sorted(touched) if self.pending[stem].complete]
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in _VERSIONED:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def feature_table(shard: ShardRows, info: VariantInfo) -> pa.Table:
+    rows = [shard.samples[i] for i in sorted(shard.samples)]
+    n = len(rows)
+    cols: dict[str, Any] = {c: [r[j] for r in rows] for j, c in enumerate(META_COLUMNS)}
+    flat = np.asarray([r[-1] for r in rows], dtype=info.dtype).reshape(-1)
+    feature = pa.FixedSizeListArray.from_arrays(pa.array(flat), shard.dim)
+    arrays = [cols["key"], [shard.stem] * n, cols["label"], cols["subset"], cols["content_id"], cols["split"],
+              [info.encoder] * n, [info.preprocess_hash] * n, [info.degrade] * n]
+    return pa.Table.from_arrays([*(pa.array(a, pa.string()) for a in arrays), feature],
+                                schema=feature_schema(shard.dim, info.dtype))
+
+
+def quarantine_table(shard: ShardRows) -> pa.Table:
+    rows = [shard.quarantine[i] for i in sorted(shard.quarantine)]
+    return pa.table({"shard": [shard.stem] * len(rows), "key": [k for k, _ in rows],
+                     "reason": [r for _, r in rows]}, schema=QUARANTINE_SCHEMA)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_shard(shard: ShardRows, info: VariantInfo, url: str = "", config: dict | None = None) -> dict[str, Any]:
+    """Write one complete shard; returns its stats (also written, last, as the done marker, with
+    the run's resolved ``config``)."""
+    started = time.perf_counter()
+    target = stats_url(info.url, shard.stem)
+    fs, path = gio.fs_and_path(target)
+    if fs.exists(path):  # redoing a shard: it is not done until the new stats are written
+        fs.rm(path)
+    gio.write_bytes_atomic(parquet_url(info.url, shard.stem), parquet_bytes(feature_table(shard, info)))
+    gio.write_bytes_atomic(quarantine_url(info.url, shard.stem), parquet_bytes(quarantine_table(shard)))
+    by_reason: dict[str, int] = {}
+    for _, reason in shard.quarantine.values():
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    stats = {**info.describe(), "dim": shard.dim, "shard": shard.stem, "url": url,
+             "read": len(shard.samples) + len(shard.quarantine), "written": len(shard.samples),
+             "quarantined": len(shard.quarantine), "quarantined_by_reason": dict(sorted(by_reason.items())),
+             "read_seconds": round(shard.read_seconds, 4), "encode_seconds": round(shard.encode_seconds, 4),
+             "write_seconds": round(time.perf_counter() - started, 4), "versions": versions(),
+             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": config or {}}
+    gio.write_json_atomic(target, stats)
+    return stats

@@ -1,0 +1,154 @@
+"""The model registry: register a logged detector, and the promotion gate for ``champion``.
+
+A new version gets the alias ``challenger``. ``champion`` (what ``gendet predict --model
+models:/gendet@champion`` serves) moves only through ``promote``: the challenger must reach the
+real-image accuracy floor at its calibrated threshold (a detector that flags real photos as fake is
+worse than none, whatever its mean accuracy), and, when there is a champion, beat its mean
+accuracy on the same evaluation set by ``margin`` (noise on a small evaluation set must not flip
+the alias back and forth). Every decision is written, with its reason, as tags on the model
+version and on the version's run, and returned as a ``GateDecision``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import mlflow
+from mlflow.entities import RunTag
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from gendet import GendetError
+
+DEFAULT_NAME = "gendet"
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+TAG_PREFIX = "gendet.gate."
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GateDecision:
+    """What the gate decided for one challenger, and why (also written as tags)."""
+
+    name: str
+    version: str
+    promoted: bool
+    reason: str
+    metric: str
+    challenger_score: float
+    champion_score: float | None
+    champion_version: str | None
+    real_acc_calibrated: float
+    margin: float
+    real_acc_floor: float
+
+    def tags(self) -> dict[str, str]:
+        return {TAG_PREFIX + k: ("" if v is None else str(v)) for k, v in dataclasses.asdict(self).items()
+                if k != "name"}
+
+
+def register(model_uri: str, name: str = DEFAULT_NAME, *, client: MlflowClient | None = None,
+             tags: Mapping[str, str] | None = None) -> ModelVersion:
+    """Register a logged model (``runs:/…``, ``models:/m-…``) as a new version with alias ``challenger``."""
+    client = client or MlflowClient()
+    version = mlflow.register_model(model_uri, name, tags=dict(tags or {}))
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return client.get_model_version(name, version.version)
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding ``alias``, or None when no version does (or the model is not registered)."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def pooled_real_acc_calibrated(report: Mapping[str, Any]) -> float:
+    """Accuracy on all real images at the calibrated threshold (subsets weighted by ``n_real``)."""
+    with_reals = [s for s in report.get("subsets", {}).values() if int(s.get("n_real") or 0)]
+    if not with_reals:
+        raise GendetError("metrics: no real images in any subset; evaluate on a set with real images "
+                          "before promoting")
+    if any(s.get("real_acc_calibrated") is None for s in with_reals):
+        raise GendetError("metrics: no real accuracy at a calibrated threshold; evaluate a model whose "
+                          "threshold was calibrated (train with a target FPR)")
+    total = sum(int(s["n_real"]) for s in with_reals)
+    return sum(float(s["real_acc_calibrated"]) * int(s["n_real"]) for s in with_reals) / total
+
+
+def _metric(report: Mapping[str, Any], metric: str, who: str) -> float:
+    if report.get(metric) is None:
+        raise GendetError(f"{who} metrics have no {metric!r}; pass a metrics.json dict written by evaluate")
+    return float(report[metric])
+
+
+class Verdict(NamedTuple):
+    promoted: bool
+    reason: str
+    challenger_score: float
+    champion_score: float | None
+    real_acc_calibrated: float
+
+
+def decide(challenger_metrics: Mapping[str, Any], champion_metrics: Mapping[str, Any] | None, *,
+           margin: float, real_acc_floor: float, metric: str = "mean_acc") -> Verdict:
+    """The gate's rule alone (no registry): floor first, then the margin over the champion."""
+    score = _metric(challenger_metrics, metric, "challenger")
+    real_acc = pooled_real_acc_calibrated(challenger_metrics)
+    floor = f"real accuracy at the calibrated threshold {real_acc:.4f}"
+    if real_acc < real_acc_floor:
+        return Verdict(False, f"{floor} is below the floor {real_acc_floor:.4f}", score, None, real_acc)
+    if champion_metrics is None:
+        return Verdict(True, f"no champion yet and {floor} >= floor {real_acc_floor:.4f}", score, None, real_acc)
+    best = _metric(champion_metrics, metric, "champion")
+    if score < best + margin:
+        return Verdict(False, f"{metric} {score:.4f} does not beat the champion's {best:.4f} by the margin "
+                       f"{margin:.4f}", score, best, real_acc)
+    return Verdict(True, f"{metric} {score:.4f} beats the champion's {best:.4f} by >= {margin:.4f} and {floor} "
+                   f">= floor {real_acc_floor:.4f}", score, best, real_acc)
+
+
+def promote(client: MlflowClient, name: str, challenger_metrics: Mapping[str, Any],
+            champion_metrics: Mapping[str, Any] | None, *, margin: float, real_acc_floor: float,
+            metric: str = "mean_acc", version: str | None = None) -> GateDecision:
+    """Run the gate for the ``challenger`` (or ``version``) of ``name`` and move ``champion`` if it passes.
+
+    ``challenger_metrics`` and ``champion_metrics`` are metrics.json dicts of both models on the
+    same evaluation set; ``champion_metrics`` is ignored when there is no champion yet.
+    """
+    if not 0.0 <= real_acc_floor <= 1.0 or margin < 0:
+        raise GendetError(f"gate: margin {margin} must be >= 0 and real_acc_floor {real_acc_floor} in [0, 1]")
+    candidate = client.get_model_version(name, version) if version else version_by_alias(client, name, CHALLENGER)
+    if candidate is None:
+        raise GendetError(f"registered model {name!r} has no {CHALLENGER!r} version; register a model first")
+    champion = version_by_alias(client, name, CHAMPION)
+    if champion is not None and champion_metrics is None:
+        raise GendetError(f"{name!r} has a champion (version {champion.version}); pass its metrics on "
+                          "the same evaluation set")
+    verdict = decide(challenger_metrics, None if champion is None else champion_metrics,
+                     margin=margin, real_acc_floor=real_acc_floor, metric=metric)
+    if champion is not None and champion.version == candidate.version:
+        verdict = verdict._replace(promoted=False, reason="this version is already the champion")
+    decision = GateDecision(name=name, version=str(candidate.version), metric=metric, margin=margin,
+                            real_acc_floor=real_acc_floor,
+                            champion_version=None if champion is None else str(champion.version),
+                            **verdict._asdict())
+    if decision.promoted:
+        client.set_registered_model_alias(name, CHAMPION, candidate.version)
+    _log_decision(client, candidate, decision)
+    return decision
+
+
+def _log_decision(client: MlflowClient, candidate: ModelVersion, decision: GateDecision) -> None:
+    """Tags on the model version, and on its run when it came from one (the audit trail)."""
+    tags = decision.tags()
+    for key, value in tags.items():
+        client.set_model_version_tag(decision.name, candidate.version, key, value)
+    if candidate.run_id:
+        client.log_batch(candidate.run_id, tags=[RunTag(k, v) for k, v in tags.items()])

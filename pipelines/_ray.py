@@ -1,0 +1,54 @@
+"""Ray helpers shared by every pipeline: one way to get a Ray to run on.
+
+With ``RAY_ADDRESS`` set (a cluster, or the job a ``ray job submit`` started) the pipeline joins
+it; otherwise it starts a private local Ray on 127.0.0.1. The local Ray advertises more logical
+CPUs than the machine has cores: on a 2-core box, Data tasks, encoder actors and Train workers
+would otherwise wait on each other for CPU slots (the same reason as ``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from gendet import GendetError
+
+LOCAL_CPUS_MIN = 8
+
+
+def local_num_cpus() -> int:
+    return max(LOCAL_CPUS_MIN, 2 * (os.cpu_count() or 1))
+
+
+def init_ray(*, num_cpus: int | None = None, progress: bool = True) -> None:
+    """Join ``RAY_ADDRESS`` when set, else start a local Ray (no-op when Ray is already up)."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS", "").strip()
+        if address.startswith(("http://", "https://")):
+            raise GendetError(f"RAY_ADDRESS={address} is a dashboard (job submission) address; submit with "
+                              "`ray job submit --address ADDRESS -- python -m pipelines.<name> ...` or set RAY_ADDRESS to HOST:6379")
+        if address:
+            ray.init(address=address, configure_logging=False)
+        else:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline by default: no usage ping
+            ray.init(address="local", num_cpus=num_cpus or local_num_cpus(), include_dashboard=False,
+                     _node_ip_address="127.0.0.1", configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+
+
+def pipeline_main(prog: str, doc: str, add_arguments: Callable, run: Callable, argv: list[str] | None = None) -> int:
+    """``python -m pipelines.<name>``: the verb's own flags and run, and bad input as one line
+    (exit 2) exactly as the ``gendet`` CLI reports it."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(run(args) or 0)
+    except GendetError as exc:
+        print(f"gendet: error: {exc}", file=sys.stderr)
+        return 2

