@@ -25,7 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("pipelines.evaluate", "per-subset metrics table of a model on a feature store"),
     "predict": ("gendet.predict", "score images, folders or URLs: one JSON line per image"),
     "refresh": ("pipelines.refresh", "extract new shards, score the champion on them, alert when it slips"),
-    "demo": ("gendet.demo", "the whole system offline: photos -> zoo -> shards -> features -> train -> evaluate"),
+    "demo": ("pipelines.demo", "the whole system offline: photos -> zoo -> shards -> features -> train -> evaluate"),
 }
 
 

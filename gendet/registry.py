@@ -152,3 +152,21 @@ def _log_decision(client: MlflowClient, candidate: ModelVersion, decision: GateD
         client.set_model_version_tag(decision.name, candidate.version, key, value)
     if candidate.run_id:
         client.log_batch(candidate.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def reference_metric(model_uri: str, metric: str, *, client: MlflowClient | None = None) -> float | None:
+    """``metric`` (e.g. ``gendet/mean_acc_calibrated``) as logged by the run that made a registered
+    model (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``); None for other URIs or when absent."""
+    if not model_uri.startswith("models:/"):
+        return None
+    client = client or MlflowClient()
+    name, _, ref = model_uri[len("models:/"):].partition("@")
+    if ref:
+        version = version_by_alias(client, name, ref)
+    else:
+        name, _, number = name.partition("/")
+        version = client.get_model_version(name, number) if number else None
+    if version is None or not version.run_id:
+        return None
+    value = client.get_run(version.run_id).data.metrics.get(metric)
+    return None if value is None else float(value)

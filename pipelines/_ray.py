@@ -41,6 +41,18 @@ def init_ray(*, num_cpus: int | None = None, progress: bool = True) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = progress
 
 
+def feature_files(variant_url: str) -> list[str]:
+    """The feature Parquet files of one store variant (quarantine tables left out)."""
+    from gendet import io as gio
+
+    return [u for u in gio.glob(variant_url, "*.parquet") if not u.endswith(".quarantine.parquet")]
+
+
+def any_of(column: str, values: tuple[str, ...]) -> str:
+    """A Ray Data filter expression: ``column`` equals one of ``values``."""
+    return "(" + " or ".join(f"{column} == '{v}'" for v in values) + ")"
+
+
 def pipeline_main(prog: str, doc: str, add_arguments: Callable, run: Callable, argv: list[str] | None = None) -> int:
     """``python -m pipelines.<name>``: the verb's own flags and run, and bad input as one line
     (exit 2) exactly as the ``gendet`` CLI reports it."""

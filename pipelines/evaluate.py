@@ -50,36 +50,38 @@ class DetectorScorer:
         return out
 
 
-def _files(variant_url: str) -> list[str]:
-    return [u for u in gio.glob(variant_url, "*.parquet") if not u.endswith(".quarantine.parquet")]
-
-
-def score_variant(detectors: dict[str, Detector], variant: Variant, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Columns label, subset, score_<method>, discrepancy_<method> over the rows of ``splits``."""
+def score_variant(detectors: dict[str, Detector], variant: Variant, splits: tuple[str, ...] = (), *,
+                  shards: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Columns label, subset, score_<method>, discrepancy_<method> over the rows of ``splits``
+    (or of the shards named by stem in ``shards``: what ``refresh`` has just extracted)."""
     import ray.data
 
-    from pipelines._ray import init_ray
+    from pipelines._ray import any_of, feature_files, init_ray
 
     for method, det in detectors.items():
         if det.feature_dim != variant.dim or (det.preprocess_hash and det.preprocess_hash != variant.preprocess_hash):
             raise GendetError(f"{variant.url}: features of {variant.encoder} (dim {variant.dim}) do not match the "
                               f"{method} detector's encoder {det.encoder} (dim {det.feature_dim}); evaluate on a "
                               "store extracted with the detector's encoder")
+    if not splits and not shards:
+        raise GendetError("score_variant: name the splits or the shards to score")
     init_ray()
-    where = " or ".join(f"split == '{s}'" for s in splits)
-    ds = (ray.data.read_parquet(_files(variant.url), columns=["feature", "label", "subset", "split"])
+    where = any_of("shard", shards) if shards else any_of("split", splits)
+    ds = (ray.data.read_parquet(feature_files(variant.url), columns=["feature", "label", "subset", "split", "shard"])
           .filter(expr=where)
           .map_batches(DetectorScorer, fn_constructor_kwargs={"detectors": detectors}, batch_format="pyarrow",
                        batch_size=4096, concurrency=1))
     frame = ds.to_pandas()
     if frame.empty:
-        raise GendetError(f"{variant.url}: no rows with split in {list(splits)}; pass --eval-splits with splits the store has")
+        what = f"shard in {list(shards)}" if shards else f"split in {list(splits)}; pass --eval-splits with splits the store has"
+        raise GendetError(f"{variant.url}: no rows with {what}")
     return {c: frame[c].to_numpy() for c in frame.columns}
 
 
-def evaluate_store(detectors: dict[str, Detector], variant: Variant, splits: tuple[str, ...], *,
+def evaluate_store(detectors: dict[str, Detector], variant: Variant, splits: tuple[str, ...] = (), *,
+                   shards: tuple[str, ...] = (),
                    model_uris: dict[str, str] | None = None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    scored = score_variant(detectors, variant, splits)
+    scored = score_variant(detectors, variant, splits, shards=shards)
     scores = {m: scored[f"score_{m}"] for m in detectors}
     return reports(scores, scored["label"], scored["subset"], detectors, model_uris=model_uris), scored
 

@@ -59,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-failures", type=int, default=2, help="worker failures Ray Train recovers from")
     p.add_argument("--register", default=None, metavar="NAME", help="register the GenDet detector under NAME (alias challenger) and run the gate")
     p.add_argument("--gate-margin", type=float, default=0.0, help="mean accuracy the challenger must gain over the champion")
+    p.add_argument("--worker-cache-rows", type=int, default=200_000,
+                   help="rows of each data split a worker keeps in memory (float16) after its first epoch; 0 = stream every epoch")
     p.add_argument("--fault-after-stage", default=None, help=argparse.SUPPRESS)  # tests: kill a worker once
     p.add_argument("--gate-real-floor", type=float, default=0.8, help="minimum real accuracy at the calibrated threshold")
 
@@ -71,29 +73,61 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 # --- inside a Ray Train worker -------------------------------------------------------------------
 class RayShardSource:
-    """The library's ``BatchSource`` over this worker's Ray Data shards (``all``/``real``/``fake``)."""
+    """The library's ``BatchSource`` over this worker's Ray Data shards (``all``/``real``/``fake``).
 
-    def __init__(self, dim: int, batch_size: int, seed: int):
+    Every epoch of a Ray Data shard is a new streaming execution with seconds of start-up, which
+    dominates small stores (the demo runs ~80 epochs over a few thousand rows). So the first epoch
+    of each kind also keeps the rows it streamed, as float16, while they stay under ``cache_rows``;
+    later epochs reshuffle that copy in memory. Past the cap the copy is dropped and every epoch
+    streams: memory is bounded by the cap, never by the store. Each kind's rows come from its own
+    ``streaming_split(equal=True)``, so every worker keeps the same number of rows and DDP's
+    workers still take the same number of steps.
+    """
+
+    def __init__(self, dim: int, batch_size: int, seed: int, cache_rows: int = 0):
         import ray.train
 
-        self.dim, self.batch_size, self.seed = dim, batch_size, seed
+        self.dim, self.batch_size, self.seed, self.cache_rows = dim, batch_size, seed, cache_rows
         self.shards = {kind: ray.train.get_dataset_shard(kind) for kind in ("all", "real", "fake")}
+        self.cache: dict[str, tuple] = {}
 
     def counts(self) -> None:
         return None  # the driver checked the counts before the run started
+
+    def _stream(self, kind: str, epoch: int):
+        import numpy as np
+
+        seed = epoch_seed(self.seed, kind, epoch) % (2**31)
+        for batch in self.shards[kind].iter_batches(batch_size=self.batch_size, batch_format="pyarrow",
+                                                    local_shuffle_buffer_size=8 * self.batch_size,
+                                                    local_shuffle_seed=seed):
+            n = batch.num_rows
+            x = batch.column("feature").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            y = np.asarray(batch.column("label").to_pylist()) == "fake"
+            yield x.reshape(n, self.dim), y.astype(np.int64)
 
     def batches(self, kind: str, epoch: int):
         import numpy as np
         import torch
 
-        shard = self.shards[kind]
-        seed = epoch_seed(self.seed, kind, epoch) % (2**31)
-        for batch in shard.iter_batches(batch_size=self.batch_size, batch_format="pyarrow",
-                                        local_shuffle_buffer_size=8 * self.batch_size, local_shuffle_seed=seed):
-            n = batch.num_rows
-            x = batch.column("feature").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            y = np.asarray(batch.column("label").to_pylist()) == "fake"
-            yield torch.from_numpy(x.reshape(n, self.dim).astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+        if kind in self.cache:
+            x, y = self.cache[kind]
+            order = np.random.default_rng(epoch_seed(self.seed, kind, epoch)).permutation(len(y))
+            for start in range(0, len(y), self.batch_size):
+                take = order[start:start + self.batch_size]
+                yield torch.from_numpy(x[take].astype(np.float32)), torch.from_numpy(y[take])
+            return
+        kept_x, kept_y, held, caching = [], [], 0, self.cache_rows > 0
+        for x, y in self._stream(kind, epoch):
+            if caching:
+                kept_x.append(x.astype(np.float16))
+                kept_y.append(y)
+                held += len(y)
+                if held > self.cache_rows:  # over the cap: stream every epoch
+                    kept_x, kept_y, caching = [], [], False
+            yield torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
+        if caching and kept_y:
+            self.cache[kind] = (np.concatenate(kept_x), np.concatenate(kept_y))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -122,7 +156,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         _maybe_fail(config, rank, stage)
 
-    source = RayShardSource(config["dim"], cfg.batch_size, cfg.seed)
+    source = RayShardSource(config["dim"], cfg.batch_size, cfg.seed, config.get("cache_rows", 0))
     calibration = ParquetSource(config["variant_url"], subsets=cfg.train_subsets, splits=("val",)) if rank == 0 else None
     device = "cuda" if config["use_gpu"] else "cpu"
     result = train_all(cfg, source, checkpoint_dir=ckpt_dir, report=report, device=device,
@@ -145,22 +179,16 @@ def _maybe_fail(config: dict[str, Any], rank: int, stage: str) -> None:
 
 
 # --- on the driver ---------------------------------------------------------------------------------
-def _files(variant_url: str) -> list[str]:
-    return [u for u in gio.glob(variant_url, "*.parquet") if not u.endswith(".quarantine.parquet")]
-
-
-def _expr(column: str, values: tuple[str, ...]) -> str:
-    return "(" + " or ".join(f"{column} == '{v}'" for v in values) + ")"
-
-
 def build_datasets(variant_url: str, cfg: TrainConfig) -> dict[str, Any]:
     """all / real / fake Ray datasets of the training rows (subsets x splits), features + label only."""
     import ray.data
 
-    ds = ray.data.read_parquet(_files(variant_url), columns=["feature", "label", "subset", "split"])
-    where = _expr("split", cfg.train_splits)
+    from pipelines._ray import any_of, feature_files
+
+    ds = ray.data.read_parquet(feature_files(variant_url), columns=["feature", "label", "subset", "split"])
+    where = any_of("split", cfg.train_splits)
     if cfg.train_subsets:
-        where += " and " + _expr("subset", cfg.train_subsets)
+        where += " and " + any_of("subset", cfg.train_subsets)
     train = ds.filter(expr=where).select_columns(["feature", "label"])
     return {"all": train, "real": train.filter(expr="label == 'real'"), "fake": train.filter(expr="label == 'fake'")}
 
@@ -179,7 +207,8 @@ def fit(args: argparse.Namespace, cfg: TrainConfig, variant) -> str:
         train_loop_per_worker,
         train_loop_config={"train_config": to_dict(cfg), "dim": variant.dim, "variant_url": variant.url,
                            "encoder": variant.encoder, "preprocess_hash": variant.preprocess_hash,
-                           "out_url": out_url, "use_gpu": args.use_gpu, "fault_after_stage": args.fault_after_stage},
+                           "out_url": out_url, "use_gpu": args.use_gpu, "fault_after_stage": args.fault_after_stage,
+                           "cache_rows": args.worker_cache_rows},
         scaling_config=ray.train.ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,
                                                resources_per_worker={"CPU": args.cpus_per_worker}),
         run_config=ray.train.RunConfig(name=args.name, storage_path=storage,
@@ -191,14 +220,19 @@ def fit(args: argparse.Namespace, cfg: TrainConfig, variant) -> str:
     return gio.join(out_url, DETECTORS)
 
 
-def run(args: argparse.Namespace) -> int:
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate, fit on Ray Train, then evaluate, log, register and gate; returns the run summary."""
     cfg = build_config(args)  # validated before any work
     variant = resolve_variant(args.features, encoder=args.encoder)
     check_source(cfg, ParquetSource(variant.url, subsets=cfg.train_subsets, splits=cfg.train_splits))
     detectors_url = fit(args, cfg, variant)
     from pipelines.train_report import report_training
 
-    report_training(args, cfg, variant, detectors_url)
+    return report_training(args, cfg, variant, detectors_url)
+
+
+def run(args: argparse.Namespace) -> int:
+    train(args)
     return 0
 
 

@@ -32,29 +32,36 @@ def log_history(history: list[dict[str, Any]]) -> None:
     """Per-stage mean loss of every job as ``loss/<job>`` (step = stage index) and features/s."""
     import mlflow
 
+    from gendet import tracking
+
+    tracking.log_stage_history(history)
     stage_index: dict[str, int] = {}
     for row in history:
         step = stage_index.setdefault(row["stage"], len(stage_index))
-        mlflow.log_metric(f"loss/{row['job']}", float(row["mean_loss"]), step=step)
         mlflow.log_metric(f"features_per_s/{row['kind']}", float(row["features_per_s"]), step=step)
 
 
-def log_plots(reports: dict[str, dict], scored: dict[str, np.ndarray], detectors: dict[str, Detector]) -> None:
+def log_plots(reports: dict[str, dict], scored: dict[str, np.ndarray], detectors: dict[str, Detector],
+              out: str) -> list[str]:
+    """Accuracy bars and discrepancy histograms as PNGs under ``OUT/plots/`` and as MLflow
+    artifacts (``plots/``); returns the local paths."""
     import matplotlib.pyplot as plt
 
     from gendet import plots, tracking
 
-    for metric in ("acc", "ap", "acc_calibrated"):
-        fig = plots.accuracy_bars(reports, metric=metric, title=f"{metric} per subset, every method")
-        tracking.log_figure(fig, f"{metric}_by_method")
-        plt.close(fig)
+    figures = {f"{metric}_by_method": plots.accuracy_bars(reports, metric=metric, title=f"{metric} per subset, every method")
+               for metric in ("acc", "ap", "acc_calibrated")}
     for method in detectors:
         key = f"discrepancy_{method}"
         if key in scored:
-            fig = plots.score_histograms(scored[key], scored["label"], scored["subset"],
-                                         score_name=f"{method}: mean (z_t - z_s)^2")
-            tracking.log_figure(fig, f"discrepancy_{method}")
-            plt.close(fig)
+            figures[key] = plots.score_histograms(scored[key], scored["label"], scored["subset"],
+                                                  score_name=f"{method}: mean (z_t - z_s)^2")
+    paths = []
+    for name, fig in figures.items():
+        paths.append(plots.save_png(fig, gio.join(out, "plots", f"{name}.png"), close=False))
+        tracking.log_figure(fig, name)
+        plt.close(fig)
+    return paths
 
 
 def gate(args: argparse.Namespace, variant: Variant, model_uri: str, challenger_report: dict) -> dict[str, Any]:
@@ -101,10 +108,11 @@ def report_training(args: argparse.Namespace, cfg: TrainConfig, variant: Variant
         log_history(history)
         tracking.log_reports(reports)
         mlflow.log_text(text, "table.md")
-        log_plots(reports, scored, detectors)
+        plot_paths = log_plots(reports, scored, detectors, out)
         info = log_detector(detectors[head], name="detector")
         summary = {"run_id": run.info.run_id, "model_uri": info.model_uri, "metrics": gio.join(out, "metrics.json"),
-                   "tracking_uri": mlflow.get_tracking_uri(), "headline": head}
+                   "tracking_uri": mlflow.get_tracking_uri(), "headline": head, "plots": plot_paths,
+                   "reports": gio.join(out, "metrics")}
         if args.register:
             summary["gate"] = gate(args, variant, info.model_uri, reports[head])
         mlflow.log_dict(summary, "summary.json")

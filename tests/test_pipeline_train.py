@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 def _args(store, out, *extra):
     return [store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug", "--rotations", "1",
-            "--batch-size", "32", "--num-workers", "2", "--cpus-per-worker", "0.5", "--register", "gendet", *extra]
+            "--batch-size", "32", "--num-workers", "2", "--cpus-per-worker", "0.5", "--register", "gendet",
+            "--gate-real-floor", "0.5", *extra]
 
 
 def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monkeypatch):

@@ -110,7 +110,8 @@ def finish(plan: Plan, done: list[dict], failed: dict[str, str]) -> dict[str, An
     images = sum(s["written"] for s in done)
     return {"output": plan.info.url, "encoder": plan.info.encoder, "degrade": plan.info.degrade,
             "shards": len(plan.shards), "shards_done": len(done), "shards_skipped": len(plan.skipped),
-            "shards_failed": dict(sorted(failed.items())), "read": sum(s["read"] for s in done), "images": images,
+            "shards_failed": dict(sorted(failed.items())), "shards_written": sorted(s["shard"] for s in done),
+            "read": sum(s["read"] for s in done), "images": images,
             "quarantined": sum(s["quarantined"] for s in done), "quarantined_by_reason": dict(sorted(by_reason.items())),
             "seconds": round(seconds, 3), "images_per_s": round(images / seconds, 2) if seconds > 0 else 0.0,
             "store_rows": manifest["rows"]}
