@@ -19,7 +19,7 @@ from typing import Any
 
 from gendet.extract.config import FEATURE_DTYPES, MODES, PRECISIONS, ExtractConfig
 
-READER_MEMORY_BYTES = 512 << 20  # a shard (ShardWriter rolls over at 256 MiB) and its decoded batch
+READER_MEMORY_BYTES = 3 << 29  # the worker process (0.6-1.2 GiB measured), a shard (<= 256 MiB) and its decoded batch
 ENCODER_HELP = "encoder name: spectrum:v1 (offline default) or open_clip:<arch>/<tag> (e.g. open_clip:ViT-L-14/openai; /none = random init)"
 
 

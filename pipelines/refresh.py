@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-fake-acc", type=float, default=MIN_FAKE_ACC, help="least share of new fakes caught")
     p.add_argument("--out", default="refresh.json", help="where to write the result (path or fsspec URL)")
     p.add_argument("--mlflow-out", default=None, help="directory of the SQLite MLflow store when MLFLOW_TRACKING_URI is unset (default: next to --out)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ URIs (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
     p.add_argument("--concurrency", type=int, default=1, help="encoder actors")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per encoder actor")
@@ -100,6 +101,10 @@ def log_result(result: dict[str, Any], out_dir: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(args.tracking_uri)
     result = refresh(args)
     if not result["new_shards"]:
         print(f"nothing new under {args.shards}: every shard is already in {args.features}")

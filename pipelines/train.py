@@ -157,7 +157,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _maybe_fail(config, rank, stage)
 
     source = RayShardSource(config["dim"], cfg.batch_size, cfg.seed, config.get("cache_rows", 0))
-    calibration = ParquetSource(config["variant_url"], subsets=cfg.train_subsets, splits=("val",)) if rank == 0 else None
+    # Thresholds are calibrated on the held-out (val) real images of every subset: reals are
+    # reals whatever generator they are paired with, and more of them make the FPR quantile firmer.
+    calibration = ParquetSource(config["variant_url"], splits=("val",)) if rank == 0 else None
     device = "cuda" if config["use_gpu"] else "cpu"
     result = train_all(cfg, source, checkpoint_dir=ckpt_dir, report=report, device=device,
                        prepare_model=ray.train.torch.prepare_model if world > 1 else None,

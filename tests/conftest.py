@@ -169,3 +169,54 @@ def tiny_scores(tiny_images, tiny_detector_dir) -> dict:
     encoder, detector = load_encoder("spectrum:v1"), Detector.load(tiny_detector_dir)
     batch = torch.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in tiny_images])
     return dict(zip(map(str, tiny_images), detector.score(encoder(batch)).tolist()))
+
+
+# ---------------------------------------------------------------------------------------------- Ray cluster
+
+def wait_dashboard(address: str, head, timeout: float = 180) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert head.poll() is None, f"ray start exited with {head.returncode}"
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=5):
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:  # up, and asking for Ray's auth token (the `ray job` CLI sends it)
+                return
+            time.sleep(0.5)
+        except Exception:  # noqa: BLE001 - not up yet (refused, reset, half-started server)
+            time.sleep(0.5)
+    raise AssertionError(f"the Ray dashboard at {address} did not come up in {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A real ``ray start --head`` on 127.0.0.1 for ``ray job submit`` tests; yields (dashboard
+    address, environment for the ``ray`` CLI). Stopped through its own process group, since
+    ``ray stop`` would stop every Ray on the machine."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    port, dash, client, agent = (free_port() for _ in range(4))
+    temp_dir = tempfile.mkdtemp(prefix="gdrj", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    # Ray >= 2.5x starts clusters with token auth; the `ray job` CLI must be told to send the token.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "CUDA_VISIBLE_DEVICES": "", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "8",
+         "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+         "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent), "--temp-dir", temp_dir],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        address = f"http://127.0.0.1:{dash}"
+        wait_dashboard(address, head)
+        yield address, env
+    finally:
+        stop_process(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)

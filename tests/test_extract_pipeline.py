@@ -10,15 +10,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-
-import shutil
-import tempfile
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import free_port, stop_process
 from data.bad_shards import write_bad_shard, write_good_shards
 
 from gendet.extract import ExtractConfig, run_local
@@ -85,50 +79,18 @@ def test_sigkilled_job_resumes_with_every_sample_exactly_once(ray_local, tmp_pat
     assert json.load(open(glob.glob(str(store / "*" / "manifest.json"))[0]))["rows"] == len(rows)
 
 
-def wait_dashboard(address: str, head: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert head.poll() is None, f"ray start exited with {head.returncode}"
-        try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=5):
-                return
-        except urllib.error.HTTPError as exc:
-            if exc.code == 401:  # up, and asking for Ray's auth token (the `ray job` CLI sends it)
-                return
-            time.sleep(0.5)
-        except Exception:  # noqa: BLE001 - not up yet (refused, reset, half-started server)
-            time.sleep(0.5)
-    raise AssertionError(f"the Ray dashboard at {address} did not come up in {timeout:.0f} s")
-
-
 @pytest.mark.slow
-def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tmp_path):
+def test_ray_job_submit_runs_the_pipeline_on_a_cluster(ray_head, tmp_path):
+    address, env = ray_head
     folder, store = tmp_path / "shards", tmp_path / "store"
     rows = write_good_shards(str(folder), "job", n_shards=2, per_shard=4)
-    port, dash, client, agent = (free_port() for _ in range(4))
-    temp_dir = tempfile.mkdtemp(prefix="gdrj", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    # Ray >= 2.5x starts clusters with token auth; the `ray job` CLI must be told to send the token.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "CUDA_VISIBLE_DEVICES": "", "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "4",
-         "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-         "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent), "--temp-dir", temp_dir],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    # `ray stop` would stop every Ray on the machine: this cluster is stopped through its own process group.
-    try:
-        address = f"http://127.0.0.1:{dash}"
-        wait_dashboard(address, head)
-        submit = subprocess.run(
-            ["ray", "job", "submit", "--address", address, "--submission-id", "extract-test", "--",
-             "python", "-m", "pipelines.extract", str(folder), str(store), "--batch-size", "4", "--read-tasks", "1"],
-            env=env, capture_output=True, text=True, timeout=400)
-        status = subprocess.run(["ray", "job", "status", "--address", address, "extract-test"],
-                                env=env, capture_output=True, text=True, timeout=60)
-        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-        assert "extract-test' succeeded" in status.stdout, status.stdout + status.stderr
-        assert "extracted 8 images from 2 shards" in submit.stdout
-    finally:
-        stop_process(head)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    submit = subprocess.run(
+        ["ray", "job", "submit", "--address", address, "--submission-id", "extract-test", "--",
+         "python", "-m", "pipelines.extract", str(folder), str(store), "--batch-size", "4", "--read-tasks", "1"],
+        env=env, capture_output=True, text=True, timeout=400)
+    status = subprocess.run(["ray", "job", "status", "--address", address, "extract-test"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "extract-test' succeeded" in status.stdout, status.stdout + status.stderr
+    assert "extracted 8 images from 2 shards" in submit.stdout
     assert sorted(all_keys(str(store))) == sorted(r["key"] for r in rows)

@@ -111,3 +111,24 @@ def test_driver_killed_then_same_command_resumes(ray_local, tmp_path, monkeypatc
     assert train_pipeline.main(args) == 0  # the same command again
     assert json.loads((out / "resume.json").read_text())["restored"] is True
     assert Detector.load(str(out / "detectors" / "gendet")).method == "gendet"
+
+
+def test_ray_job_submit_trains_on_a_cluster(ray_head, tmp_path):
+    import subprocess
+
+    address, env = ray_head
+    store = str(tmp_path / "store")
+    write_synthetic_store(store)
+    out = tmp_path / "out"
+    submit = subprocess.run(
+        ["ray", "job", "submit", "--address", address, "--submission-id", "train-test", "--",
+         "python", "-m", "pipelines.train", store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug",
+         "--rotations", "1", "--batch-size", "32", "--num-workers", "2", "--cpus-per-worker", "0.5"],
+        env=env, capture_output=True, text=True, timeout=600)
+    status = subprocess.run(["ray", "job", "status", "--address", address, "train-test"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "train-test' succeeded" in status.stdout, status.stdout + status.stderr
+    assert set(json.loads((out / "metrics.json").read_text())["subsets"]) == {"seen", "unseen"}
+    assert Detector.load(str(out / "detectors" / "gendet")).method == "gendet"
+    assert (out / "mlflow.db").exists()  # no MLFLOW_TRACKING_URI in the job: the SQLite store under --out

@@ -109,7 +109,7 @@ def _write_family(out_url: str, family: str, photos: list, cfg: ZooShardsConfig)
             rng = np.random.default_rng(_seed_for(cfg.seed, family, photo.content_id, photo.pixel_sha256))
             crops = random_crops(photo, 2 * cfg.crops_per_photo, cfg.crop_size, rng)
             reals, sources = crops[:cfg.crops_per_photo], crops[cfg.crops_per_photo:]
-            masked = rng.random(len(sources)) < cfg.masked_fraction
+            masked = rng.random(len(sources)) < (fcfg.mask_fraction or cfg.masked_fraction)
             masks = random_masks(len(sources), cfg.crop_size, rng)
             masks[~masked] = True  # unmasked fakes are regenerated everywhere
             fakes = regenerate(model, fcfg, sources, masks=masks, seed=_seed_for(cfg.seed, family, photo.pixel_sha256))
