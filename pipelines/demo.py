@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from gendet import GendetError
 from gendet import io as gio
 
 TRAIN_FAMILY = "ae_nearest_f8"  # SD's VAE decoder upsamples by nearest + conv at f8: the SD v1.4 role
@@ -156,8 +157,6 @@ def run(args: argparse.Namespace) -> int:
     families = [f for f in parse_families("all") if f != args.new_family]
     parse_families(f"{args.train_family},{args.new_family}")  # unknown names fail here, before any work
     if args.train_family == args.new_family:
-        from gendet import GendetError
-
         raise GendetError("--train-family and --new-family must differ: the new family is the one never seen")
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the demo keeps its runs in OUT/mlflow.db
     shards, features, incoming = (gio.join(out, d) for d in ("shards", "features", "incoming"))
