@@ -121,7 +121,8 @@ def run_encoder(name: str, folder: str, images: list[bytes], args, tmp: str) -> 
     rows["runner_no_ray"] = extraction(ExtractConfig(**base, features=f"{tmp}/local-{len(rows)}", device=args.device,
                                                      num_workers=args.workers), use_ray=False)
     if args.device == "cpu" and not args.no_ray:
-        cfg = ExtractConfig(**base, features=f"{tmp}/ray", cpus_per_actor=args.actor_cpus, concurrency=1)
+        cfg = ExtractConfig(**base, features=f"{tmp}/ray", cpus_per_actor=args.actor_cpus, concurrency=1,
+                            read_tasks=args.read_tasks)
         # Warm-up (not timed): Ray's start and the actor's first model load, on one shard.
         extraction(ExtractConfig(**{**base, "shards": f"{folder}/bench-000000.tar"}, features=f"{tmp}/warm"), use_ray=True)
         rows["ray_pipeline"] = extraction(cfg, use_ray=True)
@@ -132,7 +133,8 @@ def run_encoder(name: str, folder: str, images: list[bytes], args, tmp: str) -> 
 def environment(args) -> dict:
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else ""
     return {"device": args.device, "gpu": gpu, "precision": args.precision, "batch_size": args.batch_size,
-            "images": args.images, "image_px": args.size, "decode_workers": args.workers, "cpu_cores": os.cpu_count(),
+            "images": args.images, "image_px": args.size, "decode_workers": args.workers,
+            "ray_read_tasks": args.read_tasks or "", "ray_actor_cpus": args.actor_cpus, "cpu_cores": os.cpu_count(),
             "load_avg_1m_at_start": round(os.getloadavg()[0], 2), "torch": torch.__version__,
             "python": platform.python_version()}
 
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="decode workers")
     parser.add_argument("--actor-cpus", type=float, default=float(os.cpu_count() or 1), help="torch threads of the Ray encoder actor")
+    parser.add_argument("--read-tasks", type=int, default=None, help="Ray decode tasks at once (default: the pipeline's)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray row (implied by --device cuda)")
     parser.add_argument("--tag", default="", help="result file tag (default: device, precision, torch version)")
     args = parser.parse_args(argv)

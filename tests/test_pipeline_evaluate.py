@@ -31,7 +31,9 @@ def test_evaluate_writes_metrics_and_table4_and_logs_to_a_run(ray_local, tmp_pat
     write_synthetic_store(store, degrade="jpeg:30", seed=1)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run() as run:
+    # Name the experiment: an earlier test may have left another store's experiment id active.
+    experiment_id = mlflow.MlflowClient().create_experiment("evaluate-test")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
         pass
     out = tmp_path / "metrics.json"
     assert evaluate.main([store, "--model", detector_dir, "--out", str(out), "--degrade", "all",
