@@ -118,13 +118,15 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     print(f"metrics written to {args.out}")
     if args.mlflow_run:
-        import mlflow
+        # The client, not start_run: it logs into that run whatever experiment this process has active.
+        from mlflow import MlflowClient
 
-        with mlflow.start_run(run_id=args.mlflow_run):
-            mlflow.log_dict(json_safe(main_report), "evaluate/metrics.json")
-            mlflow.log_text(text, "evaluate/table.md")
-            mlflow.log_metrics({k: v for k, v in (("eval_mean_acc", main_report["mean_acc"]),
-                                                  ("eval_mAP", main_report["mAP"])) if v is not None})
+        client = MlflowClient()
+        client.log_dict(args.mlflow_run, json_safe(main_report), "evaluate/metrics.json")
+        client.log_text(args.mlflow_run, text, "evaluate/table.md")
+        for key, value in (("eval_mean_acc", main_report["mean_acc"]), ("eval_mAP", main_report["mAP"])):
+            if value is not None:
+                client.log_metric(args.mlflow_run, key, float(value))
     return 0
 
 

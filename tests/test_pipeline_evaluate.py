@@ -49,6 +49,8 @@ def test_evaluate_writes_metrics_and_table4_and_logs_to_a_run(ray_local, tmp_pat
     assert "| degradation |" in printed and "| jpeg:30 |" in printed
     logged = mlflow.MlflowClient().get_run(run.info.run_id)
     assert logged.data.metrics["eval_mean_acc"] == pytest.approx(metrics["mean_acc"])
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluate")}
+    assert artifacts == {"evaluate/metrics.json", "evaluate/table.md"}
 
 
 def test_bad_model_and_wrong_store_are_one_line_errors(ray_local, tmp_path, detector_dir, capsys):
