@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--degrade", default="", help="robustness degradation before preprocessing: jpeg:65, jpeg:30, blur:3, blur:5, resize:112, resize:64")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per encoder actor (0: encode on CPU)")
     parser.add_argument("--concurrency", type=int, default=1, help="number of encoder actors")
-    parser.add_argument("--read-tasks", type=int, default=None, help="most decode tasks at once (default: one per free CPU)")
+    parser.add_argument("--read-tasks", type=int, default=None, help="most decode tasks at once (default: physical cores - 1 on a local Ray; Ray's choice on a cluster)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per encoder actor (torch threads of a CPU encoder)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="encoder precision (fp16/bf16: autocast on GPU)")
@@ -56,13 +56,15 @@ def build_dataset(plan: Any) -> Any:
     import ray.data
 
     from gendet.extract.mapper import FeatureMapper
+    from pipelines._ray import default_read_tasks
 
     cfg = plan.cfg
     shards = ray.data.from_items([{"url": url} for url in plan.todo], override_num_blocks=len(plan.todo))
     # A reader holds its whole shard in memory: reserve it. As the reservation differs from the
     # actors', it also keeps Ray Data from fusing the reader into them: decoding stays in parallel
     # CPU tasks, never on the encoder (GPU) actors.
-    readers = ray.data.TaskPoolStrategy(size=cfg.read_tasks) if cfg.read_tasks else None
+    read_tasks = cfg.read_tasks or default_read_tasks()
+    readers = ray.data.TaskPoolStrategy(size=read_tasks) if read_tasks else None
     images = shards.map_batches(plan.reader, batch_size=1, num_cpus=1, memory=READER_MEMORY_BYTES, compute=readers)
     mapper_args = {"encoder": plan.info.encoder, "weights": cfg.weights, "precision": cfg.precision,
                    "device": "cuda" if cfg.num_gpus > 0 else "cpu", "feature_dtype": cfg.feature_dtype,
