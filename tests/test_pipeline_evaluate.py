@@ -32,7 +32,8 @@ def test_evaluate_writes_metrics_and_table4_and_logs_to_a_run(ray_local, tmp_pat
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     # Name the experiment: an earlier test may have left another store's experiment id active.
-    experiment_id = mlflow.MlflowClient().create_experiment("evaluate-test")
+    experiment_id = mlflow.MlflowClient().create_experiment("evaluate-test",
+                                                            artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment_id) as run:
         pass
     out = tmp_path / "metrics.json"
