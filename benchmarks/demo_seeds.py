@@ -23,12 +23,11 @@ sys.path.insert(0, str(REPO))
 from gendet import report  # noqa: E402
 from gendet.train_config import METHODS  # noqa: E402
 from pipelines import demo, train  # noqa: E402
+from pipelines._ray import verb_args  # noqa: E402
 
 
 def one_seed(features: str, out: str, seed: int) -> dict:
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    args = parser.parse_args([features, "--train-subsets", demo.TRAIN_FAMILY, "--out", out, "--preset", "demo",
+    args = verb_args(train, [features, "--train-subsets", demo.TRAIN_FAMILY, "--out", out, "--preset", "demo",
                               "--seed", str(seed), "--name", f"seed-{seed}", "--eval-splits", "test"])
     train.train(args)
     by_degrade = demo.degraded_reports(features, os.path.join(out, "detectors"), demo.DEGRADES, METHODS)

@@ -33,11 +33,10 @@ def run_fit(store: Path, workers: int, args: argparse.Namespace) -> dict:
     from gendet import io as gio
     from gendet.features import resolve_variant
     from pipelines import train
+    from pipelines._ray import verb_args
 
     out = tempfile.mkdtemp(prefix=f"bench-ray-{workers}w-")
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    targs = parser.parse_args([str(store), "--train-subsets", "sdv14", "--out", out, "--preset", args.preset,
+    targs = verb_args(train, [str(store), "--train-subsets", "sdv14", "--out", out, "--preset", args.preset,
                                "--rotations", str(args.rotations), "--batch-size", str(args.batch_size),
                                "--num-workers", str(workers), "--cpus-per-worker", str(args.cpus_per_worker),
                                "--name", f"bench-{workers}w", "--worker-cache-rows", str(args.cache_rows)])

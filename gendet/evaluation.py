@@ -56,7 +56,8 @@ def reports(scores: Mapping[str, np.ndarray], labels: np.ndarray, subsets: np.nd
     return out
 
 
-def _pct(value: Any) -> str:
+def pct(value: Any) -> str:
+    """A fraction as a percentage with one decimal; "–" for missing (None) or NaN."""
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
 
@@ -69,8 +70,8 @@ def table(reports_by_row: Mapping[str, Mapping[str, Any]], *, metric: str = "acc
     lines = [f"| {row_title} | " + " | ".join(names) + f" | {mean_key} |",
              "|---" * (len(names) + 2) + "|"]
     for row, rep in reports_by_row.items():
-        cells = [_pct(rep["subsets"].get(s, {}).get(metric)) for s in names]
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {_pct(rep.get(mean_key))} |")
+        cells = [pct(rep["subsets"].get(s, {}).get(metric)) for s in names]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {pct(rep.get(mean_key))} |")
     return "\n".join(lines)
 
 
@@ -78,6 +79,6 @@ def degradation_table(reports_by_degrade: Mapping[str, Mapping[str, Any]]) -> st
     """Table 4: a row per degradation, mean accuracy, mAP and calibrated accuracy over subsets."""
     lines = ["| degradation | mean_acc | mAP | mean_acc_calibrated |", "|---|---|---|---|"]
     for degrade, rep in reports_by_degrade.items():
-        lines.append(f"| {degrade or 'none'} | {_pct(rep.get('mean_acc'))} | {_pct(rep.get('mAP'))} | "
-                     f"{_pct(rep.get('mean_acc_calibrated'))} |")
+        lines.append(f"| {degrade or 'none'} | {pct(rep.get('mean_acc'))} | {pct(rep.get('mAP'))} | "
+                     f"{pct(rep.get('mean_acc_calibrated'))} |")
     return "\n".join(lines)

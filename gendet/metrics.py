@@ -78,8 +78,9 @@ def subset_metrics(scores: np.ndarray, labels: np.ndarray, *, threshold: float, 
     return out
 
 
-def _nanmean(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
+def nanmean(values: list[float | None]) -> float:
+    """Mean of the values that are neither None (JSON null) nor NaN; NaN when none is left."""
+    kept = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(kept)) if kept else NAN
 
 
@@ -115,7 +116,7 @@ def metrics_report(scores: np.ndarray, labels: Sequence[Any] | np.ndarray, subse
                                           calibrated_threshold=calibrated_threshold)
     report = {"model": model, "encoder": encoder, "threshold": threshold,
               "calibrated_threshold": calibrated_threshold, "target_fpr": target_fpr, "subsets": per_subset,
-              "mean_acc": _nanmean([m["acc"] for m in per_subset.values()]),
-              "mAP": _nanmean([m["ap"] for m in per_subset.values()]),
-              "mean_acc_calibrated": _nanmean([m["acc_calibrated"] for m in per_subset.values()])}
+              "mean_acc": nanmean([m["acc"] for m in per_subset.values()]),
+              "mAP": nanmean([m["ap"] for m in per_subset.values()]),
+              "mean_acc_calibrated": nanmean([m["acc_calibrated"] for m in per_subset.values()])}
     return json_safe(report)

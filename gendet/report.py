@@ -14,19 +14,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gendet import io as gio
-
-
-def _pct(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
-
-
-def _mean(values: list[Any]) -> float | None:
-    kept = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(kept) / len(kept) if kept else None
+from gendet.evaluation import pct
+from gendet.metrics import nanmean
 
 
 def mean_over(report: Mapping[str, Any], subsets: Sequence[str], metric: str) -> float | None:
-    return _mean([report["subsets"].get(s, {}).get(metric) for s in subsets])
+    """Mean of ``metric`` over ``subsets`` of a metrics.json dict, missing values skipped; None if none."""
+    mean = nanmean([report["subsets"].get(s, {}).get(metric) for s in subsets])
+    return None if math.isnan(mean) else mean
 
 
 def methods_table(reports: Mapping[str, Mapping[str, Any]], seen: Sequence[str], *, metric: str = "acc") -> str:
@@ -36,12 +31,12 @@ def methods_table(reports: Mapping[str, Mapping[str, Any]], seen: Sequence[str],
     header = [f"{s} (train)" if s in seen else s for s in subsets]
     lines = ["| method | " + " | ".join(header) + " | mean unseen |", "|---" * (len(subsets) + 2) + "|"]
     for method, rep in reports.items():
-        cells = [_pct(rep["subsets"].get(s, {}).get(metric)) for s in subsets]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {_pct(mean_over(rep, unseen, metric))} |")
+        cells = [pct(rep["subsets"].get(s, {}).get(metric)) for s in subsets]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {pct(mean_over(rep, unseen, metric))} |")
     return "\n".join(lines)
 
 
-def degradation_table(by_degrade: Mapping[str, Mapping[str, Mapping[str, Any]]], seen: Sequence[str], *,
+def degradation_by_method(by_degrade: Mapping[str, Mapping[str, Mapping[str, Any]]], seen: Sequence[str], *,
                       metric: str = "acc") -> str:
     """Table 4: ``by_degrade[degrade][method]`` metrics.json dicts -> row per degradation, column
     per method, each cell the mean ``metric`` over unseen subsets."""
@@ -51,7 +46,7 @@ def degradation_table(by_degrade: Mapping[str, Mapping[str, Mapping[str, Any]]],
         cells = []
         for m in methods:
             unseen = [s for s in reports[m]["subsets"] if s not in seen]
-            cells.append(_pct(mean_over(reports[m], unseen, metric)))
+            cells.append(pct(mean_over(reports[m], unseen, metric)))
         lines.append(f"| {degrade or 'none'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gendet.config import check
+from gendet.evaluation import pct
 
 MAX_DROP = 0.05
 MIN_FAKE_ACC = 0.5
@@ -91,7 +92,6 @@ def format_verdicts(verdicts: list[SubsetVerdict], reference: float | None) -> s
     ref = "none" if reference is None else f"{100 * reference:.1f}"
     lines = [f"| new subset | n_real | n_fake | acc_calibrated | fake caught | AP | status |  (reference {ref})",
              "|---|---|---|---|---|---|---|"]
-    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     for v in verdicts:
         lines.append(f"| {v.subset} | {v.n_real} | {v.n_fake} | {pct(v.acc_calibrated)} | "
                      f"{pct(v.fake_acc_calibrated)} | {pct(v.ap)} | {'ALERT' if v.slipped else 'ok'} |")

@@ -64,6 +64,14 @@ def any_of(column: str, values: tuple[str, ...]) -> str:
     return "(" + " or ".join(f"{column} == '{v}'" for v in values) + ")"
 
 
+def verb_args(module, argv: list[str]) -> argparse.Namespace:
+    """A verb's parsed arguments from a list, as its command line would give them (the demo and
+    the benchmarks call the verbs' own functions with their own flags and defaults)."""
+    parser = argparse.ArgumentParser(prog=module.__name__)
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
 def pipeline_main(prog: str, doc: str, add_arguments: Callable, run: Callable, argv: list[str] | None = None) -> int:
     """``python -m pipelines.<name>``: the verb's own flags and run, and bad input as one line
     (exit 2) exactly as the ``gendet`` CLI reports it."""

@@ -94,11 +94,10 @@ def extract_all(shards: str, features: str, degrades: tuple[str, ...]) -> dict[s
 
 def train_args(features: str, out: str, args: argparse.Namespace) -> argparse.Namespace:
     from pipelines import train
+    from pipelines._ray import verb_args
 
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
     rotations = args.rotations or (2 if args.small else 10)
-    return parser.parse_args([features, "--train-subsets", args.train_family, "--out", out, "--preset", "demo",
+    return verb_args(train, [features, "--train-subsets", args.train_family, "--out", out, "--preset", "demo",
                               "--rotations", str(rotations), "--num-workers", str(args.num_workers),
                               "--cpus-per-worker", "1", "--name", f"demo-{int(time.time())}",
                               "--register", "gendet", "--eval-splits", "test"])
@@ -140,14 +139,12 @@ def sample_files(shards: str, family: str, folder: str, per_label: int = 3) -> l
 
 def refresh_args(shards: str, features: str, out: str, model: str) -> argparse.Namespace:
     from pipelines import refresh
+    from pipelines._ray import verb_args
 
-    parser = argparse.ArgumentParser()
-    refresh.add_arguments(parser)
-    return parser.parse_args([shards, features, "--model", model, "--out", gio.join(out, "refresh.json"), "--mlflow-out", out, "--batch-size", "256"])
+    return verb_args(refresh, [shards, features, "--model", model, "--out", gio.join(out, "refresh.json"), "--mlflow-out", out, "--batch-size", "256"])
 
 
 def run(args: argparse.Namespace) -> int:
-    from gendet.metrics import json_safe
     from gendet.predict import predict
     from gendet.train_config import METHODS
     from gendet.zoo.config import parse_families
@@ -184,11 +181,8 @@ def run(args: argparse.Namespace) -> int:
     with step(f"a new family arrives: {args.new_family} -> shards"):
         zoo_shards(incoming, [args.new_family], args.small)
     with step("refresh: extract only the new shards, score the champion, alert if it slips"):
-        fresh = refresh.refresh(refresh_args(incoming, features, out, model))
-        if fresh["new_shards"]:
-            fresh["mlflow_run"] = refresh.log_result(fresh, out)
-            print("    " + fresh["table"].replace("\n", "\n    "))
-        gio.write_json_atomic(gio.join(out, "refresh.json"), json_safe(fresh))
+        fresh = refresh.run_once(refresh_args(incoming, features, out, model))  # also writes OUT/refresh.json
+        print("    " + (fresh.get("table") or "nothing new").replace("\n", "\n    "))
     with step("report"):
         report_url, headline = write_report(out, args, zoo, extracted, summary, by_degrade, predictions, model,
                                             fresh, step.times)
@@ -215,7 +209,7 @@ def write_report(out: str, args: argparse.Namespace, zoo: dict, extracted: dict,
         ("Accuracy at the threshold calibrated on held-out reals "
          f"(target FPR {reports['gendet'].get('target_fpr')})", report.methods_table(reports, seen, metric="acc_calibrated")),
         ("Table 4: mean accuracy on unseen families under degradation",
-         report.degradation_table(by_degrade, seen) + "\n\nresize:32 and resize:18 are GenImage's 112 and 64 scaled "
+         report.degradation_by_method(by_degrade, seen) + "\n\nresize:32 and resize:18 are GenImage's 112 and 64 scaled "
          "to the 64 px crops (the same fractions of the side as of 224 px)."),
         ("Plots", plots),
         ("Registry", f"MLflow run `{summary['run_id']}`, model `{summary['model_uri']}`; registered as "

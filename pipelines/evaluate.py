@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 import numpy as np
 
@@ -131,13 +130,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except GendetError as exc:
-        print(f"gendet: error: {exc}", file=sys.stderr)
-        return 2
+    from pipelines._ray import pipeline_main
+
+    return pipeline_main("python -m pipelines.evaluate", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

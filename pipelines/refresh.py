@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -100,22 +101,28 @@ def log_result(result: dict[str, Any], out_dir: str) -> str:
         return run.info.run_id
 
 
-def run(args: argparse.Namespace) -> int:
+def run_once(args: argparse.Namespace) -> dict[str, Any]:
+    """Steps 1-4 without printing: refresh, log to MLflow when something was new, write ``--out``."""
     if args.tracking_uri:
         import mlflow
 
         mlflow.set_tracking_uri(args.tracking_uri)
     result = refresh(args)
+    if result["new_shards"]:
+        result["mlflow_run"] = log_result(result, args.mlflow_out or os.path.dirname(args.out) or ".")
+    gio.write_bytes_atomic(args.out, (json.dumps(json_safe(result), indent=2) + "\n").encode())
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    result = run_once(args)
     if not result["new_shards"]:
         print(f"nothing new under {args.shards}: every shard is already in {args.features}")
     else:
-        mlflow_dir = args.mlflow_out or (gio.join(args.out.rsplit("/", 1)[0]) if "/" in args.out else ".")
-        result["mlflow_run"] = log_result(result, mlflow_dir)
         print(result["table"])
         for subset, verdict in result["subsets"].items():
             if verdict["slipped"]:
                 print(f"ALERT {subset}: {verdict['reason']}")
-    gio.write_bytes_atomic(args.out, (json.dumps(json_safe(result), indent=2) + "\n").encode())
     print(f"result written to {args.out}")
     return ALERT_EXIT if result["alert"] else 0
 

@@ -24,7 +24,6 @@ import sys
 import tempfile
 from typing import Any
 
-from gendet import GendetError
 from gendet import io as gio
 from gendet.batches import ParquetSource, epoch_seed
 from gendet.config import from_dict, to_dict
@@ -239,14 +238,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except GendetError as exc:
-        print(f"gendet: error: {exc}", file=sys.stderr)
-        return 2
+    from pipelines._ray import pipeline_main
+
+    return pipeline_main("python -m pipelines.train", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from gendet import io as gio
-from gendet.config import to_dict
 from gendet.detector import Detector
 from gendet.evaluation import load_detector, table
 from gendet.features import Variant

@@ -15,9 +15,9 @@ def test_methods_table_orders_seen_first_and_averages_unseen_only():
     assert lines[3] == "| gendet | 80.0 | 90.0 | – | 90.0 |"  # a missing value is shown and skipped
 
 
-def test_degradation_table_has_a_row_per_degradation_and_a_column_per_method(tmp_path):
+def test_degradation_by_method_has_a_row_per_degradation_and_a_column_per_method(tmp_path):
     by_degrade = {"": {"probe": _rep(seen=1.0, x=0.8)}, "jpeg:30": {"probe": _rep(seen=0.9, x=0.6)}}
-    text = report.degradation_table(by_degrade, seen=["seen"])
+    text = report.degradation_by_method(by_degrade, seen=["seen"])
     assert text.splitlines()[2:] == ["| none | 80.0 |", "| jpeg:30 | 60.0 |"]
     path = report.write(str(tmp_path / "r.md"), [("Table 4", text)])
     assert open(path).read().startswith("# gendet demo report\n\n## Table 4\n\n| degradation | probe |")
