@@ -6,6 +6,14 @@ GPU mode (never imports Ray):    python benchmarks/extract.py --device cuda --pr
                                      --encoders open_clip:ViT-L-14/none --batch-size 256
 GPU mode rows: the bare model on ready tensors, decode+preprocess alone on the machine's cores, the
 bare loop, and the library's extraction loop without Ray (``gendet.extract.run_local``).
+CPU mode adds ``ray_one_shard`` (a job over one 64-image shard: the start-up every job pays,
+actor start and planning) beside ``ray_pipeline`` (all images): a ratio is steady state plus start-up.
+Shards hold ``--per-shard`` images (default 1000, as ``gendet import`` writes them).
+
+Two bare loops: ``bare_loop`` is what a user would write (the float preprocess in DataLoader
+workers); ``bare_loop_uint8`` ships uint8 pixels and finishes them on the encoder's device, as the
+library does (``Preprocessor.pixels``/``finish``, bit-identical features). Every ratio is taken
+against the faster of the two.
 
 Images are random-noise JPEGs (``--size`` px) written as shards in a temp folder. Each row is
 one flat record (units in column names) appended to ``benchmarks/results/extract-<tag>.csv`` and
@@ -69,14 +77,21 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bare_loop(encoder, images, args) -> float:
-    """images/s of ``for batch in loader: encoder(batch)``, encoder loaded and warmed up first."""
-    batches = loader(images, encoder.preprocess, args.batch_size, args.workers)
-    encoder(next(iter(loader(images[: args.batch_size], encoder.preprocess, args.batch_size, 0))))
+def bare_loop(encoder, images, args, uint8: bool = False) -> float:
+    """images/s of ``for batch in loader: encoder(batch)``, encoder loaded and warmed up first.
+    ``uint8``: workers return uint8 pixels, finished on the encoder's device (the library's hand-off)."""
+    pre = encoder.preprocessor
+    to_batch = pre.pixels if uint8 else pre
+
+    def step(batch):
+        encoder(pre.finish(batch.to(args.device, non_blocking=True)) if uint8 else batch)
+
+    step(next(iter(loader(images[: args.batch_size], to_batch, args.batch_size, 0))))
+    batches = loader(images, to_batch, args.batch_size, args.workers)
     sync(args.device)
     started = time.perf_counter()
     for batch in batches:
-        encoder(batch)
+        step(batch)
     sync(args.device)
     return len(images) / (time.perf_counter() - started)
 
@@ -94,46 +109,53 @@ def bare_model(encoder, args, steps: int = 20) -> float:
 
 
 def decode_only(name, images, args) -> float:
+    """Decode + the library's uint8 preprocessing alone, on ``--workers`` processes: the CPU bound."""
     started = time.perf_counter()
-    for _ in loader(images, load_preprocess(name), args.batch_size, args.workers):
+    for _ in loader(images, load_preprocess(name).pixels, args.batch_size, args.workers):
         pass
     return len(images) / (time.perf_counter() - started)
 
 
-def extraction(cfg: ExtractConfig, use_ray: bool) -> float:
+def extraction(cfg: ExtractConfig, use_ray: bool) -> tuple[float, int]:
+    """(images/s, images) of one extraction job, timed by the job itself (plan to summary)."""
     if use_ray:
         from pipelines.extract import extract
 
         summary = extract(cfg)
     else:
         summary = run_local(cfg)
-    return summary["images"] / summary["seconds"]
+    return summary["images"] / summary["seconds"], summary["images"]
 
 
 def run_encoder(name: str, folder: str, images: list[bytes], args, tmp: str) -> list[dict]:
+    n = len(images)
     encoder = load_encoder(name, device=args.device, precision=args.precision)
-    rows = {"bare_loop": bare_loop(encoder, images, args)}
+    rows = {"bare_loop": (bare_loop(encoder, images, args), n),
+            "bare_loop_uint8": (bare_loop(encoder, images, args, uint8=True), n)}
     if args.device != "cpu":
-        rows["bare_model"] = bare_model(encoder, args)
-        rows["decode_only"] = decode_only(name, images, args)
+        rows["bare_model"] = (bare_model(encoder, args), args.batch_size * 20)
+        rows["decode_only"] = (decode_only(name, images, args), n)
     del encoder
     base = dict(shards=folder, encoder=name, batch_size=args.batch_size, precision=args.precision)
     rows["runner_no_ray"] = extraction(ExtractConfig(**base, features=f"{tmp}/local-{len(rows)}", device=args.device,
                                                      num_workers=args.workers), use_ray=False)
     if args.device == "cpu" and not args.no_ray:
-        cfg = ExtractConfig(**base, features=f"{tmp}/ray", cpus_per_actor=args.actor_cpus, concurrency=1,
-                            read_tasks=args.read_tasks)
-        # Warm-up (not timed): Ray's start and the actor's first model load, on one shard.
-        extraction(ExtractConfig(**{**base, "shards": f"{folder}/bench-000000.tar"}, features=f"{tmp}/warm"), use_ray=True)
-        rows["ray_pipeline"] = extraction(cfg, use_ray=True)
-    return [{"mode": mode, "images_per_s": round(ips, 2), "ratio_to_bare_loop": round(ips / rows["bare_loop"], 3),
-             "encoder": name} for mode, ips in rows.items()]
+        ray_base = dict(base, cpus_per_actor=args.actor_cpus, concurrency=1, read_tasks=args.read_tasks)
+        one_shard = {**ray_base, "shards": f"{tmp}/small/bench-000000.tar"}
+        # Warm-up (not timed): Ray's start and the first import of torch in its workers.
+        extraction(ExtractConfig(**one_shard, features=f"{tmp}/warm"), use_ray=True)
+        # One small shard: what every job pays before its first image (actor start, planning).
+        rows["ray_one_shard"] = extraction(ExtractConfig(**one_shard, features=f"{tmp}/one"), use_ray=True)
+        rows["ray_pipeline"] = extraction(ExtractConfig(**ray_base, features=f"{tmp}/ray"), use_ray=True)
+    best_bare = max(rows["bare_loop"][0], rows["bare_loop_uint8"][0])  # ratios against the faster bare loop
+    return [{"mode": mode, "images_per_s": round(ips, 2), "ratio_to_bare_loop": round(ips / best_bare, 3),
+             "job_images": count, "job_s": round(count / ips, 2), "encoder": name} for mode, (ips, count) in rows.items()]
 
 
 def environment(args) -> dict:
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else ""
     return {"device": args.device, "gpu": gpu, "precision": args.precision, "batch_size": args.batch_size,
-            "images": args.images, "image_px": args.size, "decode_workers": args.workers,
+            "image_px": args.size, "images_per_shard": args.per_shard, "decode_workers": args.workers,
             "ray_read_tasks": args.read_tasks or "", "ray_actor_cpus": args.actor_cpus, "cpu_cores": os.cpu_count(),
             "load_avg_1m_at_start": round(os.getloadavg()[0], 2), "torch": torch.__version__,
             "python": platform.python_version()}
@@ -159,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--per-shard", type=int, default=64)
+    parser.add_argument("--per-shard", type=int, default=1000, help="images per shard (default: gendet import's)")
     parser.add_argument("--size", type=int, default=256, help="image side in px")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="decode workers")
@@ -172,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="gendet-bench-") as tmp:
         images = make_shards(f"{tmp}/shards", args.images, args.per_shard, args.size)
+        make_shards(f"{tmp}/small", min(64, args.images), 64, args.size)
         for name in args.encoders.split(","):
             rows += [{**row, **env} for row in run_encoder(name, f"{tmp}/shards", images, args, tmp)]
             print(*(f"{r['encoder']:32s} {r['mode']:14s} {r['images_per_s']:9.1f} img/s  x{r['ratio_to_bare_loop']}"
-                    for r in rows[-4:]), sep="\n", flush=True)
+                    for r in rows if r["encoder"] == name), sep="\n", flush=True)
     tag = args.tag or f"{args.device.split(':')[0]}-{args.precision}-pt{torch.__version__.split('+')[0]}"
     print("wrote", write(rows, tag))
     assert "ray" not in sys.modules or args.device == "cpu", "GPU mode must not import Ray"

@@ -20,9 +20,9 @@ Names (``load_encoder(name)``, ``gendet extract --encoder NAME``):
 
 Every encoder is a plain class constructed from keyword arguments (``load_encoder``'s), so a Ray
 Data actor builds it inside the worker and no model is pickled. Attributes: ``name``, ``dim``,
-``preprocess`` (PIL RGB -> float Tensor[3,H,W]), ``__call__`` (Tensor[B,3,H,W] -> float32
-Tensor[B,dim], no grad), ``preprocess_cfg`` (dict read back from the model/transform),
-``preprocess_hash`` (sha256 of its canonical JSON), ``weights_ref``, ``device``, ``precision``,
+``preprocess`` (PIL RGB -> float Tensor[3,H,W]; ``preprocessor.pixels``/``finish`` split it at
+uint8 for decode workers), ``__call__`` (Tensor[B,3,H,W] -> float32 Tensor[B,dim], no grad),
+``preprocess_cfg`` (dict read back from the model/transform), ``preprocess_hash`` (sha256 of its canonical JSON), ``weights_ref``, ``device``, ``precision``,
 ``to(device)``. ``load_preprocess(name)`` gives the preprocessing alone, without loading weights,
 for decode workers that never run the model.
 """
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -119,15 +120,37 @@ def _rgb(image: Image.Image) -> Image.Image:
 
 
 class Preprocessor:
-    """An encoder's preprocessing without its model: picklable, cheap, for decode workers."""
+    """An encoder's preprocessing without its model: picklable, cheap, for decode workers.
 
-    def __init__(self, cfg: dict[str, Any], transform: Callable[[Image.Image], torch.Tensor]):
+    Two halves, so decode workers ship uint8 pixels (4x fewer bytes than float32 through Ray's
+    object store, a DataLoader pipe or PCIe) and the encoder side finishes them on its device:
+    ``pixels(image)`` -> uint8 ndarray [3,H,W] (the geometry: resize, crop, in PIL) and
+    ``finish(uint8 Tensor[B,3,H,W])`` -> float32 (``/255`` then ``(x - mean) / std``, the exact
+    ops of torchvision's ToTensor + Normalize). ``__call__`` is ``finish(pixels(image))``: the
+    two paths give bit-identical tensors (tested), so features do not depend on which one ran.
+    """
+
+    def __init__(self, cfg: dict[str, Any], geometry: Callable[[Image.Image], Image.Image]):
         self.preprocess_cfg = json.loads(canonical_json(cfg))  # JSON-clean copy: lists, not tuples
         self.preprocess_hash = preprocess_hash(self.preprocess_cfg)
-        self._transform = transform
+        self._geometry = geometry
+        self._mean = torch.tensor(self.preprocess_cfg["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        self._std = torch.tensor(self.preprocess_cfg["std"], dtype=torch.float32).view(1, -1, 1, 1)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (3, *self.preprocess_cfg["size"])
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        array = np.asarray(self._geometry(_rgb(image)), dtype=np.uint8)
+        return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+    def finish(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.to(torch.float32).div_(255)
+        return x.sub_(self._mean.to(x.device)).div_(self._std.to(x.device))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self._transform(_rgb(image))
+        return self.finish(torch.from_numpy(self.pixels(image))[None])[0]
 
 
 class Encoder:
@@ -228,10 +251,21 @@ def _with_crop(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _open_clip_preprocessor(cfg: dict[str, Any]) -> Preprocessor:
+    """open_clip's own inference transform, split where its PIL geometry ends: the rest must be
+    exactly (mode conversion,) ToTensor, Normalize(cfg's mean/std), which ``Preprocessor.finish`` does."""
+    import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
+    from torchvision import transforms as T
 
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k != "crop"}
-    return Preprocessor(cfg, image_transform_v2(PreprocessCfg(**fields), is_train=False))
+    steps = list(image_transform_v2(PreprocessCfg(**fields), is_train=False).transforms)
+    to_tensor = next((i for i, t in enumerate(steps) if isinstance(t, T.ToTensor)), None)
+    tail = steps[to_tensor + 1 :] if to_tensor is not None else []
+    if (len(tail) != 1 or not isinstance(tail[0], T.Normalize)
+            or [list(tail[0].mean), list(tail[0].std)] != [list(cfg["mean"]), list(cfg["std"])]):
+        raise GendetError(f"open_clip {open_clip.__version__}: its image transform is not geometry + ToTensor + "
+                          f"Normalize ({steps}); pin open_clip_torch to a tested version")
+    return Preprocessor(cfg, T.Compose(steps[:to_tensor]))
 
 
 def local_weights(url: str) -> str:

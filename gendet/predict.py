@@ -106,8 +106,10 @@ class ImageScorer:
 
     def features(self, images: Sequence[Image.Image]) -> np.ndarray:
         """The encoder's features [N, dim] of decoded images (what the detector was trained on)."""
-        batch = torch.stack([self.encoder.preprocess(im) for im in images])
-        return self.encoder(batch).float().cpu().numpy()
+        # the extraction job's path: uint8 pixels to the encoder's device, finished there
+        pre = self.encoder.preprocessor
+        pixels = torch.from_numpy(np.stack([pre.pixels(im) for im in images])).to(self.encoder.device)
+        return self.encoder(pre.finish(pixels)).float().cpu().numpy()
 
     @torch.inference_mode()
     def score_images(self, images: Sequence[Image.Image]) -> np.ndarray:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -52,19 +51,19 @@ PREPROCESS_CFG = {
 }
 
 
-def _crop_to_tensor(image: Image.Image, size: int = SIZE) -> torch.Tensor:
+def _center_crop(image: Image.Image, size: int = SIZE) -> Image.Image:
     w, h = image.size
     if min(w, h) < size:  # upscale only: never resample away the traces of larger images
         scale = size / min(w, h)
         w, h = max(size, round(w * scale)), max(size, round(h * scale))
         image = image.resize((w, h), Image.Resampling.BICUBIC)
     left, top = (w - size) // 2, (h - size) // 2
-    array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1).div_(255.0).contiguous()
+    return image.crop((left, top, left + size, top + size))
 
 
 def spectrum_preprocessor() -> Preprocessor:
-    return Preprocessor(PREPROCESS_CFG, functools.partial(_crop_to_tensor, size=SIZE))
+    """Geometry ``_center_crop``; ``Preprocessor.finish`` scales to [0, 1] (mean 0, std 1)."""
+    return Preprocessor(PREPROCESS_CFG, functools.partial(_center_crop, size=SIZE))
 
 
 def _hann2d(p: int) -> torch.Tensor:

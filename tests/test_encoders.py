@@ -167,6 +167,33 @@ def test_preprocessor_pickles_for_decode_workers():
     assert torch.equal(again(image), pre(image)) and again.preprocess_hash == pre.preprocess_hash
 
 
+@pytest.mark.parametrize("name", [DEBUG_CLIP, "open_clip:ViT-B-32/none", OFFLINE_DEFAULT])
+def test_uint8_pixels_then_finish_equal_the_float_transform_bit_for_bit(name):
+    """Decode workers ship ``pixels`` (uint8); encoders ``finish`` them: the features must not
+    depend on that split, so it must equal the float transform exactly (open_clip's own Compose)."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    pre = load_preprocess(name)
+    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in pre.preprocess_cfg.items() if k != "crop"}
+    images = [_noise_image(300, 200, 1), _noise_image(40, 90, 2).convert("L"), _noise_image(257, 129, 3).convert("RGBA")]
+    for image in images:
+        pixels = pre.pixels(image)
+        assert pixels.dtype == np.uint8 and pixels.shape == pre.shape
+        if name.startswith("open_clip"):
+            reference = image_transform_v2(PreprocessCfg(**cfg), is_train=False)(image.convert("RGB"))
+        else:  # spectrum:v1 as first defined: the crop's pixels as float32 / 255
+            crop = np.asarray(image.convert("RGB"), dtype=np.float32)
+            reference = None if min(crop.shape[:2]) < SIZE else torch.from_numpy(crop).permute(2, 0, 1)
+            if reference is not None:
+                top, left = (crop.shape[0] - SIZE) // 2, (crop.shape[1] - SIZE) // 2
+                reference = reference[:, top : top + SIZE, left : left + SIZE].contiguous().div_(255.0)
+        finished = pre.finish(torch.from_numpy(np.stack([pixels, pixels])))
+        assert finished.dtype == torch.float32 and torch.equal(finished[0], finished[1])
+        assert torch.equal(finished[0], pre(image))
+        if reference is not None:
+            assert torch.equal(finished[0], reference)
+
+
 def test_preprocess_hash_follows_the_pretrained_tag():
     # the tag's mean/std/interpolation are part of the preprocessing, so they change the hash
     openai = open_clip_preprocess_cfg("ViT-B-16", "openai")

@@ -34,7 +34,7 @@ def test_every_bad_sample_is_quarantined_with_its_reason(tmp_path, reader):
     assert int(end["n_rows"][-1]) == len(expected)  # read = kept + quarantined
     images = np.concatenate([b["image"] for b in batches])
     kept = np.concatenate([b["reason"] == "" for b in batches])
-    assert images.shape[1:] == (3, 128, 128)
+    assert images.shape[1:] == (3, 128, 128) and images.dtype == np.uint8  # the mapper finishes them
     assert np.all(images[kept].std(axis=(1, 2, 3)) > 0) and not images[~kept].any()
 
 

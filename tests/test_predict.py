@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -128,3 +129,25 @@ def test_one_thread_if_sets_and_restores_the_thread_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_predict_sees_the_features_the_extraction_job_stored(scorer, tiny_images, tmp_path):
+    """No train/serve skew: ``gendet extract`` (uint8 pixels through DataLoader workers, finished
+    by the mapper) and ``predict`` compute the same features for the same file, bit for bit."""
+    import pyarrow.parquet as pq
+
+    from gendet.extract import ExtractConfig, run_local
+    from gendet.features import resolve_variant
+    from gendet.shards import Sample, ShardWriter
+
+    with ShardWriter(str(tmp_path / "shards"), "files", max_count=100) as writer:
+        for i, path in enumerate(tiny_images):
+            writer.write(Sample(key=f"f{i}", image=Path(path).read_bytes(), image_ext=Path(path).suffix[1:],
+                                label="real", subset="files"))
+    run_local(ExtractConfig(shards=str(tmp_path / "shards"), features=str(tmp_path / "store"),
+                            feature_dtype="float32", batch_size=4, num_workers=1))
+    variant = resolve_variant(str(tmp_path / "store"), scorer.encoder.name)
+    stored = np.stack(pq.read_table(f"{variant.url}/files-000000.parquet")["feature"].to_numpy(zero_copy_only=False))
+    served = scorer.features([predict.decode_image(Path(p).read_bytes()) for p in tiny_images])
+    assert stored.shape == served.shape == (len(tiny_images), scorer.encoder.dim)
+    assert np.array_equal(stored, served)

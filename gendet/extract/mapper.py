@@ -1,4 +1,4 @@
-"""Mapper: column batches of preprocessed images -> column batches of features.
+"""Mapper: column batches of uint8 pixels -> column batches of features.
 
 ``FeatureMapper`` is a plain callable class (clip-retrieval's mapper, Ray's doggos ``embed.py``):
 it loads the encoder once in ``__init__`` and is built where it runs, so Ray Data's
@@ -27,12 +27,13 @@ class FeatureMapper:
         self.feature_dtype = np.dtype(feature_dtype)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
-        """[B,3,H,W] float32 -> [B,dim] features in the stored dtype."""
-        batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        """[B,3,H,W] uint8 pixels (``Preprocessor.pixels``) -> [B,dim] features in the stored dtype.
+        The pixels travel as uint8 and become float on the encoder's device (``finish``)."""
+        batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
         if self.device != "cpu":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode():
-            features = self.encoder(batch)
+            features = self.encoder(self.encoder.preprocessor.finish(batch))
         return features.float().cpu().numpy().astype(self.feature_dtype)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Reader: one shard URL -> column batches of preprocessed images, plus quarantine rows.
+"""Reader: one shard URL -> column batches of preprocessed uint8 images, plus quarantine rows.
 
 Every row carries ``shard`` (the shard stem), ``index`` (position of the sample in the tar) and
 ``reason`` (empty for a good sample, a quarantine reason otherwise). Quarantined rows keep a zero
@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gendet import io as gio
+from gendet.encoders import Preprocessor
 from gendet.shards import IMAGE_EXTS, meta_problem, shard_stem
 
 END = "__end__"
@@ -135,7 +136,7 @@ class ShardReader:
     same for each URL, which is the form Ray Data's ``map_batches`` uses. Both are plain Python.
     """
 
-    def __init__(self, preprocess: Callable[[Image.Image], Any], *, degrade: Callable | None = None,
+    def __init__(self, preprocess: Preprocessor, *, degrade: Callable | None = None,
                  batch_size: int = 64, max_retries: int = 2):
         self.preprocess, self.degrade = preprocess, degrade
         self.batch_size, self.max_retries = batch_size, max_retries
@@ -148,8 +149,7 @@ class ShardReader:
     def blank(self) -> np.ndarray:
         """The zero image that quarantined rows carry (same shape as a real one)."""
         if self._blank is None:
-            shape = np.asarray(self.preprocess(Image.new("RGB", (64, 64)))).shape
-            self._blank = np.zeros(shape, dtype=np.float32)
+            self._blank = np.zeros_like(self.preprocess.pixels(Image.new("RGB", (64, 64))))
         return self._blank
 
     def read(self, url: str) -> Iterator[dict[str, np.ndarray]]:
@@ -202,7 +202,7 @@ class ShardReader:
         try:
             if self.degrade is not None:
                 img = to_rgb(self.degrade(img))
-            image = np.asarray(self.preprocess(img), dtype=np.float32)
+            image = self.preprocess.pixels(img)  # uint8: the mapper finishes it on the encoder's device
         except Exception as exc:  # noqa: BLE001 - a sample the transforms choke on is data, not a crash
             return self._row(stem, key, index, reason="preprocess_error", error=f"{type(exc).__name__}: {exc}")
         row = self._row(stem, key, index, meta=meta)
