@@ -161,6 +161,14 @@ def environment(args) -> dict:
             "python": platform.python_version()}
 
 
+def machine_tag(device: str) -> str:
+    """cpu<cores> or the GPU's model (cuda-h100), as the committed result files are named."""
+    if device == "cpu":
+        return f"cpu{os.cpu_count()}"
+    words = torch.cuda.get_device_name(0).lower().replace("nvidia", "").split()
+    return "cuda-" + (words[0] if words else "gpu")
+
+
 def write(rows: list[dict], tag: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"extract-{tag}.csv"
@@ -199,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += [{**row, **env} for row in run_encoder(name, f"{tmp}/shards", images, args, tmp)]
             print(*(f"{r['encoder']:32s} {r['mode']:14s} {r['images_per_s']:9.1f} img/s  x{r['ratio_to_bare_loop']}"
                     for r in rows if r["encoder"] == name), sep="\n", flush=True)
-    tag = args.tag or f"{args.device.split(':')[0]}-{args.precision}-pt{torch.__version__.split('+')[0]}"
+    tag = args.tag or f"{machine_tag(args.device)}-{args.precision}-pt{''.join(torch.__version__.split('.')[:2])}"
     print("wrote", write(rows, tag))
     assert "ray" not in sys.modules or args.device == "cpu", "GPU mode must not import Ray"
     return 0
