@@ -147,7 +147,9 @@ class Preprocessor:
 
     def finish(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.to(torch.float32).div_(255)
-        return x.sub_(self._mean.to(x.device)).div_(self._std.to(x.device))
+        if self._mean.device != x.device:  # once per device, not a host-to-device copy per batch
+            self._mean, self._std = self._mean.to(x.device), self._std.to(x.device)
+        return x.sub_(self._mean).div_(self._std)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.finish(torch.from_numpy(self.pixels(image))[None])[0]
