@@ -20,11 +20,12 @@ Names (``load_encoder(name)``, ``gendet extract --encoder NAME``):
 
 Every encoder is a plain class constructed from keyword arguments (``load_encoder``'s), so a Ray
 Data actor builds it inside the worker and no model is pickled. Attributes: ``name``, ``dim``,
-``preprocess`` (PIL RGB -> float Tensor[3,H,W]; ``preprocessor.pixels``/``finish`` split it at
-uint8 for decode workers), ``__call__`` (Tensor[B,3,H,W] -> float32 Tensor[B,dim], no grad),
-``preprocess_cfg`` (dict read back from the model/transform), ``preprocess_hash`` (sha256 of its canonical JSON), ``weights_ref``, ``device``, ``precision``,
-``to(device)``. ``load_preprocess(name)`` gives the preprocessing alone, without loading weights,
-for decode workers that never run the model.
+``preprocess`` (PIL RGB -> float Tensor[3,H,W]; ``preprocessor.pixels``/``finish`` split it at uint8
+for decode workers), ``__call__`` (Tensor[B,3,H,W] -> float32 Tensor[B,dim], no grad),
+``preprocess_cfg`` (dict read back from the model/transform), ``preprocess_hash`` (sha256 of its
+canonical JSON), ``weights_ref``, ``device``, ``precision``, ``to(device)``.
+``load_preprocess(name)`` gives the preprocessing alone, without loading weights, for decode workers
+that never run the model.
 """
 
 from __future__ import annotations
@@ -136,10 +137,6 @@ class Preprocessor:
         self._geometry = geometry
         self._mean = torch.tensor(self.preprocess_cfg["mean"], dtype=torch.float32).view(1, -1, 1, 1)
         self._std = torch.tensor(self.preprocess_cfg["std"], dtype=torch.float32).view(1, -1, 1, 1)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (3, *self.preprocess_cfg["size"])
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         array = np.asarray(self._geometry(_rgb(image)), dtype=np.uint8)

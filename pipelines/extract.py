@@ -5,11 +5,12 @@ list the shards, skip those whose stats file exists (``--mode overwrite`` redoes
 Run: one CPU task per shard decodes, degrades and preprocesses it to uint8 pixels (``ShardReader``;
 a quarter of float32's bytes through the object store and PCIe) -> an actor pool of encoders
 (``FeatureMapper``, built inside each actor, ``--concurrency`` actors with ``--num-gpus`` each,
-finishing the pixels to float on their device) -> the driver. The shard is the unit of the write: Ray's ``write_parquet``
-picks its own file names and can split or merge shards, so the driver consumes ``iter_batches``
-(features only, ~1 KB a row) and writes a shard's Parquet, quarantine table and stats file as soon
-as the shard's end row and all the rows it announced have arrived. Shards finish independently, so
-a job killed at any moment loses only shards without a stats file, and a rerun does exactly those.
+finishing the pixels to float on their device) -> the driver. The shard is the unit of the write:
+Ray's ``write_parquet`` picks its own file names and can split or merge shards, so the driver
+consumes ``iter_batches`` (features only, ~1 KB a row) and writes a shard's Parquet, quarantine
+table and stats file as soon as the shard's end row and all the rows it announced have arrived.
+Shards finish independently, so a job killed at any moment loses only shards without a stats file,
+and a rerun does exactly those.
 """
 
 from __future__ import annotations

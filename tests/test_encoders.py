@@ -178,7 +178,7 @@ def test_uint8_pixels_then_finish_equal_the_float_transform_bit_for_bit(name):
     images = [_noise_image(300, 200, 1), _noise_image(40, 90, 2).convert("L"), _noise_image(257, 129, 3).convert("RGBA")]
     for image in images:
         pixels = pre.pixels(image)
-        assert pixels.dtype == np.uint8 and pixels.shape == pre.shape
+        assert pixels.dtype == np.uint8 and pixels.shape == (3, *pre.preprocess_cfg["size"])
         if name.startswith("open_clip"):
             reference = image_transform_v2(PreprocessCfg(**cfg), is_train=False)(image.convert("RGB"))
         else:  # spectrum:v1 as first defined: the crop's pixels as float32 / 255
