@@ -17,7 +17,7 @@ from gendet import GendetError
 from gendet.config import ConfigError, replace
 from gendet.shards import iter_tar_members, list_shards
 from gendet.zoo.config import FAMILIES, family_config
-from gendet.zoo.photos import SOURCES, PhotoEntry, Source, collect_photos, random_crops
+from gendet.zoo.photos import PhotoEntry, Source, collect_photos, random_crops
 from gendet.zoo.regenerate import high_frequency_ratio, psnr, random_masks, regenerate
 from gendet.zoo.shards import ZooShardsConfig, build_zoo_shards
 from gendet.zoo.train import load_or_train, shipped_weights_path, train_family
