@@ -23,7 +23,6 @@ rendered to the ``.md`` beside it, with the load average at the start of the run
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import os
 import platform
@@ -41,7 +40,8 @@ from gendet.extract import ExtractConfig, run_local
 from gendet.extract.reader import decode_image
 from gendet.shards import Sample, ShardWriter
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).parent))
+from train import result_tag, write_results  # noqa: E402 (one results writer for every benchmark)
 
 
 def make_shards(folder: str, n_images: int, per_shard: int, size: int) -> list[bytes]:
@@ -161,28 +161,6 @@ def environment(args) -> dict:
             "python": platform.python_version()}
 
 
-def machine_tag(device: str) -> str:
-    """cpu<cores> or the GPU's model (cuda-h100), as the committed result files are named."""
-    if device == "cpu":
-        return f"cpu{os.cpu_count()}"
-    words = torch.cuda.get_device_name(0).lower().replace("nvidia", "").split()
-    return "cuda-" + (words[0] if words else "gpu")
-
-
-def write(rows: list[dict], tag: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"extract-{tag}.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoders", default="spectrum:v1,open_clip:ViT-B-32/none")
@@ -207,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += [{**row, **env} for row in run_encoder(name, f"{tmp}/shards", images, args, tmp)]
             print(*(f"{r['encoder']:32s} {r['mode']:14s} {r['images_per_s']:9.1f} img/s  x{r['ratio_to_bare_loop']}"
                     for r in rows if r["encoder"] == name), sep="\n", flush=True)
-    tag = args.tag or f"{machine_tag(args.device)}-{args.precision}-pt{''.join(torch.__version__.split('.')[:2])}"
-    print("wrote", write(rows, tag))
+    machine, torch_version = result_tag(args.device).rsplit("-pt", 1)
+    tag = args.tag or f"{machine}-{args.precision}-pt{torch_version}"
+    print("wrote", write_results(rows, f"extract-{tag}"))
     assert "ray" not in sys.modules or args.device == "cpu", "GPU mode must not import Ray"
     return 0
 

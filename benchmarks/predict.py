@@ -42,7 +42,7 @@ from gendet.encoders import load_encoder
 from gendet.models import Arch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train import write_results  # noqa: E402 (one results writer for every benchmark)
+from train import result_tag, write_results  # noqa: E402 (one results writer for every benchmark)
 
 
 def make_model(encoder_name: str, folder: Path) -> str:
@@ -127,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {**bench(name, args), **at_start}
         print(row, flush=True)
         rows.append(row)
-    torch_tag = "".join(torch.__version__.split("+")[0].split(".")[:2])
-    print("wrote", write_results(rows, f"predict-cpu{os.cpu_count()}-pt{torch_tag}"))
+    print("wrote", write_results(rows, f"predict-{result_tag()}"))
     return 0
 
 

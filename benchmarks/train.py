@@ -126,11 +126,21 @@ def conditions(args: argparse.Namespace) -> dict:
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def result_name(args: argparse.Namespace) -> str:
+def result_tag(device: str = "cpu") -> str:
+    """``cpu<cores>`` or ``cuda-<gpu model>``, then ``-pt<torch major><minor>``: how every committed
+    result file is named (one naming for all benchmarks)."""
     import torch
 
-    machine = f"cpu{os.cpu_count()}" if args.device == "cpu" else "cuda"
-    return f"train-{machine}-pt{''.join(torch.__version__.split('+')[0].split('.')[:2])}"
+    if device == "cpu":
+        machine = f"cpu{os.cpu_count()}"
+    else:
+        words = torch.cuda.get_device_name(0).lower().replace("nvidia", "").split()
+        machine = "cuda-" + (words[0] if words else "gpu")
+    return f"{machine}-pt{''.join(torch.__version__.split('+')[0].split('.')[:2])}"
+
+
+def result_name(args: argparse.Namespace) -> str:
+    return f"train-{result_tag(args.device)}"
 
 
 def write_results(rows: list[dict], name: str) -> Path:

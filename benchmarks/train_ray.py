@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train import STAGE_TYPES, write_results, write_store  # noqa: E402  (benchmarks/train.py)
+from train import STAGE_TYPES, result_tag, write_results, write_store  # noqa: E402  (benchmarks/train.py)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -85,8 +85,7 @@ def main() -> None:
                     "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M")})
         print(row, flush=True)
         rows.append(row)
-    tag = f"train-ray-cpu{os.cpu_count()}-pt{''.join(torch.__version__.split('+')[0].split('.')[:2])}"
-    print(write_results(rows, tag))
+    print(write_results(rows, f"train-ray-{result_tag()}"))
 
 
 if __name__ == "__main__":
