@@ -20,8 +20,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gendet import report  # noqa: E402
-from gendet.train_config import METHODS  # noqa: E402
+from gendet.eval import tables  # noqa: E402
+from gendet.method.config import METHODS  # noqa: E402
 from pipelines import demo, train  # noqa: E402
 from pipelines._ray import verb_args  # noqa: E402
 
@@ -37,9 +37,9 @@ def one_seed(features: str, out: str, seed: int) -> dict:
         clean = by_degrade[""][method]
         unseen = [s for s in clean["subsets"] if s not in seen]
         for metric in ("acc", "ap", "acc_calibrated"):
-            row[(method, f"unseen {metric}")] = report.mean_over(clean, unseen, metric)
+            row[(method, f"unseen {metric}")] = tables.mean_over(clean, unseen, metric)
         for degrade in demo.DEGRADES:
-            row[(method, degrade)] = report.mean_over(by_degrade[degrade][method], unseen, "acc")
+            row[(method, degrade)] = tables.mean_over(by_degrade[degrade][method], unseen, "acc")
         row[(method, "inpaint_f8 acc")] = clean["subsets"]["inpaint_f8"]["acc"]
     return row
 

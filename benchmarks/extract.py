@@ -35,10 +35,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gendet.encoders import load_encoder, load_preprocess
-from gendet.extract import ExtractConfig, run_local
-from gendet.extract.reader import decode_image
-from gendet.shards import Sample, ShardWriter
+from gendet.data.decode import decode_image
+from gendet.data.shards import Sample, ShardWriter
+from gendet.encoders.registry import load_encoder, load_preprocess
+from gendet.extract.config import ExtractConfig
+from gendet.extract.runner import run_local
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train import result_tag, write_results  # noqa: E402 (one results writer for every benchmark)

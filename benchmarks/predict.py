@@ -3,10 +3,10 @@
     python benchmarks/predict.py --encoders spectrum:v1,open_clip:ViT-B-32/none --reps 30
 
 For each encoder a random-init ``gendet`` detector of the encoder's width is saved as a local MLflow
-model and loaded once through ``gendet.predict.load_scorer`` (the path ``--model`` takes). Then,
+model and loaded once through ``gendet.serve.predict.load_scorer`` (the path ``--model`` takes). Then,
 alternating so both see the same machine load, each repetition times:
 
-- ``predict_ms``: ``gendet.predict.predict(scorer, [path])``: read the file, decode, preprocess,
+- ``predict_ms``: ``gendet.serve.predict.predict(scorer, [path])``: read the file, decode, preprocess,
   encode, score with the heads, build the JSON row;
 - ``encoder_alone_ms``: the least work that gives the features: read, decode, preprocess, encode
   (same encoder object, same threads);
@@ -36,10 +36,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gendet import predict, pyfunc
-from gendet.detector import Detector, build_method_nets
-from gendet.encoders import load_encoder
-from gendet.models import Arch
+from gendet.encoders.registry import load_encoder
+from gendet.method.detector import Detector, build_method_nets
+from gendet.method.networks import Arch
+from gendet.serve import predict, pyfunc
+from gendet.serve import scorer as scorer_mod
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train import result_tag, write_results  # noqa: E402 (one results writer for every benchmark)
@@ -66,7 +67,7 @@ def make_image(folder: Path, size: int) -> str:
 
 
 def encoder_alone(scorer: predict.ImageScorer, path: str) -> np.ndarray:
-    image = predict.decode_image(Path(path).read_bytes())
+    image = scorer_mod.decode_image(Path(path).read_bytes())
     return scorer.encoder(torch.stack([scorer.encoder.preprocess(image)])).numpy()
 
 
@@ -83,7 +84,7 @@ def bench(encoder_name: str, args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         scorer = predict.load_scorer(model)
         load_s = time.perf_counter() - start
-        tensor = torch.stack([scorer.encoder.preprocess(predict.decode_image(Path(image).read_bytes()))])
+        tensor = torch.stack([scorer.encoder.preprocess(scorer_mod.decode_image(Path(image).read_bytes()))])
         times: dict[str, list[float]] = {"predict": [], "alone": [], "forward": []}
         for rep in range(args.warmup + args.reps):
             sample = {"predict": timed_ms(lambda: predict.predict(scorer, [image])),

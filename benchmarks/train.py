@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gendet import io as gio
-from gendet.features import MANIFEST, feature_schema, variant_name
+from gendet.features.store import MANIFEST, feature_schema, variant_name
 
 ENCODER, PREPROCESS, DIM, SHARD_ROWS = "synthetic:separable-768", "bench0001", 768, 25_000
 STAGE_TYPES = ("pretrain", "a", "b", "c", "classifier")
@@ -72,10 +72,10 @@ def worker(args: argparse.Namespace) -> dict:
     """One timed run in this process; returns the flat result row."""
     import torch
 
-    from gendet.batches import ParquetSource, TensorSource, synthetic_clusters
-    from gendet.metrics import metrics_report
-    from gendet.schedule import train_all
-    from gendet.train_config import preset
+    from gendet.eval.metrics import metrics_report
+    from gendet.features.sources import ParquetSource, TensorSource, synthetic_clusters
+    from gendet.method.config import preset
+    from gendet.method.trainer import train_all
 
     torch.set_num_threads(args.threads)
     overrides = dict(methods=tuple(args.methods), batch_size=args.batch_size, precision=args.precision,

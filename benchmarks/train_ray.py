@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 def run_fit(store: Path, workers: int, args: argparse.Namespace) -> dict:
     from gendet import io as gio
-    from gendet.features import resolve_variant
+    from gendet.features.store import resolve_variant
     from pipelines import train
     from pipelines._ray import verb_args
 

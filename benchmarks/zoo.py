@@ -25,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from gendet.encoders import load_encoder
+from gendet.encoders.registry import load_encoder
 from gendet.zoo.config import parse_families
 from gendet.zoo.photos import collect_photos, random_crops
 from gendet.zoo.regenerate import psnr, random_masks, regenerate

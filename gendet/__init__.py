@@ -12,3 +12,9 @@ class GendetError(Exception):
 
     The CLI prints it as ``gendet: error: <message>`` and exits 2, without a traceback.
     """
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]

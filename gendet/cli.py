@@ -18,12 +18,12 @@ from gendet import GendetError, __version__
 
 # verb -> (module, one-line help). Order is the order users meet them in.
 VERBS: dict[str, tuple[str, str]] = {
-    "import": ("gendet.importers.cli", "turn GenImage / UniversalFakeDetect / plain folders into WebDataset shards"),
+    "import": ("gendet.data.importers.cli", "turn GenImage / UniversalFakeDetect / plain folders into WebDataset shards"),
     "zoo": ("gendet.zoo.cli", "build the offline photo corpus and generator zoo, and write demo shards"),
     "extract": ("pipelines.extract", "shards -> Parquet feature store (Ray Data)"),
     "train": ("pipelines.train", "GenDet and its baselines on a feature store (Ray Train), logged to MLflow"),
     "evaluate": ("pipelines.evaluate", "per-subset metrics table of a model on a feature store"),
-    "predict": ("gendet.predict", "score images, folders or URLs: one JSON line per image"),
+    "predict": ("gendet.serve.predict", "score images, folders or URLs: one JSON line per image"),
     "refresh": ("pipelines.refresh", "extract new shards, score the champion on them, alert when it slips"),
     "demo": ("pipelines.demo", "the whole system offline: photos -> zoo -> shards -> features -> train -> evaluate"),
 }

@@ -3,12 +3,13 @@
 Configs are frozen ``kw_only, slots`` dataclasses (torchtitan style): a misspelt field fails
 loudly, checks live in ``__post_init__`` and run before any work starts, and the resolved config
 is written next to every output and logged to MLflow. Each concern keeps its own config class next
-to its code (``gendet.train_config``, ``gendet.extract``, ``gendet.zoo``); this module holds what
+to its code (``gendet.method.config``, ``gendet.extract``, ``gendet.zoo``); this module holds what
 they share.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import typing
@@ -63,3 +64,62 @@ def to_json(cfg: Any) -> str:
 def replace(cfg: C, **changes: Any) -> C:
     """``dataclasses.replace`` that re-runs validation (``__post_init__``)."""
     return dataclasses.replace(cfg, **changes)
+
+
+# --- the command line of a config: flags made from its fields, defaults and docstrings -----------
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body), first sentence."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _flag_type(hint: Any) -> tuple[Any, dict[str, Any]]:
+    """(argparse type, extra add_argument kwargs) for a field's type hint."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Literal:
+        return type(args[0]), {"choices": list(args)}
+    if typing.get_origin(hint) is tuple:
+        return (lambda text: tuple(t.strip() for t in text.split(",") if t.strip())), {"metavar": "A,B,..."}
+    if args and len(args) == 1:  # X | None
+        return _flag_type(args[0])
+    return hint, {}
+
+
+def add_config_arguments(parser: Any, cls: type, *, positional: tuple[str, ...] = (), skip: tuple[str, ...] = (),
+                         helps: dict[str, str] | None = None) -> None:
+    """One ``--field-name`` flag per field of the config dataclass ``cls`` (``positional`` ones as
+    positional arguments), with the field's default, its type or choices, and its docstring as
+    help: the defaults live in the config alone."""
+    hints, docs, helps = typing.get_type_hints(cls), field_docs(cls), helps or {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind, extra = _flag_type(hints[f.name])
+        text = helps.get(f.name, docs.get(f.name, "")).replace("%", "%%")  # argparse formats help with %
+        if f.name in positional:
+            parser.add_argument(f.name, metavar=f.name.upper(), type=kind, help=text, **extra)
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if kind is bool:
+            parser.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=default,
+                                help=text)
+            continue
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=default,
+                            help=f"{text} (default: {shown})", **extra)
+
+
+def config_from_args(cls: type[C], args: Any) -> C:
+    """The config whose fields are the parsed flags of ``add_config_arguments`` (validated)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})

@@ -1,12 +1,13 @@
 """fsspec helpers written once: every path or URL in gendet goes through these.
 
-Writes are atomic where the filesystem allows it: the bytes go to a temporary name beside the
-target and are moved into place, so a job killed at any moment leaves either the old file or the
-new one, never half of one (object stores such as s3 write whole objects anyway).
+Writes are atomic: locally the bytes go to a temporary name beside the target and are moved into
+place, on object stores (s3, gs, ...) one PUT writes the whole object, so a job killed at any
+moment leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -52,18 +53,25 @@ def read_bytes(url: str) -> bytes:
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write ``data`` to ``url`` through a temporary sibling and a rename."""
+    """Write ``data`` to ``url`` whole or not at all: locally through a temporary sibling and a
+    rename; on an object store with one ``pipe_file`` (a PUT is atomic there, and a temporary
+    object plus ``mv`` would be a copy and a delete)."""
     fs, path = fs_and_path(url)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if not is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    parent = os.path.dirname(path)
     if parent:
-        fs.makedirs(parent, exist_ok=True)
+        os.makedirs(parent, exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    if is_local(fs):
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)  # atomic on POSIX
-    else:
-        fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def read_json(url: str) -> Any:

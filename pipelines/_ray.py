@@ -33,8 +33,21 @@ def default_read_tasks() -> int | None:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+def require_ray() -> None:
+    """A one-line error, not a traceback, when this install has no Ray (``pip install gendet`` is
+    the library alone: predict, ``extract --local``, training in Python)."""
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+        import ray.train  # noqa: F401
+    except ImportError as exc:
+        raise GendetError(f"this verb runs on Ray, which is not installed here ({exc}); "
+                          "pip install 'gendet[ray]' (or run extraction with --local)") from None
+
+
 def init_ray(*, num_cpus: int | None = None, progress: bool = True) -> None:
     """Join ``RAY_ADDRESS`` when set, else start a local Ray (no-op when Ray is already up)."""
+    require_ray()
     import ray
     import ray.data
 
@@ -50,18 +63,6 @@ def init_ray(*, num_cpus: int | None = None, progress: bool = True) -> None:
             ray.init(address="local", num_cpus=num_cpus or local_num_cpus(), include_dashboard=False,
                      _node_ip_address="127.0.0.1", configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = progress
-
-
-def feature_files(variant_url: str) -> list[str]:
-    """The feature Parquet files of one store variant (quarantine tables left out)."""
-    from gendet import io as gio
-
-    return [u for u in gio.glob(variant_url, "*.parquet") if not u.endswith(".quarantine.parquet")]
-
-
-def any_of(column: str, values: tuple[str, ...]) -> str:
-    """A Ray Data filter expression: ``column`` equals one of ``values``."""
-    return "(" + " or ".join(f"{column} == '{v}'" for v in values) + ")"
 
 
 def verb_args(module, argv: list[str]) -> argparse.Namespace:

@@ -56,7 +56,7 @@ class Steps:
         self._name, self._t = name, time.perf_counter()
         return self
 
-    def __enter__(self) -> "Steps":
+    def __enter__(self) -> Steps:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -66,16 +66,11 @@ class Steps:
 
 def zoo_shards(out: str, families: list[str], small: bool) -> dict:
     """Write the zoo's shards for ``families`` unless a matching summary says they are there."""
-    from gendet.config import to_dict
     from gendet.zoo.shards import ZooShardsConfig, build_zoo_shards
 
     cfg = ZooShardsConfig(families=tuple(families), photos_per_split=4 if small else 0,
                           crops_per_photo=3 if small else 16)
-    summary_url = gio.join(out, "zoo_summary.json")
-    if gio.exists(summary_url) and gio.read_json(summary_url).get("config") == json.loads(json.dumps(to_dict(cfg))):
-        print(f"    reusing {out} (same zoo config)")
-        return gio.read_json(summary_url)
-    return build_zoo_shards(out, cfg)
+    return build_zoo_shards(out, cfg, reuse=True)
 
 
 def extract_all(shards: str, features: str, degrades: tuple[str, ...]) -> dict[str, dict]:
@@ -105,8 +100,8 @@ def train_args(features: str, out: str, args: argparse.Namespace) -> argparse.Na
 
 def degraded_reports(features: str, detectors_dir: str, degrades: tuple[str, ...], methods: tuple[str, ...]) -> dict:
     """Table 4 input: every method on the test split of each degraded variant."""
-    from gendet.detector import Detector
-    from gendet.features import resolve_variant
+    from gendet.features.store import resolve_variant
+    from gendet.method.detector import Detector
     from pipelines.evaluate import evaluate_store
 
     detectors = {m: Detector.load(gio.join(detectors_dir, m)) for m in methods}
@@ -117,26 +112,6 @@ def degraded_reports(features: str, detectors_dir: str, degrades: tuple[str, ...
     return out
 
 
-def sample_files(shards: str, family: str, folder: str, per_label: int = 3) -> list[str]:
-    """A few test-split images of ``family`` from its shards, as files (what a user would score)."""
-    from gendet.shards import iter_tar_members
-
-    paths, taken = [], {"real": 0, "fake": 0}
-    for url in gio.glob(shards, f"{family}-*.tar"):
-        members = dict(iter_tar_members(gio.read_bytes(url)))
-        for name, data in members.items():
-            if not name.endswith(".json"):
-                continue
-            meta = json.loads(data)
-            key = name[: -len(".json")]
-            if meta["split"] == "test" and taken[meta["label"]] < per_label and f"{key}.png" in members:
-                path = os.path.join(folder, f"{meta['label']}-{key}.png")
-                gio.write_bytes_atomic(path, members[f"{key}.png"])
-                paths.append(path)
-                taken[meta["label"]] += 1
-    return sorted(paths)
-
-
 def refresh_args(shards: str, features: str, out: str, model: str) -> argparse.Namespace:
     from pipelines import refresh
     from pipelines._ray import verb_args
@@ -145,8 +120,10 @@ def refresh_args(shards: str, features: str, out: str, model: str) -> argparse.N
 
 
 def run(args: argparse.Namespace) -> int:
-    from gendet.predict import predict
-    from gendet.train_config import METHODS
+    from gendet.data.shards import export_samples
+    from gendet.eval.report import DemoReport, write_demo_report
+    from gendet.method.config import METHODS
+    from gendet.serve.predict import predict
     from gendet.zoo.config import parse_families
     from pipelines import refresh, train
 
@@ -172,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
     # The gate may refuse (its real-image floor): then the demo goes on with the challenger, and says so.
     model = f"models:/gendet@{'champion' if summary['gate']['promoted'] else 'challenger'}"
     with step(f"predict: a few files with {model}"):
-        files = sample_files(shards, SAMPLE_FAMILY if SAMPLE_FAMILY in families else args.train_family,
-                             gio.join(out, "samples"))
+        family = SAMPLE_FAMILY if SAMPLE_FAMILY in families else args.train_family
+        files = export_samples(gio.glob(shards, f"{family}-*.tar"), gio.join(out, "samples"))
         predictions = predict(model, files)
         gio.write_bytes_atomic(gio.join(out, "predictions.jsonl"), "".join(json.dumps(p) + "\n" for p in predictions).encode())
         for row in predictions:
@@ -184,47 +161,13 @@ def run(args: argparse.Namespace) -> int:
         fresh = refresh.run_once(refresh_args(incoming, features, out, model))  # also writes OUT/refresh.json
         print("    " + (fresh.get("table") or "nothing new").replace("\n", "\n    "))
     with step("report"):
-        report_url, headline = write_report(out, args, zoo, extracted, summary, by_degrade, predictions, model,
-                                            fresh, step.times)
+        report_url, headline = write_demo_report(out, DemoReport(
+            train_family=args.train_family, new_family=args.new_family, zoo=zoo, extracted=extracted, summary=summary,
+            by_degrade=by_degrade, predictions=predictions, predictions_model=model, refresh=fresh, times=step.times))
     print("\n" + headline)
     print(f"report: {report_url}\nMLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db "
           f"(total {time.perf_counter() - step.started:.0f} s)")
     return 0
-
-
-def write_report(out: str, args: argparse.Namespace, zoo: dict, extracted: dict, summary: dict, by_degrade: dict,
-                 predictions: list, predictions_model: str, fresh: dict, times: dict) -> tuple[str, str]:
-    """OUT/report.md: tables, plots, predictions, the refresh verdict; returns (path, headline table)."""
-    from gendet import report
-
-    seen = [args.train_family]
-    reports = {m: gio.read_json(gio.join(out, "metrics", f"{m}.json")) for m in by_degrade[""]}
-    headline = report.methods_table(reports, seen, metric="acc")
-    plots = "\n".join(f"![{os.path.basename(p)}]({os.path.relpath(p, out)})" for p in summary.get("plots", []))
-    gate = summary.get("gate", {})
-    counts = {f: {k: v for k, v in s.items() if k in ("real", "fake", "masked")} for f, s in zoo["families"].items()}
-    sections = [
-        (f"Accuracy at 0.5 (GenImage protocol), trained on {args.train_family}", headline),
-        ("Average precision", report.methods_table(reports, seen, metric="ap")),
-        ("Accuracy at the threshold calibrated on held-out reals "
-         f"(target FPR {reports['gendet'].get('target_fpr')})", report.methods_table(reports, seen, metric="acc_calibrated")),
-        ("Table 4: mean accuracy on unseen families under degradation",
-         report.degradation_by_method(by_degrade, seen) + "\n\nresize:32 and resize:18 are GenImage's 112 and 64 scaled "
-         "to the 64 px crops (the same fractions of the side as of 224 px)."),
-        ("Plots", plots),
-        ("Registry", f"MLflow run `{summary['run_id']}`, model `{summary['model_uri']}`; registered as "
-         f"`gendet` version {gate.get('version')}, promoted to champion: **{gate.get('promoted')}** "
-         f"({gate.get('reason')})."),
-        (f"predict with {predictions_model}", "```\n" + "\n".join(json.dumps(p) for p in predictions) + "\n```"),
-        (f"Refresh: {args.new_family} arrives", (fresh.get("table") or "nothing new")
-         + f"\n\nnew shards: {len(fresh['new_shards'])}; alert: **{fresh['alert']}**\n\n"
-         + "\n".join(f"- {s}: {v['reason']}" for s, v in fresh["subsets"].items())),
-        ("Data", f"{zoo['photos']} photos; samples per family: `{json.dumps(counts)}`; extraction: "
-         + ", ".join(f"{d or 'clean'} {e['store_rows']} rows" + (f" ({e['images']} new at {e['images_per_s']:.0f} images/s)"
-                     if e["images"] else " (already extracted)") for d, e in extracted.items())),
-        ("Timings (s)", "\n".join(f"- {k}: {v}" for k, v in times.items())),
-    ]
-    return report.write(gio.join(out, "report.md"), sections), headline
 
 
 def main(argv: list[str] | None = None) -> int:

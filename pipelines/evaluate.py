@@ -2,11 +2,10 @@
 
 Ray Data streams the store's evaluation rows through a scoring actor (features in, one score per
 method out: no image is decoded, no encoder loaded), the driver collects the small score table and
-builds ``metrics.json`` with ``gendet.metrics``. ``--degrade all`` adds Table 4: the same model on
+builds ``metrics.json`` with ``gendet.eval.metrics``. ``--degrade all`` adds Table 4: the same model on
 every degraded variant of the store (``gendet extract --degrade SPEC``), one row each.
 
-``report_training`` is the tail of ``gendet train``: evaluate every method, print the table, log
-everything to MLflow, register and gate.
+The scoring itself is the library's (``gendet.eval.scoring``); this module runs it on Ray Data.
 """
 
 from __future__ import annotations
@@ -17,72 +16,45 @@ import sys
 
 import numpy as np
 
-from gendet import GendetError
 from gendet import io as gio
-from gendet.detector import Detector
-from gendet.evaluation import degradation_table, load_detector, reports, table
-from gendet.features import Variant, list_variants, resolve_variant
-from gendet.metrics import json_safe
-from gendet.models import discrepancy
-
-
-class DetectorScorer:
-    """Ray Data actor: a pyarrow batch of features -> score per method (+ GenDet's discrepancy)."""
-
-    def __init__(self, detectors: dict[str, Detector]):
-        self.detectors = detectors
-
-    def __call__(self, batch):
-        import torch
-
-        n, dim = batch.num_rows, batch.schema.field("feature").type.list_size
-        x = batch.column("feature").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        x = x.reshape(n, dim).astype(np.float32)
-        out = {"label": np.asarray(batch.column("label").to_pylist()),
-               "subset": np.asarray(batch.column("subset").to_pylist())}
-        for method, det in self.detectors.items():
-            out[f"score_{method}"] = det.score(x)
-            if "student" in det.nets:
-                with torch.no_grad():
-                    d = discrepancy(det.nets["teacher"], det.nets["student"], torch.from_numpy(x))
-                out[f"discrepancy_{method}"] = d.mean(dim=1).double().numpy()
-        return out
+from gendet.eval import scoring
+from gendet.eval.metrics import json_safe
+from gendet.eval.tables import degradation_table, table
+from gendet.features.store import Variant, feature_files, list_variants, resolve_variant
+from gendet.method.detector import Detector
+from gendet.serve.loading import load_detector
 
 
 def score_variant(detectors: dict[str, Detector], variant: Variant, splits: tuple[str, ...] = (), *,
                   shards: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Columns label, subset, score_<method>, discrepancy_<method> over the rows of ``splits``
-    (or of the shards named by stem in ``shards``: what ``refresh`` has just extracted)."""
+    (or of the shards named by stem in ``shards``: what ``refresh`` has just extracted), scored
+    by the library's ``DetectorScorer`` on a Ray Data actor."""
     import ray.data
+    from ray.data.expressions import col
 
-    from pipelines._ray import any_of, feature_files, init_ray
+    from pipelines._ray import init_ray
 
-    for method, det in detectors.items():
-        if det.feature_dim != variant.dim or (det.preprocess_hash and det.preprocess_hash != variant.preprocess_hash):
-            raise GendetError(f"{variant.url}: features of {variant.encoder} (dim {variant.dim}) do not match the "
-                              f"{method} detector's encoder {det.encoder} (dim {det.feature_dim}); evaluate on a "
-                              "store extracted with the detector's encoder")
-    if not splits and not shards:
-        raise GendetError("score_variant: name the splits or the shards to score")
+    scoring.check_matches(detectors, variant)
+    scoring.rows_filter(splits, shards)  # names the rows to score, or says it must be told
     init_ray()
-    where = any_of("shard", shards) if shards else any_of("split", splits)
-    ds = (ray.data.read_parquet(feature_files(variant.url), columns=["feature", "label", "subset", "split", "shard"])
+    where = col("shard").is_in(list(shards)) if shards else col("split").is_in(list(splits))
+    ds = (ray.data.read_parquet(feature_files(variant.url), columns=scoring.COLUMNS)
           .filter(expr=where)
-          .map_batches(DetectorScorer, fn_constructor_kwargs={"detectors": detectors}, batch_format="pyarrow",
-                       batch_size=4096, concurrency=1))
+          .map_batches(scoring.DetectorScorer, fn_constructor_kwargs={"detectors": detectors}, batch_format="pyarrow",
+                       batch_size=4096, compute=ray.data.ActorPoolStrategy(size=1)))
     frame = ds.to_pandas()
     if frame.empty:
-        what = f"shard in {list(shards)}" if shards else f"split in {list(splits)}; pass --eval-splits with splits the store has"
-        raise GendetError(f"{variant.url}: no rows with {what}")
+        raise scoring.no_rows_error(variant, splits, shards)
     return {c: frame[c].to_numpy() for c in frame.columns}
 
 
 def evaluate_store(detectors: dict[str, Detector], variant: Variant, splits: tuple[str, ...] = (), *,
                    shards: tuple[str, ...] = (),
                    model_uris: dict[str, str] | None = None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """(metrics.json per method, scored columns) of ``detectors`` on a store variant, on Ray."""
     scored = score_variant(detectors, variant, splits, shards=shards)
-    scores = {m: scored[f"score_{m}"] for m in detectors}
-    return reports(scores, scored["label"], scored["subset"], detectors, model_uris=model_uris), scored
+    return scoring.reports(scored, detectors, model_uris=model_uris), scored
 
 
 # --- gendet evaluate -----------------------------------------------------------------------------------

@@ -19,38 +19,27 @@ import argparse
 import sys
 from typing import Any
 
-from gendet.extract.config import FEATURE_DTYPES, MODES, PRECISIONS, ExtractConfig
+from gendet.config import add_config_arguments, config_from_args
+from gendet.extract.config import ExtractConfig
 
 READER_MEMORY_BYTES = 3 << 29  # the worker process (0.6-1.2 GiB measured), a shard (<= 256 MiB) and its decoded batch
-ENCODER_HELP = "encoder name: spectrum:v1 (offline default) or open_clip:<arch>/<tag> (e.g. open_clip:ViT-L-14/openai; /none = random init)"
+
+
+# Flags whose help says more than the field's docstring (how to spell a value, where it applies).
+HELPS = {
+    "shards": "directory of .tar shards, a .tar URL, a brace pattern or a glob (fsspec)",
+    "features": "feature store URL (fsspec); output goes to FEATURES/<variant>/",
+    "encoder": "encoder name: spectrum:v1 (offline default) or open_clip:<arch>/<tag> "
+               "(e.g. open_clip:ViT-L-14/openai; /none = random init)",
+    "degrade": "robustness degradation before preprocessing: jpeg:65, jpeg:30, blur:3, blur:5, resize:112, resize:64",
+    "device": "encoder device with --local (cpu, cuda, cuda:N)",
+    "num_workers": "decode worker processes with --local",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("shards", metavar="SHARDS", help="directory of .tar shards, a .tar URL, a brace pattern or a glob (fsspec)")
-    parser.add_argument("features", metavar="FEATURES", help="feature store URL (fsspec); output goes to FEATURES/<variant>/")
-    parser.add_argument("--encoder", default="spectrum:v1", help=ENCODER_HELP)
-    parser.add_argument("--weights", default=None, help="encoder weights file or fsspec URL (clusters without internet)")
-    parser.add_argument("--degrade", default="", help="robustness degradation before preprocessing: jpeg:65, jpeg:30, blur:3, blur:5, resize:112, resize:64")
-    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per encoder actor (0: encode on CPU)")
-    parser.add_argument("--concurrency", type=int, default=1, help="number of encoder actors")
-    parser.add_argument("--read-tasks", type=int, default=None, help="most decode tasks at once (default: physical cores - 1 on a local Ray; Ray's choice on a cluster)")
-    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per encoder actor (torch threads of a CPU encoder)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="encoder precision (fp16/bf16: autocast on GPU)")
-    parser.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float16", help="stored feature dtype")
-    parser.add_argument("--mode", choices=MODES, default="incremental", help="incremental: skip shards already done; overwrite: redo all")
-    parser.add_argument("--max-retries", type=int, default=2, help="extra attempts at a failing shard before reporting it")
+    add_config_arguments(parser, ExtractConfig, positional=("shards", "features"), helps=HELPS)
     parser.add_argument("--local", action="store_true", help="run without Ray: one process, DataLoader workers decode (--device)")
-    parser.add_argument("--device", default="cpu", help="encoder device with --local (cpu, cuda, cuda:N)")
-    parser.add_argument("--num-workers", type=int, default=2, help="decode worker processes with --local")
-
-
-def config_from_args(args: argparse.Namespace) -> ExtractConfig:
-    return ExtractConfig(shards=args.shards, features=args.features, encoder=args.encoder, weights=args.weights,
-                         degrade=args.degrade, device=args.device, precision=args.precision,
-                         feature_dtype=args.feature_dtype, batch_size=args.batch_size, num_gpus=args.num_gpus,
-                         concurrency=args.concurrency, read_tasks=args.read_tasks, cpus_per_actor=args.cpus_per_actor,
-                         num_workers=args.num_workers, mode=args.mode, max_retries=args.max_retries)
 
 
 def build_dataset(plan: Any) -> Any:
@@ -79,7 +68,6 @@ def build_dataset(plan: Any) -> Any:
 def extract(cfg: ExtractConfig) -> dict[str, Any]:
     """Run one extraction on Ray; returns the summary (``gendet.extract.runner.finish``)."""
     from gendet.extract.runner import consume, finish, prepare
-
     from pipelines._ray import init_ray
 
     plan = prepare(cfg)  # validates everything before Ray starts
@@ -92,9 +80,9 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gendet.extract import format_summary, run_local
+    from gendet.extract.runner import format_summary, run_local
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(ExtractConfig, args)
     summary = run_local(cfg) if args.local else extract(cfg)
     print(format_summary(summary))
     return 1 if summary["shards_failed"] else 0

@@ -6,7 +6,7 @@ land:
 1. extract, incrementally, with the champion's own encoder: shards already in the store are
    skipped, so only what is new is decoded and encoded (``pipelines.extract``);
 2. score the champion on exactly the rows of the shards this run wrote (``pipelines.evaluate``);
-3. judge every subset in them against the champion's reference (``gendet.slip``): its mean
+3. judge every subset in them against the champion's reference (``gendet.eval.slip``): its mean
    calibrated accuracy as logged by the run that made it, or ``--reference metrics.json``;
 4. print the table, write ``--out`` (refresh.json), log a run to MLflow (experiment
    ``gendet-refresh``, tag ``gendet.alert``), and exit 3 when any subset slipped, so the
@@ -24,8 +24,8 @@ import sys
 from typing import Any
 
 from gendet import io as gio
-from gendet.metrics import json_safe
-from gendet.slip import MAX_DROP, MIN_FAKE_ACC, SlipRule, format_verdicts, judge, verdicts_dict
+from gendet.eval.metrics import json_safe
+from gendet.eval.slip import MAX_DROP, MIN_FAKE_ACC, SlipRule, format_verdicts, judge, verdicts_dict
 
 ALERT_EXIT = 3
 EXPERIMENT = "gendet-refresh"
@@ -51,17 +51,17 @@ def reference_value(args: argparse.Namespace, method: str) -> float | None:
     if args.reference:
         value = gio.read_json(args.reference).get("mean_acc_calibrated")
         return None if value is None else float(value)
-    from gendet.registry import reference_metric
+    from gendet.mlops.registry import reference_metric
 
     return reference_metric(args.model, f"{method}/mean_acc_calibrated")
 
 
 def refresh(args: argparse.Namespace) -> dict[str, Any]:
     """Steps 1-3; returns the result dict (also what ``--out`` holds)."""
-    from gendet.evaluation import load_detector
+    from gendet.encoders.registry import encoder_weights_arg
     from gendet.extract.config import ExtractConfig
-    from gendet.features import resolve_variant
-    from gendet.predict import encoder_weights_arg
+    from gendet.features.store import resolve_variant
+    from gendet.serve.loading import load_detector
     from pipelines.evaluate import evaluate_store
     from pipelines.extract import extract
 
@@ -90,7 +90,7 @@ def log_result(result: dict[str, Any], out_dir: str) -> str:
     """One MLflow run per refresh that found something new; returns its id."""
     import mlflow
 
-    from gendet import tracking
+    from gendet.mlops import tracking
 
     with tracking.start_run(out_dir, experiment=EXPERIMENT, tags={"gendet.alert": str(result["alert"]).lower(),
                                                                    "gendet.model": result["model"]}) as run:

@@ -1,7 +1,7 @@
 """``gendet train`` / ``python -m pipelines.train``: GenDet and its baselines on Ray Train.
 
 A ``TorchTrainer`` with N workers (CPU or GPU) runs the library's schedule
-(``gendet.schedule.train_all``) with DDP. The feature store streams in through Ray Data: three
+(``gendet.method.trainer.train_all``) with DDP. The feature store streams in through Ray Data: three
 datasets (all, real, fake rows of the training subsets and split) that Ray Train splits evenly
 across workers (``streaming_split(equal=True)``), so every worker sees the same number of batches
 per stage and no worker loads the whole store. After every stage each worker reports; rank 0
@@ -25,11 +25,11 @@ import tempfile
 from typing import Any
 
 from gendet import io as gio
-from gendet.batches import ParquetSource, epoch_seed
 from gendet.config import from_dict, to_dict
-from gendet.features import resolve_variant
-from gendet.schedule import check_source
-from gendet.train_config import METHODS, TrainConfig, preset, preset_names
+from gendet.features.sources import CachingSource, ParquetSource, epoch_seed
+from gendet.features.store import feature_files, feature_matrix, resolve_variant
+from gendet.method.config import METHODS, TrainConfig, preset, preset_names
+from gendet.method.trainer import check_source
 
 DETECTORS = "detectors"
 
@@ -71,69 +71,32 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 # --- inside a Ray Train worker -------------------------------------------------------------------
-class RayShardSource:
-    """The library's ``BatchSource`` over this worker's Ray Data shards (``all``/``real``/``fake``).
+def ray_shard_source(dim: int, cfg: TrainConfig, cache_rows: int) -> CachingSource:
+    """The library's ``CachingSource`` over this worker's Ray Data shards (``all``/``real``/``fake``).
+    Each kind's rows come from its own ``streaming_split(equal=True)``, so every worker keeps the
+    same number of rows and DDP's workers take the same number of steps."""
+    import numpy as np
+    import ray.train
 
-    Every epoch of a Ray Data shard is a new streaming execution with seconds of start-up, which
-    dominates small stores (the demo runs ~80 epochs over a few thousand rows). So the first epoch
-    of each kind also keeps the rows it streamed, as float16, while they stay under ``cache_rows``;
-    later epochs reshuffle that copy in memory. Past the cap the copy is dropped and every epoch
-    streams: memory is bounded by the cap, never by the store. Each kind's rows come from its own
-    ``streaming_split(equal=True)``, so every worker keeps the same number of rows and DDP's
-    workers still take the same number of steps.
-    """
+    shards = {kind: ray.train.get_dataset_shard(kind) for kind in ("all", "real", "fake")}
 
-    def __init__(self, dim: int, batch_size: int, seed: int, cache_rows: int = 0):
-        import ray.train
-
-        self.dim, self.batch_size, self.seed, self.cache_rows = dim, batch_size, seed, cache_rows
-        self.shards = {kind: ray.train.get_dataset_shard(kind) for kind in ("all", "real", "fake")}
-        self.cache: dict[str, tuple] = {}
-
-    def counts(self) -> None:
-        return None  # the driver checked the counts before the run started
-
-    def _stream(self, kind: str, epoch: int):
-        import numpy as np
-
-        seed = epoch_seed(self.seed, kind, epoch) % (2**31)
-        for batch in self.shards[kind].iter_batches(batch_size=self.batch_size, batch_format="pyarrow",
-                                                    local_shuffle_buffer_size=8 * self.batch_size,
-                                                    local_shuffle_seed=seed):
-            n = batch.num_rows
-            x = batch.column("feature").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    def stream(kind: str, epoch: int):
+        seed = epoch_seed(cfg.seed, kind, epoch) % (2**31)
+        for batch in shards[kind].iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow",
+                                               local_shuffle_buffer_size=8 * cfg.batch_size,
+                                               local_shuffle_seed=seed):
             y = np.asarray(batch.column("label").to_pylist()) == "fake"
-            yield x.reshape(n, self.dim), y.astype(np.int64)
+            yield feature_matrix(batch.column("feature")), y.astype(np.int64)
 
-    def batches(self, kind: str, epoch: int):
-        import numpy as np
-        import torch
-
-        if kind in self.cache:
-            x, y = self.cache[kind]
-            order = np.random.default_rng(epoch_seed(self.seed, kind, epoch)).permutation(len(y))
-            for start in range(0, len(y), self.batch_size):
-                take = order[start:start + self.batch_size]
-                yield torch.from_numpy(x[take].astype(np.float32)), torch.from_numpy(y[take])
-            return
-        kept_x, kept_y, held, caching = [], [], 0, self.cache_rows > 0
-        for x, y in self._stream(kind, epoch):
-            if caching:
-                kept_x.append(x.astype(np.float16))
-                kept_y.append(y)
-                held += len(y)
-                if held > self.cache_rows:  # over the cap: stream every epoch
-                    kept_x, kept_y, caching = [], [], False
-            yield torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
-        if caching and kept_y:
-            self.cache[kind] = (np.concatenate(kept_x), np.concatenate(kept_y))
+    return CachingSource(stream, dim=dim, batch_size=cfg.batch_size, seed=cfg.seed, cache_rows=cache_rows,
+                         dtype=cfg.feature_dtype)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from gendet.schedule import train_all
+    from gendet.method.trainer import train_all
 
     cfg = from_dict(TrainConfig, config["train_config"])
     ctx = ray.train.get_context()
@@ -155,10 +118,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         _maybe_fail(config, rank, stage)
 
-    source = RayShardSource(config["dim"], cfg.batch_size, cfg.seed, config.get("cache_rows", 0))
+    source = ray_shard_source(config["dim"], cfg, config.get("cache_rows", 0))
     # Thresholds are calibrated on the held-out (val) real images of every subset: reals are
     # reals whatever generator they are paired with, and more of them make the FPR quantile firmer.
-    calibration = ParquetSource(config["variant_url"], splits=("val",)) if rank == 0 else None
+    calibration = ParquetSource(config["variant_url"], splits=("val",), dtype=cfg.feature_dtype) if rank == 0 else None
     device = "cuda" if config["use_gpu"] else "cpu"
     result = train_all(cfg, source, checkpoint_dir=ckpt_dir, report=report, device=device,
                        prepare_model=ray.train.torch.prepare_model if world > 1 else None,
@@ -183,15 +146,15 @@ def _maybe_fail(config: dict[str, Any], rank: int, stage: str) -> None:
 def build_datasets(variant_url: str, cfg: TrainConfig) -> dict[str, Any]:
     """all / real / fake Ray datasets of the training rows (subsets x splits), features + label only."""
     import ray.data
-
-    from pipelines._ray import any_of, feature_files
+    from ray.data.expressions import col
 
     ds = ray.data.read_parquet(feature_files(variant_url), columns=["feature", "label", "subset", "split"])
-    where = any_of("split", cfg.train_splits)
+    where = col("split").is_in(list(cfg.train_splits))
     if cfg.train_subsets:
-        where += " and " + any_of("subset", cfg.train_subsets)
+        where = where & col("subset").is_in(list(cfg.train_subsets))
     train = ds.filter(expr=where).select_columns(["feature", "label"])
-    return {"all": train, "real": train.filter(expr="label == 'real'"), "fake": train.filter(expr="label == 'fake'")}
+    return {"all": train, "real": train.filter(expr=col("label") == "real"),
+            "fake": train.filter(expr=col("label") == "fake")}
 
 
 def fit(args: argparse.Namespace, cfg: TrainConfig, variant) -> str:
@@ -227,9 +190,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     variant = resolve_variant(args.features, encoder=args.encoder)
     check_source(cfg, ParquetSource(variant.url, subsets=cfg.train_subsets, splits=cfg.train_splits))
     detectors_url = fit(args, cfg, variant)
-    from pipelines.train_report import report_training
+    from gendet.mlops.training_report import ReportOptions, report_training
+    from pipelines.evaluate import evaluate_store
 
-    return report_training(args, cfg, variant, detectors_url)
+    opts = ReportOptions(out=args.out, eval_splits=tuple(args.eval_splits), run_name=args.name,
+                         params={"num_workers": args.num_workers, "use_gpu": args.use_gpu},
+                         register=args.register, gate_margin=args.gate_margin, gate_real_floor=args.gate_real_floor)
+    return report_training(cfg, variant, detectors_url, opts, evaluate_store)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,11 @@ Tests run on CPU only (``CUDA_VISIBLE_DEVICES=""``) and never touch the network.
 from __future__ import annotations
 
 import os
+import sys
+
+# Tests mirror the package (tests/data, tests/serve, ...) and import with --import-mode=importlib,
+# so no test folder is a package; shared helpers live in tests/helpers/, importable from here.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -129,9 +134,9 @@ def tiny_detector_dir(tmp_path_factory, tiny_images) -> str:
     import torch
     from PIL import Image
 
-    from gendet.detector import Detector, build_method_nets
-    from gendet.encoders import load_encoder
-    from gendet.models import Arch
+    from gendet.encoders.registry import load_encoder
+    from gendet.method.detector import Detector, build_method_nets
+    from gendet.method.networks import Arch
 
     torch.manual_seed(0)
     encoder = load_encoder("spectrum:v1")
@@ -159,12 +164,12 @@ def torch_one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_scores(tiny_images, tiny_detector_dir) -> dict:
-    """{image path: Detector.score of its spectrum:v1 features}, computed without gendet.predict."""
+    """{image path: Detector.score of its spectrum:v1 features}, computed without gendet.serve.predict."""
     import torch
     from PIL import Image
 
-    from gendet.detector import Detector
-    from gendet.encoders import load_encoder
+    from gendet.encoders.registry import load_encoder
+    from gendet.method.detector import Detector
 
     encoder, detector = load_encoder("spectrum:v1"), Detector.load(tiny_detector_dir)
     batch = torch.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in tiny_images])

@@ -9,10 +9,6 @@ img2dataset's per-shard stats file as the done marker.
   Parquet, its quarantine table and, last, its stats file.
 - ``manifest``: which shards are done, what to do, ``manifest.json`` rebuilt from the stats.
 - ``runner``: ``prepare`` (all checks, before any work), ``run_local`` (the loop without Ray),
-  ``finish``. ``pipelines/extract.py`` runs the same parts on Ray Data.
+  ``finish``. ``pipelines/extract.py`` runs the same parts on Ray Data. (Nothing is imported here:
+  ``import gendet.extract.reader`` loads the reader alone.)
 """
-
-from gendet.extract.config import ExtractConfig
-from gendet.extract.runner import format_summary, prepare, run_local
-
-__all__ = ["ExtractConfig", "format_summary", "prepare", "run_local"]

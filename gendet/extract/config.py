@@ -17,9 +17,9 @@ class ExtractConfig:
     shards: str
     """Input shards: a directory of ``.tar`` files, one ``.tar`` URL, a brace pattern or a glob."""
     features: str
-    """Feature store URL; output goes to ``FEATURES/<variant>/`` (see ``gendet.features``)."""
+    """Feature store URL; output goes to ``FEATURES/<variant>/`` (see ``gendet.features.store``)."""
     encoder: str = "spectrum:v1"
-    """Encoder name (``gendet.encoders``): ``spectrum:v1`` offline, ``open_clip:<arch>/<tag>``."""
+    """Encoder name (``gendet.encoders.registry``): ``spectrum:v1`` offline, ``open_clip:<arch>/<tag>``."""
     weights: str | None = None
     """Local file or fsspec URL of the encoder weights, for clusters without internet."""
     degrade: str = ""
@@ -37,7 +37,8 @@ class ExtractConfig:
     concurrency: int = 1
     """Number of encoder actors (Ray pipeline)."""
     read_tasks: int | None = None
-    """Most reader (decode) tasks at once on Ray; None lets Ray Data use every free CPU."""
+    """Most reader (decode) tasks at once on Ray; None: physical cores - 1 on a Ray this job starts
+    itself, Ray Data's choice on a cluster."""
     cpus_per_actor: float = 1.0
     """CPUs reserved by each encoder actor; a CPU encoder uses that many torch threads (at least 1)."""
     num_workers: int = 2

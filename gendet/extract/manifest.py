@@ -8,13 +8,15 @@ job killed at any moment resumes by redoing exactly the shards without one.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gendet import GendetError
 from gendet import io as gio
-from gendet.features import MANIFEST, PARQUET_SUFFIX, QUARANTINE_SUFFIX, STATS_SUFFIX, variant_name
-from gendet.shards import shard_stem
+from gendet.data.shards import shard_stem
+from gendet.features.store import MANIFEST, PARQUET_SUFFIX, QUARANTINE_SUFFIX, STATS_SUFFIX, variant_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +82,17 @@ def plan_shards(shards: list[str], info: VariantInfo, mode: str) -> tuple[list[s
     return todo, skipped
 
 
+def reason_counts(stats: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Quarantine counts by reason, summed over shards' stats (sorted by reason)."""
+    total: Counter[str] = Counter()
+    for s in stats:
+        total.update(s.get("quarantined_by_reason", {}))
+    return dict(sorted(total.items()))
+
+
 def rebuild_manifest(info: VariantInfo) -> dict[str, Any]:
     """Write ``manifest.json`` from the stats files present (all runs, not only this one)."""
     stats = completed(info.url)
-    by_reason: dict[str, int] = {}
-    for s in stats.values():
-        for reason, count in s.get("quarantined_by_reason", {}).items():
-            by_reason[reason] = by_reason.get(reason, 0) + count
     dims = {s["dim"] for s in stats.values()}
     if len(dims) > 1:
         raise GendetError(f"{info.url}: shards of different widths {sorted(dims)}; delete the folder and extract again")
@@ -94,6 +100,6 @@ def rebuild_manifest(info: VariantInfo) -> dict[str, Any]:
                 "rows": sum(s["written"] for s in stats.values()),
                 "read": sum(s["read"] for s in stats.values()),
                 "quarantined": sum(s["quarantined"] for s in stats.values()),
-                "quarantined_by_reason": dict(sorted(by_reason.items()))}
+                "quarantined_by_reason": reason_counts(stats.values())}
     gio.write_json_atomic(gio.join(info.url, MANIFEST), manifest)
     return manifest

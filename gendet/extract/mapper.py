@@ -18,7 +18,7 @@ import torch
 class FeatureMapper:
     def __init__(self, encoder: str, *, weights: str | None = None, device: str = "cpu",
                  precision: str = "fp32", feature_dtype: str = "float16", threads: int | None = None):
-        from gendet.encoders import load_encoder
+        from gendet.encoders.registry import load_encoder
 
         if threads and device == "cpu":
             torch.set_num_threads(max(1, int(threads)))  # Ray sets OMP_NUM_THREADS=1 in workers

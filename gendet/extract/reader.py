@@ -13,120 +13,21 @@ cannot be read at all (after ``max_retries`` attempts) ends with an ``error`` on
 
 from __future__ import annotations
 
-import io
-import json
 import tarfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from gendet import io as gio
-from gendet.encoders import Preprocessor
-from gendet.shards import IMAGE_EXTS, meta_problem, shard_stem
+from gendet.data.decode import BadSample, decode_image, to_rgb
+from gendet.data.shards import group_samples, iter_tar_members, parse_sample, shard_stem
+from gendet.encoders.base import Preprocessor
 
 END = "__end__"
 TEXT_COLUMNS = ("shard", "key", "label", "subset", "content_id", "split", "reason", "error")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-
-class BadImage(Exception):
-    """An image that cannot be used; ``reason`` is the quarantine reason."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB. 16-bit and float images are scaled to 8 bits first (PIL's own
-    conversion clips them, which turns most 16-bit photos white); alpha is dropped as
-    open_clip's ``_convert_to_rgb`` does."""
-    if img.mode in _SIXTEEN_BIT_MODES:
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode != "F" and arr.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def decode_image(data: bytes | None) -> Image.Image:
-    """Image bytes -> fully decoded RGB image, or ``BadImage`` naming why not.
-
-    Images over PIL's ``Image.MAX_IMAGE_PIXELS`` are refused (PIL only warns below twice the
-    limit; the warning is turned into the same ``decompression_bomb`` reason)."""
-    if not data:
-        raise BadImage("empty_image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage("decompression_bomb", str(exc)) from None
-    except UnidentifiedImageError as exc:
-        raise BadImage("not_an_image", str(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = "truncated_image" if "truncated" in str(exc) or isinstance(exc, EOFError) else "corrupt_image"
-        raise BadImage(reason, str(exc)) from None
-    return to_rgb(img)
-
-
-class BrokenTar(tarfile.TarError):
-    """The tar stops before its end-of-archive blocks (a cut-off copy, a failed upload)."""
-
-
-def tar_members(data: bytes) -> Iterator[tuple[str, bytes | None]]:
-    """(name, bytes) of each regular file, then a check that the archive really ended: tarfile
-    takes a tar cut at a member boundary for a complete one, and its lost samples would vanish."""
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        for info in tar:
-            if info.isfile():
-                f = tar.extractfile(info)
-                yield info.name, (f.read() if f is not None else None)
-        if any(data[tar.offset : tar.offset + 2 * tarfile.BLOCKSIZE]) or len(data) < tar.offset + 2 * tarfile.BLOCKSIZE:
-            raise BrokenTar(f"no end-of-archive marker after byte {tar.offset}: the shard is cut off")
-
-
-def split_member(name: str) -> tuple[str, str]:
-    """WebDataset naming: ``dir/key.ext`` -> (``dir/key``, ``ext``); the key ends at the first
-    dot of the file name."""
-    folder, _, base = name.rpartition("/")
-    key, _, ext = base.partition(".")
-    return (f"{folder}/{key}" if folder else key), ext.lower()
-
-
-def group_samples(members: Iterator[tuple[str, bytes | None]]) -> Iterator[tuple[str, dict[str, bytes | None]]]:
-    """(key, {ext: bytes}) per sample; a sample's members are consecutive in a WebDataset tar."""
-    key, parts = None, {}
-    for name, data in members:
-        k, ext = split_member(name)
-        if k != key and key is not None:
-            yield key, parts
-            parts = {}
-        key = k
-        parts[ext] = data
-    if key is not None:
-        yield key, parts
-
-
-def parse_sample(parts: dict[str, bytes | None]) -> tuple[dict[str, Any], bytes | None]:
-    """(meta, image bytes) of one sample's members, or ``BadImage`` with the quarantine reason."""
-    image_exts = [e for e in IMAGE_EXTS if e in parts]
-    if not image_exts:
-        raise BadImage("no_image")
-    if "json" not in parts:
-        raise BadImage("missing_json")
-    try:
-        meta = json.loads((parts["json"] or b"").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadImage("invalid_json") from None
-    problem = meta_problem(meta)
-    if problem:
-        raise BadImage(problem)
-    return meta, parts[image_exts[0]]
 
 
 class ShardReader:
@@ -182,7 +83,7 @@ class ShardReader:
         seen: set[str] = set()
         index = 0
         try:
-            for key, parts in group_samples(tar_members(data)):
+            for key, parts in group_samples(iter_tar_members(data)):
                 row = self._sample_row(stem, key, index, parts, duplicate=key in seen)
                 seen.add(key)
                 index += 1
@@ -197,7 +98,7 @@ class ShardReader:
         try:
             meta, image_bytes = parse_sample(parts)
             img = decode_image(image_bytes)
-        except BadImage as bad:
+        except BadSample as bad:
             return self._row(stem, key, index, reason=bad.reason)
         try:
             if self.degrade is not None:

@@ -18,12 +18,12 @@ from tqdm import tqdm
 from gendet import GendetError
 from gendet import io as gio
 from gendet.config import to_dict
+from gendet.data.shards import list_shards, shard_stem
 from gendet.extract.config import ExtractConfig
-from gendet.extract.manifest import VariantInfo, check_compatible, plan_shards, rebuild_manifest
+from gendet.extract.manifest import VariantInfo, check_compatible, plan_shards, reason_counts, rebuild_manifest
 from gendet.extract.mapper import FeatureMapper
 from gendet.extract.reader import ShardReader
 from gendet.extract.writer import ShardAssembler, ShardRows, write_shard
-from gendet.shards import list_shards, shard_stem
 
 
 @dataclass
@@ -45,8 +45,8 @@ class Plan:
 def prepare(cfg: ExtractConfig) -> Plan:
     """Every check that can fail on user input, before any worker or Ray starts: shards exist,
     encoder and degradation are known, weights exist, the output variant is compatible."""
-    from gendet.degradations import parse_degrade
-    from gendet.encoders import load_preprocess, parse_encoder_name
+    from gendet.data.degradations import parse_degrade
+    from gendet.encoders.registry import load_preprocess, parse_encoder_name
 
     shards = list_shards(cfg.shards)
     name = parse_encoder_name(cfg.encoder).name
@@ -71,14 +71,12 @@ def write_with_retries(plan: Plan, shard: ShardRows) -> dict[str, Any]:
     """Write one complete shard, retrying transient storage errors ``max_retries`` times."""
     if shard.error:
         raise GendetError(shard.error)
-    for attempt in range(plan.cfg.max_retries + 1):
+    for attempt in range(plan.cfg.max_retries):
         try:
             return write_shard(shard, plan.info, url=plan.url_of(shard.stem), config=to_dict(plan.cfg))
         except OSError:
-            if attempt == plan.cfg.max_retries:
-                raise
             time.sleep(min(2.0**attempt, 10.0))
-    raise AssertionError("unreachable")
+    return write_shard(shard, plan.info, url=plan.url_of(shard.stem), config=to_dict(plan.cfg))  # last try raises
 
 
 def consume(plan: Plan, batches: Iterator[dict[str, Any]], mapper: Callable | None = None) -> tuple[list, dict]:
@@ -103,16 +101,12 @@ def finish(plan: Plan, done: list[dict], failed: dict[str, str]) -> dict[str, An
     """Rebuild the manifest and return this run's summary."""
     seconds = time.perf_counter() - plan.started
     manifest = rebuild_manifest(plan.info)
-    by_reason: dict[str, int] = {}
-    for s in done:
-        for reason, count in s["quarantined_by_reason"].items():
-            by_reason[reason] = by_reason.get(reason, 0) + count
     images = sum(s["written"] for s in done)
     return {"output": plan.info.url, "encoder": plan.info.encoder, "degrade": plan.info.degrade,
             "shards": len(plan.shards), "shards_done": len(done), "shards_skipped": len(plan.skipped),
             "shards_failed": dict(sorted(failed.items())), "shards_written": sorted(s["shard"] for s in done),
             "read": sum(s["read"] for s in done), "images": images,
-            "quarantined": sum(s["quarantined"] for s in done), "quarantined_by_reason": dict(sorted(by_reason.items())),
+            "quarantined": sum(s["quarantined"] for s in done), "quarantined_by_reason": reason_counts(done),
             "seconds": round(seconds, 3), "images_per_s": round(images / seconds, 2) if seconds > 0 else 0.0,
             "store_rows": manifest["rows"]}
 

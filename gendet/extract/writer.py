@@ -13,6 +13,7 @@ import importlib.metadata
 import io
 import platform
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 from gendet import io as gio
 from gendet.extract.manifest import VariantInfo, parquet_url, quarantine_url, stats_url
 from gendet.extract.reader import END
-from gendet.features import QUARANTINE_SCHEMA, feature_schema
+from gendet.features.store import QUARANTINE_SCHEMA, feature_schema
 
 META_COLUMNS = ("key", "label", "subset", "content_id", "split")
 _VERSIONED = ("gendet", "torch", "open_clip_torch", "pyarrow", "pillow", "numpy", "ray")
@@ -117,12 +118,9 @@ def write_shard(shard: ShardRows, info: VariantInfo, url: str = "", config: dict
         fs.rm(path)
     gio.write_bytes_atomic(parquet_url(info.url, shard.stem), parquet_bytes(feature_table(shard, info)))
     gio.write_bytes_atomic(quarantine_url(info.url, shard.stem), parquet_bytes(quarantine_table(shard)))
-    by_reason: dict[str, int] = {}
-    for _, reason in shard.quarantine.values():
-        by_reason[reason] = by_reason.get(reason, 0) + 1
     stats = {**info.describe(), "dim": shard.dim, "shard": shard.stem, "url": url,
              "read": len(shard.samples) + len(shard.quarantine), "written": len(shard.samples),
-             "quarantined": len(shard.quarantine), "quarantined_by_reason": dict(sorted(by_reason.items())),
+             "quarantined": len(shard.quarantine), "quarantined_by_reason": dict(sorted(Counter(r for _, r in shard.quarantine.values()).items())),
              "read_seconds": round(shard.read_seconds, 4), "encode_seconds": round(shard.encode_seconds, 4),
              "write_seconds": round(time.perf_counter() - started, 4), "versions": versions(),
              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": config or {}}

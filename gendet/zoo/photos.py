@@ -38,8 +38,8 @@ import hashlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -145,10 +145,6 @@ SOURCES: tuple[Source, ...] = (
            pip=False),
 )
 PIP_SOURCES = tuple(s.name for s in SOURCES if s.pip)
-
-
-def source_names() -> list[str]:
-    return [s.name for s in SOURCES]
 
 
 def _entry_paths(folder: str, entry: PhotoEntry) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +27,8 @@ from tqdm import tqdm
 
 from gendet import GendetError
 from gendet import io as gio
-from gendet.config import check, to_dict
-from gendet.shards import ShardWriter, Sample
+from gendet.config import check, to_dict, to_json
+from gendet.data.shards import Sample, ShardWriter
 from gendet.zoo.config import parse_families
 from gendet.zoo.photos import SPLIT_FRACTIONS, collect_photos, random_crops
 from gendet.zoo.regenerate import random_masks, regenerate
@@ -87,8 +88,13 @@ def _chosen_photos(photos: list, per_split: int) -> list:
     return out
 
 
-def build_zoo_shards(out_url: str, cfg: ZooShardsConfig) -> dict:
-    """Write one shard set per family under ``out_url``; returns (and writes) a summary dict."""
+def build_zoo_shards(out_url: str, cfg: ZooShardsConfig, *, reuse: bool = False) -> dict:
+    """Write one shard set per family under ``out_url``; returns (and writes) a summary dict.
+    With ``reuse``, shards whose ``zoo_summary.json`` holds the same config are kept as they are."""
+    summary_url = gio.join(out_url, "zoo_summary.json")
+    if reuse and gio.exists(summary_url) and gio.read_json(summary_url).get("config") == json.loads(to_json(cfg)):
+        print(f"    reusing {out_url} (same zoo config)")
+        return gio.read_json(summary_url)
     photos, report = collect_photos(min_side=cfg.crop_size)
     photos = _chosen_photos(photos, cfg.photos_per_split)
     if not photos:
@@ -97,7 +103,7 @@ def build_zoo_shards(out_url: str, cfg: ZooShardsConfig) -> dict:
                "split_fractions": dict(SPLIT_FRACTIONS), "families": {}}
     for family in parse_families(",".join(cfg.families)):
         summary["families"][family] = _write_family(out_url, family, photos, cfg)
-    gio.write_json_atomic(gio.join(out_url, "zoo_summary.json"), summary)
+    gio.write_json_atomic(summary_url, summary)
     return summary
 
 

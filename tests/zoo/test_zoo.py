@@ -15,7 +15,7 @@ from PIL import Image
 
 from gendet import GendetError
 from gendet.config import ConfigError, replace
-from gendet.shards import iter_tar_members, list_shards
+from gendet.data.shards import iter_tar_members, list_shards
 from gendet.zoo.config import FAMILIES, family_config
 from gendet.zoo.photos import PhotoEntry, Source, collect_photos, random_crops
 from gendet.zoo.regenerate import high_frequency_ratio, psnr, random_masks, regenerate

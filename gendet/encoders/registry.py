@@ -1,0 +1,97 @@
+"""Encoder names: one registry, one interface, from decoded image to a fixed-width feature vector.
+
+Names (``load_encoder(name)``, ``gendet extract --encoder NAME``):
+
+``open_clip:<arch>/<pretrained>`` -- the image tower of any open_clip model (``open_clip.list_pretrained()``),
+    with open_clip's own inference preprocessing (resize the shorter side, center crop, normalise),
+    read back from the model. ``<pretrained>`` is an open_clip tag (weights fetched by open_clip from
+    its hub, as open_clip does it) or ``none`` (random init: tests and benchmarks). ``weights=`` a
+    local file or any fsspec URL loads that checkpoint instead (copied once to a local cache), with the
+    tag's preprocessing and activation: clusters without internet keep a copy on shared storage.
+    Output: the image embedding, L2-normalised, float32 (as UniversalFakeDetect and clip-retrieval do;
+    linear probes and GenDet's heads see unit vectors). **Production default:**
+    ``open_clip:ViT-L-14/openai`` (the CLIP ViT-L/14 of Ojha et al. and of the GenDet paper), 768-d.
+    ``open_clip:GenDet-Debug-ViT/none`` is a tiny random ViT shipped here for fast tests (64-d).
+
+``spectrum:v1`` -- weight-free forensic features (``gendet.encoders.spectrum``): multi-scale power spectra of
+    a high-pass residual, where generator upsampling leaves periodic peaks, plus residual statistics;
+    392-d (two 196-wide tokens), pure torch, deterministic. **Offline default:** everything runs
+    without downloads and still means something.
+
+Every encoder implements ``gendet.encoders.base.Encoder`` and is built from keyword arguments
+(``load_encoder``'s), so a Ray Data actor builds it inside the worker and no model is pickled.
+``load_preprocess(name)`` gives the preprocessing alone, without loading weights, for decode workers
+that never run the model.
+"""
+
+from __future__ import annotations
+
+from gendet import GendetError
+from gendet.encoders.base import Encoder, EncoderSpec, Preprocessor
+
+OFFLINE_DEFAULT = "spectrum:v1"
+PRODUCTION_DEFAULT = "open_clip:ViT-L-14/openai"
+SPECTRUM_VERSIONS = ("v1",)
+
+
+def _known_hint() -> str:
+    return (f"known: {OFFLINE_DEFAULT}, open_clip:<arch>/<tag|none> for any open_clip model "
+            f"(e.g. {PRODUCTION_DEFAULT}, open_clip:ViT-B-32/none, open_clip:GenDet-Debug-ViT/none)")
+
+
+def parse_encoder_name(name: str) -> EncoderSpec:
+    """Check an encoder name (no weights touched); unknown names raise GendetError listing the known ones."""
+    spec = EncoderSpec.parse(name)
+    if spec is None:
+        raise GendetError(f"encoder {name!r}: not of the form family:arch[/pretrained]; {_known_hint()}")
+    if spec.family == "spectrum" and spec.arch in SPECTRUM_VERSIONS and not spec.pretrained:
+        return spec
+    if spec.family == "open_clip":
+        from gendet.encoders.openclip import check_open_clip_name
+
+        check_open_clip_name(spec, hint=_known_hint())
+        return spec
+    raise GendetError(f"encoder {name!r}: unknown encoder; {_known_hint()}")
+
+
+def list_encoders() -> list[str]:
+    """Every name ``load_encoder`` accepts: the spectrum versions and each open_clip (arch, tag),
+    plus ``<arch>/none`` (random init) for every open_clip architecture."""
+    from gendet.encoders.openclip import open_clip_names
+
+    return [f"spectrum:{v}" for v in SPECTRUM_VERSIONS] + open_clip_names()
+
+
+def load_encoder(name: str, *, weights: str | None = None, device: str = "cpu", precision: str = "fp32") -> Encoder:
+    """The encoder called ``name``, loaded on ``device``; see the module docstring for names."""
+    spec = parse_encoder_name(name)
+    if spec.family == "spectrum":
+        from gendet.encoders.spectrum import SpectrumEncoder
+
+        if weights:
+            raise GendetError(f"{spec.name} has no weights; drop --weights {weights}")
+        return SpectrumEncoder(spec.name, device=device, precision=precision)
+    from gendet.encoders.openclip import OpenClipEncoder
+
+    return OpenClipEncoder(spec.name, weights=weights, device=device, precision=precision)
+
+
+def load_preprocess(name: str) -> Preprocessor:
+    """The preprocessing of encoder ``name`` alone (no weights loaded): same cfg and hash as the
+    loaded encoder's."""
+    spec = parse_encoder_name(name)
+    if spec.family == "spectrum":
+        from gendet.encoders.spectrum import spectrum_preprocessor
+
+        return spectrum_preprocessor()
+    from gendet.encoders.openclip import open_clip_preprocessor
+
+    return open_clip_preprocessor(spec)
+
+
+def encoder_weights_arg(weights_ref: str | None) -> str | None:
+    """The ``weights=`` to rebuild an encoder from its ``weights_ref``: a file or URL, or None when
+    the name alone says it (random init ``none``, an open_clip hub tag, a weight-free encoder)."""
+    if not weights_ref or weights_ref == "none" or weights_ref.startswith("open_clip-hub:"):
+        return None
+    return weights_ref

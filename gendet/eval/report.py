@@ -1,0 +1,80 @@
+"""A Markdown report: ``## heading`` sections holding the tables of ``gendet.eval.tables`` and
+links to the plots of ``gendet.eval.plots`` (no Ray, no MLflow). ``write_demo_report`` is the one
+``gendet demo`` writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gendet import io as gio
+from gendet.eval import tables
+
+
+def markdown(sections: Sequence[tuple[str, str]], title: str = "gendet demo report") -> str:
+    """``# title`` then ``## heading`` + body for each section."""
+    parts = [f"# {title}", ""]
+    for heading, body in sections:
+        parts += [f"## {heading}", "", body.rstrip(), ""]
+    return "\n".join(parts)
+
+
+def write(url: str, sections: Sequence[tuple[str, str]], title: str = "gendet demo report") -> str:
+    gio.write_bytes_atomic(url, markdown(sections, title).encode("utf-8"))
+    return url
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoReport:
+    """What ``gendet demo`` gathered on its way: the inputs of its report."""
+
+    train_family: str
+    new_family: str
+    zoo: dict
+    """The zoo's shard summary (photos, per-family counts)."""
+    extracted: dict
+    """Extraction summary per degradation ('' = clean)."""
+    summary: dict
+    """The training run's summary (run id, model URI, plots, gate decision)."""
+    by_degrade: dict
+    """metrics.json per method, per degradation (Table 4)."""
+    predictions: list
+    predictions_model: str
+    refresh: dict
+    times: dict
+
+
+def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
+    """OUT/report.md: tables, plots, predictions, the refresh verdict; returns (path, headline table)."""
+    seen = [r.train_family]
+    reports = {m: gio.read_json(gio.join(out, "metrics", f"{m}.json")) for m in r.by_degrade[""]}
+    headline = tables.methods_table(reports, seen, metric="acc")
+    plots = "\n".join(f"![{os.path.basename(p)}]({os.path.relpath(p, out)})" for p in r.summary.get("plots", []))
+    gate = r.summary.get("gate", {})
+    counts = {f: {k: v for k, v in s.items() if k in ("real", "fake", "masked")} for f, s in r.zoo["families"].items()}
+    fresh = r.refresh
+    extraction = ", ".join(f"{d or 'clean'} {e['store_rows']} rows" + (
+        f" ({e['images']} new at {e['images_per_s']:.0f} images/s)" if e["images"] else " (already extracted)")
+        for d, e in r.extracted.items())
+    sections = [
+        (f"Accuracy at 0.5 (GenImage protocol), trained on {r.train_family}", headline),
+        ("Average precision", tables.methods_table(reports, seen, metric="ap")),
+        ("Accuracy at the threshold calibrated on held-out reals "
+         f"(target FPR {reports['gendet'].get('target_fpr')})", tables.methods_table(reports, seen, metric="acc_calibrated")),
+        ("Table 4: mean accuracy on unseen families under degradation",
+         tables.degradation_by_method(r.by_degrade, seen) + "\n\nresize:32 and resize:18 are GenImage's 112 and 64 "
+         "scaled to the 64 px crops (the same fractions of the side as of 224 px)."),
+        ("Plots", plots),
+        ("Registry", f"MLflow run `{r.summary['run_id']}`, model `{r.summary['model_uri']}`; registered as "
+         f"`gendet` version {gate.get('version')}, promoted to champion: **{gate.get('promoted')}** "
+         f"({gate.get('reason')})."),
+        (f"predict with {r.predictions_model}", "```\n" + "\n".join(json.dumps(p) for p in r.predictions) + "\n```"),
+        (f"Refresh: {r.new_family} arrives", (fresh.get("table") or "nothing new")
+         + f"\n\nnew shards: {len(fresh['new_shards'])}; alert: **{fresh['alert']}**\n\n"
+         + "\n".join(f"- {s}: {v['reason']}" for s, v in fresh["subsets"].items())),
+        ("Data", f"{r.zoo['photos']} photos; samples per family: `{json.dumps(counts)}`; extraction: {extraction}"),
+        ("Timings (s)", "\n".join(f"- {k}: {v}" for k, v in r.times.items())),
+    ]
+    return write(gio.join(out, "report.md"), sections), headline

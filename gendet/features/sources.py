@@ -1,0 +1,237 @@
+"""Where the trainer's batches come from: a small protocol and two sources.
+
+The trainer (``gendet.method.trainer``) only calls ``source.batches(kind, epoch)``, so Ray Train can plug
+in ``ray.train.get_dataset_shard(...).iter_torch_batches(...)`` behind the same protocol without
+any change to the library. ``kind`` is ``"all"`` (teacher, probe and classifier stages), ``"real"``
+(stage a) or ``"fake"`` (stages b and c). Labels are 0 = real, 1 = fake.
+
+Distributed training: every worker must yield the same number of batches in every stage (each
+step of a DDP-wrapped network all-reduces gradients, and Ray Train's ``report`` is collective), so a
+distributed source must split rows evenly (Ray Data's ``streaming_split(equal=True)`` does) or
+drop the extra batches.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import torch
+
+from gendet import GendetError
+from gendet import io as gio
+from gendet.features import store as gfeatures
+
+Kind = Literal["all", "real", "fake"]
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """What the trainer needs from a data source."""
+
+    dim: int
+    """Feature width d."""
+
+    def batches(self, kind: Kind, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x [B, d] float32, y [B] int64) batches of one epoch over ``kind`` rows; the order is a
+        function of (seed, kind, epoch) only, so a resumed run sees the same batches."""
+        ...
+
+    def counts(self) -> dict[str, int] | None:
+        """{"real": n, "fake": n} rows, or None when unknown (then no emptiness check is made)."""
+        ...
+
+
+def epoch_seed(seed: int, kind: str, epoch: int) -> int:
+    """A stable 63-bit seed per (seed, kind, epoch); Python's hash() is salted per process."""
+    return zlib.crc32(f"{seed}/{kind}/{epoch}".encode()) | (seed & 0x7FFFFFFF) << 32
+
+
+class TensorSource:
+    """In-memory features and labels (tests, small data): a fresh permutation per epoch."""
+
+    def __init__(self, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, *,
+                 batch_size: int = 256, seed: int = 0):
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+        self.y = torch.as_tensor(y, dtype=torch.int64)
+        if self.x.ndim != 2 or self.y.shape != (self.x.shape[0],):
+            raise GendetError(f"TensorSource: x must be [N, d] and y [N]; got {tuple(self.x.shape)} and {tuple(self.y.shape)}")
+        self.dim = int(self.x.shape[1])
+        self.batch_size, self.seed = batch_size, seed
+
+    def counts(self) -> dict[str, int]:
+        n_fake = int(self.y.sum())
+        return {"real": int(self.y.numel()) - n_fake, "fake": n_fake}
+
+    def batches(self, kind: Kind, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rows = torch.arange(self.y.numel()) if kind == "all" else torch.nonzero(self.y == int(kind == "fake")).flatten()
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, kind, epoch))
+        rows = rows[torch.randperm(rows.numel(), generator=gen)]
+        for start in range(0, rows.numel(), self.batch_size):
+            take = rows[start:start + self.batch_size]
+            yield self.x[take], self.y[take]
+
+
+class ParquetSource:
+    """Streams one feature-store variant with ``pyarrow.dataset``; memory does not grow with rows.
+
+    Only the ``feature`` and ``label`` columns are read, filtered by ``subset`` in ``subsets``
+    (all when empty) and ``split`` in ``splits``. Rows pass through a shuffle buffer of at most
+    ``buffer_rows`` rows (held as ``dtype``: float16 halves it), and files are visited in a per-epoch
+    random order; batches come out as float32. For ``kind="all"`` the
+    real and fake streams are interleaved at random in proportion to their sizes, so a store
+    written real-first still gives mixed batches.
+    """
+
+    def __init__(self, variant_url: str, *, subsets: Sequence[str] = (), splits: Sequence[str] = ("train",),
+                 batch_size: int = 256, seed: int = 0, buffer_rows: int = 16384, read_rows: int = 2048,
+                 dtype: str = "float32", encoder: str = "", preprocess_hash: str = ""):
+        fs, _ = gio.fs_and_path(variant_url)
+        files = [gio.fs_and_path(u)[1] for u in gfeatures.feature_files(variant_url)]
+        if not files:
+            raise GendetError(f"{variant_url}: no feature files (*.parquet) here; run `gendet extract` or pass a variant folder")
+        self.url, self.files = variant_url, files
+        self.dataset = pads.dataset(files, format="parquet", filesystem=None if gio.is_local(fs) else fs)
+        feature_type = self.dataset.schema.field("feature").type
+        if not pa.types.is_fixed_size_list(feature_type):
+            raise GendetError(f"{variant_url}: column feature is {feature_type}, not a fixed-size list; re-extract it")
+        self.dim = feature_type.list_size
+        self.subsets, self.splits = tuple(subsets), tuple(splits)
+        self.batch_size, self.seed = batch_size, seed
+        self.buffer_rows, self.read_rows = max(buffer_rows, batch_size), read_rows
+        self.encoder, self.preprocess_hash = encoder, preprocess_hash
+        self.dtype = np.dtype(dtype)
+
+    @classmethod
+    def from_store(cls, store_url: str, *, encoder: str | None = None, degrade: str = "", **kwargs) -> ParquetSource:
+        """The source over the one variant of ``store_url`` matching ``encoder`` and ``degrade``."""
+        variant = gfeatures.resolve_variant(store_url, encoder, degrade)
+        return cls(variant.url, encoder=variant.encoder, preprocess_hash=variant.preprocess_hash, **kwargs)
+
+    def _filter(self, label: str | None) -> pads.Expression:
+        expr = pads.field("split").isin(list(self.splits))
+        if self.subsets:
+            expr &= pads.field("subset").isin(list(self.subsets))
+        if label is not None:
+            expr &= pads.field("label") == label
+        return expr
+
+    def counts(self) -> dict[str, int]:
+        return {label: self.dataset.count_rows(filter=self._filter(label)) for label in ("real", "fake")}
+
+    def _read(self, label: str, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(features float32 [n, d], labels [n]) chunks of one label, files in a random order."""
+        fragments = list(self.dataset.get_fragments())
+        for i in rng.permutation(len(fragments)):
+            scan = fragments[i].to_batches(columns=["feature"], filter=self._filter(label),
+                                           batch_size=self.read_rows, batch_readahead=1, fragment_readahead=1)
+            for batch in scan:
+                if batch.num_rows:
+                    x = gfeatures.feature_matrix(batch.column(0)).astype(self.dtype, copy=False)
+                    yield x, np.full(batch.num_rows, int(label == "fake"), dtype=np.int64)
+
+    def _chunks(self, kind: Kind, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if kind != "all":
+            yield from self._read(kind, rng)
+            return
+        left = self.counts()
+        streams = {label: self._read(label, rng) for label in ("real", "fake")}
+        while streams:
+            weights = np.array([max(left[label], 1) for label in streams], dtype=float)
+            label = list(streams)[rng.choice(len(streams), p=weights / weights.sum())]
+            chunk = next(streams[label], None)
+            if chunk is None:
+                del streams[label]
+                continue
+            left[label] -= len(chunk[1])
+            yield chunk
+
+    def batches(self, kind: Kind, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = np.random.default_rng(epoch_seed(self.seed, kind, epoch))
+        xs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
+        held = 0
+        for x, y in self._chunks(kind, rng):
+            xs.append(x)
+            ys.append(y)
+            held += len(y)
+            if held >= self.buffer_rows:
+                # Emit whole batches from the shuffled buffer, keep the remainder for mixing.
+                bx, by = _shuffled(xs, ys, rng)
+                keep = held % self.batch_size
+                yield from _split(bx[keep:], by[keep:], self.batch_size)
+                xs, ys, held = [bx[:keep]], [by[:keep]], keep
+        if held:
+            bx, by = _shuffled(xs, ys, rng)
+            yield from _split(bx, by, self.batch_size)
+
+
+class CachingSource:
+    """A ``BatchSource`` over a stream that is costly to start, e.g. a Ray Data shard, where every
+    epoch is a new streaming execution with seconds of start-up (that dominates small stores: the
+    demo runs ~80 epochs over a few thousand rows).
+
+    ``stream(kind, epoch)`` yields (x [n, d], y [n]) numpy chunks of one epoch. The first epoch of
+    each kind also keeps the rows it streamed, as ``dtype``, while they stay under ``cache_rows``;
+    later epochs reshuffle that copy in memory (a permutation seeded by (seed, kind, epoch)). Past
+    the cap the copy is dropped and every epoch streams: memory is bounded by the cap, never by
+    the store. ``counts`` is None: the caller checks the rows before the run.
+    """
+
+    def __init__(self, stream: Callable[[Kind, int], Iterator[tuple[np.ndarray, np.ndarray]]], *, dim: int,
+                 batch_size: int, seed: int = 0, cache_rows: int = 0, dtype: str = "float16"):
+        self.stream, self.dim, self.batch_size, self.seed = stream, dim, batch_size, seed
+        self.cache_rows, self.dtype = cache_rows, np.dtype(dtype)
+        self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def counts(self) -> None:
+        return None
+
+    def batches(self, kind: Kind, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if kind in self.cache:
+            x, y = self.cache[kind]
+            order = np.random.default_rng(epoch_seed(self.seed, kind, epoch)).permutation(len(y))
+            for start in range(0, len(y), self.batch_size):  # index per batch: no permuted copy
+                take = order[start:start + self.batch_size]
+                yield torch.from_numpy(x[take].astype(np.float32)), torch.from_numpy(y[take])
+            return
+        kept_x, kept_y, held, caching = [], [], 0, self.cache_rows > 0
+        for x, y in self.stream(kind, epoch):
+            if caching:
+                kept_x.append(x.astype(self.dtype))
+                kept_y.append(y)
+                held += len(y)
+                if held > self.cache_rows:  # over the cap: stream every epoch
+                    kept_x, kept_y, caching = [], [], False
+            yield torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64))
+        if caching and kept_y:
+            self.cache[kind] = (np.concatenate(kept_x), np.concatenate(kept_y))
+
+
+def _shuffled(xs: list[np.ndarray], ys: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    order = rng.permutation(len(y))
+    return x[order], y[order]
+
+
+def _split(x: np.ndarray, y: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(y), batch_size):
+        yield torch.from_numpy(x[start:start + batch_size]).float(), torch.from_numpy(y[start:start + batch_size])
+
+
+def synthetic_clusters(n_per_class: int, dim: int, *, generator_shift: int = 0, shift: float = 1.5,
+                       block: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Separable stand-in features for tests, benchmarks and smoke runs: ``n_per_class`` reals
+    ~ N(0, I) and as many fakes ~ N(mu, I), where the fake generator number ``generator_shift``
+    moves coordinates ``[block*g, block*(g+1))`` by ``shift`` (so generators 0 and 1 are "seen"
+    and "unseen" directions). Returns (x [2n, dim] float32, y [2n] int64, reals first)."""
+    gen = torch.Generator().manual_seed(seed)
+    mu = torch.zeros(dim)
+    mu[block * generator_shift: block * (generator_shift + 1)] = shift
+    x = torch.cat([torch.randn(n_per_class, dim, generator=gen), torch.randn(n_per_class, dim, generator=gen) + mu])
+    y = torch.cat([torch.zeros(n_per_class, dtype=torch.int64), torch.ones(n_per_class, dtype=torch.int64)])
+    return x, y

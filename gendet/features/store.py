@@ -1,0 +1,110 @@
+"""The Parquet feature store: schema, layout and the manifest (CONTRACTS.md).
+
+Layout under a store URL ``FEATURES``::
+
+    FEATURES/<variant>/<shard-stem>.parquet           one file per input shard (rows below)
+    FEATURES/<variant>/<shard-stem>.quarantine.parquet  samples left out: shard, key, reason
+    FEATURES/<variant>/<shard-stem>.stats.json        written last: the shard's done marker
+    FEATURES/<variant>/manifest.json                  completed shards, rebuilt from stats files
+
+``<variant>`` names the encoder, its preprocessing hash and the degradation, so a run with another
+encoder, preprocessing or ``--degrade`` writes beside an existing one, never over it (feature
+widths differ between encoders, so they cannot share one Parquet dataset anyway). Readers pick a
+variant by encoder and degradation; with one undegraded variant present, it is the default.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from gendet import GendetError
+from gendet import io as gio
+
+MANIFEST = "manifest.json"
+STATS_SUFFIX = ".stats.json"
+QUARANTINE_SUFFIX = ".quarantine.parquet"
+PARQUET_SUFFIX = ".parquet"
+
+QUARANTINE_SCHEMA = pa.schema([("shard", pa.string()), ("key", pa.string()), ("reason", pa.string())])
+
+
+def feature_schema(dim: int, dtype: str = "float16") -> pa.Schema:
+    """Row schema of a feature file; ``feature`` is a fixed-size list of ``dim`` floats."""
+    value = {"float16": pa.float16(), "float32": pa.float32()}[dtype]
+    return pa.schema([
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("label", pa.string()),
+        ("subset", pa.string()),
+        ("content_id", pa.string()),
+        ("split", pa.string()),
+        ("encoder", pa.string()),
+        ("preprocess_hash", pa.string()),
+        ("degrade", pa.string()),
+        ("feature", pa.list_(value, dim)),
+    ])
+
+
+def variant_name(encoder: str, preprocess_hash: str, degrade: str = "") -> str:
+    """Folder name of one (encoder, preprocessing, degradation) variant of a store."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", encoder).strip("-")
+    name = f"{slug}__{preprocess_hash[:10]}"
+    if degrade:
+        name += "__" + re.sub(r"[^A-Za-z0-9]+", "", degrade)
+    return name
+
+
+def feature_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A ``feature`` column (fixed-size lists of d floats) as one [n, d] array, without a copy
+    where Arrow allows it; the one place that unpacks the column (evaluation, training, Ray)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not pa.types.is_fixed_size_list(column.type):
+        raise GendetError(f"column feature is {column.type}, not a fixed-size list; re-extract the store")
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(column), column.type.list_size)
+
+
+def feature_files(variant_url: str) -> list[str]:
+    """The feature Parquet files of one store variant (quarantine tables left out), sorted."""
+    return [u for u in gio.glob(variant_url, f"*{PARQUET_SUFFIX}") if not u.endswith(QUARANTINE_SUFFIX)]
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    url: str
+    encoder: str
+    preprocess_hash: str
+    degrade: str
+    dim: int
+    shards: tuple[str, ...]
+
+
+def list_variants(store_url: str) -> list[Variant]:
+    """Every variant under a store that has a manifest."""
+    out = []
+    for manifest_url in gio.glob(store_url, f"*/{MANIFEST}"):
+        m = gio.read_json(manifest_url)
+        out.append(Variant(url=manifest_url[: -len(MANIFEST) - 1], encoder=m["encoder"],
+                           preprocess_hash=m["preprocess_hash"], degrade=m.get("degrade", ""),
+                           dim=int(m["dim"]), shards=tuple(m.get("shards", []))))
+    return out
+
+
+def resolve_variant(store_url: str, encoder: str | None = None, degrade: str = "") -> Variant:
+    """The one variant matching ``encoder`` (any when None) and ``degrade``; a clear error
+    naming the choices otherwise."""
+    variants = list_variants(store_url)
+    if not variants:
+        raise GendetError(f"{store_url}: no feature store here (no */{MANIFEST}); run `gendet extract` first")
+    hits = [v for v in variants if v.degrade == degrade and (encoder is None or v.encoder == encoder)]
+    if len(hits) == 1:
+        return hits[0]
+    choices = ", ".join(f"{v.encoder} degrade={v.degrade or 'none'}" for v in variants)
+    if not hits:
+        raise GendetError(f"{store_url}: no variant with encoder={encoder or 'any'} degrade={degrade or 'none'}; present: {choices}")
+    raise GendetError(f"{store_url}: several variants match; pass --encoder to choose one of: {choices}")

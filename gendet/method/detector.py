@@ -1,0 +1,143 @@
+"""A trained detector, the thing users load: networks + everything needed to score features.
+
+On disk (``save(dir_url)``; each file written atomically through ``gendet.io``)::
+
+    DIR/model.safetensors   the networks' weights, keys prefixed by network (teacher., student., ...)
+    DIR/detector.json       method, architecture, encoder name and weights reference,
+                            preprocess_hash, feature_dim, calibrated threshold, target FPR
+
+safetensors holds tensors only, so loading runs no pickled code; the networks are rebuilt from
+``detector.json`` (like Ray's doggos ``args.json``). The linear probe is stored the same way (its
+weight and bias), never as a pickle. ``score`` gives P(fake) per feature row; ``is_fake`` is
+``score > threshold``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from gendet import GendetError
+from gendet import io as gio
+from gendet.eval.metrics import calibrated_threshold
+from gendet.method.networks import Arch, discrepancy, method_logits, scoring_net_types
+
+FORMAT_VERSION = 1
+WEIGHTS, ARGS = "model.safetensors", "detector.json"
+
+
+def build_method_nets(method: str, arch: Arch) -> dict[str, nn.Module]:
+    """Empty networks of the shape ``method`` scores with."""
+    try:
+        return {name: cls(arch) for name, cls in scoring_net_types(method).items()}
+    except ValueError as exc:
+        raise GendetError(f"detector: {exc}") from None
+
+
+@dataclass
+class Detector:
+    method: str
+    arch: Arch
+    nets: dict[str, nn.Module]
+    encoder: str = ""
+    """Encoder name as in the feature store, e.g. ``open_clip:ViT-L-14/openai``."""
+    encoder_weights: str = ""
+    """Reference to the encoder's weights (tag, file or sha) so the same features can be made."""
+    preprocess_hash: str = ""
+    threshold: float = 0.5
+    """Decision threshold on P(fake); calibrated on held-out reals when ``target_fpr`` is set."""
+    target_fpr: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.arch.feature_dim
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return method_logits(self.method, self.nets, x)
+
+    @property
+    def has_discrepancy(self) -> bool:
+        return "student" in self.nets
+
+    def _features(self, features: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(features).float()
+        if x.ndim != 2 or x.shape[1] != self.feature_dim:
+            raise GendetError(f"detector ({self.encoder or self.method}): features must be [N, {self.feature_dim}]; "
+                              f"got {tuple(x.shape)}; extract them with the detector's encoder")
+        for net in self.nets.values():
+            net.eval()
+        return x
+
+    @torch.no_grad()
+    def score(self, features: np.ndarray | torch.Tensor, *, batch_size: int = 4096) -> np.ndarray:
+        """P(fake) for each row of ``features`` [N, feature_dim], as float64 [N]."""
+        return self.score_and_discrepancy(features, batch_size=batch_size)[0]
+
+    @torch.no_grad()
+    def score_and_discrepancy(self, features: np.ndarray | torch.Tensor, *,
+                              batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray | None]:
+        """P(fake) [N] and, for the teacher-student rungs, the mean discrepancy (Eq. 4) per row [N]
+        (None for the others), from one forward pass."""
+        x = self._features(features)
+        scores, discs = [], []
+        for i in range(0, x.shape[0], batch_size):
+            chunk = x[i:i + batch_size]
+            if self.has_discrepancy:
+                d = discrepancy(self.nets["teacher"], self.nets["student"], chunk)
+                logits = self.nets["classifier"](d)
+                discs.append(d.mean(dim=1).double())
+            else:
+                logits = self.logits(chunk)
+            scores.append(logits.float().softmax(dim=1)[:, 1].double())
+        score = torch.cat(scores).numpy() if scores else np.zeros(0)
+        disc = (torch.cat(discs).numpy() if discs else np.zeros(0)) if self.has_discrepancy else None
+        return score, disc
+
+    def args(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "method": self.method, "arch": asdict(self.arch),
+                "feature_dim": self.feature_dim, "encoder": self.encoder, "encoder_weights": self.encoder_weights,
+                "preprocess_hash": self.preprocess_hash, "threshold": float(self.threshold),
+                "target_fpr": self.target_fpr, "extra": self.extra}
+
+    def save(self, dir_url: str) -> str:
+        tensors = {f"{name}.{key}": t.detach().cpu().contiguous()
+                   for name, net in self.nets.items() for key, t in net.state_dict().items()}
+        gio.write_bytes_atomic(gio.join(dir_url, WEIGHTS), save_safetensors(tensors))
+        gio.write_json_atomic(gio.join(dir_url, ARGS), self.args())
+        return dir_url
+
+    @classmethod
+    def load(cls, dir_url: str) -> Detector:
+        args_url = gio.join(dir_url, ARGS)
+        if not gio.exists(args_url):
+            raise GendetError(f"{dir_url}: no {ARGS} here; pass a directory written by Detector.save or `gendet train`")
+        args = gio.read_json(args_url)
+        if args.get("format_version") != FORMAT_VERSION:
+            raise GendetError(f"{args_url}: detector format {args.get('format_version')}, this gendet reads {FORMAT_VERSION}; upgrade gendet")
+        arch = Arch(**args["arch"])
+        nets = build_method_nets(args["method"], arch)
+        tensors = load_safetensors(gio.read_bytes(gio.join(dir_url, WEIGHTS)))
+        for name, net in nets.items():
+            prefix = name + "."
+            net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            net.eval()
+        return cls(method=args["method"], arch=arch, nets=nets, encoder=args["encoder"],
+                   encoder_weights=args["encoder_weights"], preprocess_hash=args["preprocess_hash"],
+                   threshold=float(args["threshold"]), target_fpr=args["target_fpr"], extra=args.get("extra", {}))
+
+
+def calibrate(detector: Detector, source: Any, target_fpr: float, *, epoch: int = 0) -> float:
+    """Set ``detector.threshold`` from its scores on ``source``'s real rows (a ``BatchSource`` of
+    held-out data) for ``target_fpr``; returns it. Leaves it unchanged when there are no reals."""
+    scores = [detector.score(x) for x, _ in source.batches("real", epoch)]
+    if scores and sum(len(s) for s in scores):
+        detector.threshold = calibrated_threshold(np.concatenate(scores), target_fpr)
+        detector.target_fpr = target_fpr
+    return detector.threshold

@@ -1,0 +1,307 @@
+"""The GenDet trainer and its ablation ladder, run in one call on the same data (``train_all``).
+
+The stage plan (``plan``), where each stage is one or more passes over ``real``, ``fake`` or
+``all`` rows::
+
+    pretrain     all   teacher N_t + CE head (and the linear probe, in the same passes)
+    rNN.a        real  each student: Eq. 1 against the frozen teacher        (ts_real, ts_fake, gendet)
+    rNN.b        fake  each student: alpha * Eq. 2 on G(x^f); G = identity for ts_fake (ts_fake, gendet)
+    rNN.c        fake  the augmenter G: Eq. 3, teacher and student frozen   (gendet)
+    classifier   all   each classifier N_c: CE on D = (z_t - z_s)^2, no G    (ts_real, ts_fake, gendet)
+
+for NN in 1..rotations. The rungs have separate students and classifiers but share the teacher and
+every data pass, and the frozen teacher's output on a batch is computed once for all students: a
+ladder costs far less than five runs, and each rung follows exactly the schedule it would follow
+alone. In every stage only the networks being trained have ``requires_grad`` on, and each has its
+own AdamW holding only its parameters.
+
+State is small (torchtitan style): the index of the next stage. ``Trainer.train()`` loads the latest
+checkpoint (if any) and runs the remaining stages, saving a checkpoint after each and calling
+``report(stage_name, metrics, checkpoint_dir)``. Shuffles depend only on (seed, kind, epoch), so a
+resumed run gives the same final weights as an uninterrupted one, bit for bit on CPU.
+
+Distributed (Ray Train): pass ``prepare_model=ray.train.torch.prepare_model``; it wraps each network
+being trained at the start of its stage. All workers must see the same number of batches per
+stage (see ``gendet.features.sources``). Every worker may resume from the same ``resume_from`` (the folder of
+``ray.train.get_checkpoint()``) while writing to its own ``checkpoint_dir`` (rank 0's is the one to
+pass to ``ray.train.report``); ``report`` is called on every worker after every stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from gendet.config import ConfigError, to_json
+from gendet.features.sources import BatchSource, Kind
+from gendet.method import checkpoints as ckpt
+from gendet.method import losses
+from gendet.method.config import TrainConfig
+from gendet.method.detector import Detector, calibrate
+from gendet.method.networks import Arch, Augmenter, Classifier, LinearProbe, Student, Teacher, TeacherHead, scoring_net_types
+
+Report = Callable[[str, dict[str, float], "str | None"], None]
+PrepareModel = Callable[[nn.Module], nn.Module]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    name: str
+    kind: Kind
+    epochs: int
+    jobs: tuple[str, ...]
+    """``<what>`` or ``<what>.<method>``: teacher, probe, real.M, fake.M, augmenter, classifier.M."""
+
+
+def plan(cfg: TrainConfig) -> list[Stage]:
+    """The ordered stages for ``cfg.methods``."""
+    students = cfg.student_methods
+    pretrain = tuple(j for j, m in (("teacher", students or cfg.wants("teacher")), ("probe", cfg.wants("linear_probe"))) if m)
+    stages = [Stage("pretrain", "all", cfg.teacher_epochs, pretrain)]
+    fakes = tuple(f"fake.{m}" for m in students if m != "ts_real")
+    for r in range(1, cfg.rotations + 1 if students else 1):
+        stages.append(Stage(f"r{r:02d}.a", "real", cfg.stage_epochs, tuple(f"real.{m}" for m in students)))
+        if fakes:
+            stages.append(Stage(f"r{r:02d}.b", "fake", cfg.stage_epochs, fakes))
+        if cfg.wants("gendet"):
+            stages.append(Stage(f"r{r:02d}.c", "fake", cfg.stage_epochs, ("augmenter",)))
+    if students:
+        stages.append(Stage("classifier", "all", cfg.classifier_epochs, tuple(f"classifier.{m}" for m in students)))
+    return stages
+
+
+def net_key(job: str) -> str:
+    """The network a job trains: real.M and fake.M train student.M."""
+    what, _, method = job.partition(".")
+    return {"real": f"student.{method}", "fake": f"student.{method}"}.get(what, job)
+
+
+def build_nets(cfg: TrainConfig, arch: Arch) -> dict[str, nn.Module]:
+    """Fresh networks for every rung in ``cfg.methods``, in a fixed order (seeded by the caller)."""
+    nets: dict[str, nn.Module] = {}
+    if cfg.student_methods or cfg.wants("teacher"):
+        nets["teacher"] = TeacherHead(arch)
+    if cfg.wants("linear_probe"):
+        nets["probe"] = LinearProbe(arch)
+    for m in cfg.student_methods:
+        nets[f"student.{m}"] = Student(arch)
+        nets[f"classifier.{m}"] = Classifier(arch)
+    if cfg.wants("gendet"):
+        nets["augmenter"] = Augmenter(arch)
+    return nets
+
+
+def learning_rate(cfg: TrainConfig, key: str) -> float:
+    what = key.split(".")[0]
+    return {"teacher": cfg.teacher_lr, "probe": cfg.probe_lr, "student": cfg.student_lr,
+            "augmenter": cfg.augmenter_lr, "classifier": cfg.classifier_lr}[what]
+
+
+class _BatchCache:
+    """Frozen-network outputs of one batch, computed once and shared by every job of a stage."""
+
+    def __init__(self, nets: dict[str, nn.Module], x: torch.Tensor):
+        self.nets, self.x, self._z, self._g = nets, x, None, None
+
+    def teacher_z(self, augmented: bool = False) -> torch.Tensor:
+        if augmented:
+            if self._g is None:
+                with torch.no_grad():
+                    g = self.augmented()
+                    self._g = (g, self.nets["teacher"].body(g))
+            return self._g[1]
+        if self._z is None:
+            with torch.no_grad():
+                self._z = self.nets["teacher"].body(self.x)
+        return self._z
+
+    def augmented(self) -> torch.Tensor:
+        if self._g is not None:
+            return self._g[0]
+        with torch.no_grad():
+            return self.nets["augmenter"](self.x)
+
+
+@dataclass
+class TrainResult:
+    detectors: dict[str, Detector]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One row per (stage, job): stage, job, epochs, batches, rows, mean_loss, seconds, features_per_s."""
+    config: TrainConfig | None = None
+
+
+class Trainer:
+    """Builds the networks and optimizers for ``cfg`` and runs (or resumes) its stage plan."""
+
+    def __init__(self, cfg: TrainConfig, source: BatchSource, *, checkpoint_dir: str | None = None,
+                 report: Report | None = None, prepare_model: PrepareModel | None = None, device: str = "cpu",
+                 resume_from: str | None = None):
+        self.cfg, self.source, self.checkpoint_dir = cfg, source, checkpoint_dir
+        self.resume_from = resume_from or checkpoint_dir
+        self.report, self.prepare_model = report, prepare_model or (lambda net: net)
+        self.device = torch.device(device)
+        self.arch = Arch(feature_dim=source.dim, width=cfg.width, layers=cfg.layers, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio)
+        torch.manual_seed(cfg.seed)
+        self.nets = {k: n.to(self.device) for k, n in build_nets(cfg, self.arch).items()}
+        # fused: one kernel per step instead of ~10 small ops per tensor, which on busy shared cores
+        # spend more time synchronising threads than computing
+        fused = self.device.type in ("cpu", "cuda")
+        self.opts = {k: torch.optim.AdamW(n.parameters(), lr=learning_rate(cfg, k), weight_decay=cfg.weight_decay,
+                                          fused=fused) for k, n in self.nets.items()}
+        self.stages = plan(cfg)
+        self.next_stage = 0
+        self.history: list[dict[str, Any]] = []
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": to_json(self.cfg), "next_stage": self.next_stage, "rng": torch.get_rng_state(),
+                "nets": {k: n.state_dict() for k, n in self.nets.items()},
+                "opts": {k: o.state_dict() for k, o in self.opts.items()}, "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["config"] != to_json(self.cfg):
+            raise ConfigError(f"{self.resume_from}: its checkpoints were written with another config; "
+                              "use a fresh checkpoint directory or the same config")
+        for k, n in self.nets.items():
+            n.load_state_dict(state["nets"][k])
+        for k, o in self.opts.items():
+            o.load_state_dict(state["opts"][k])
+        torch.set_rng_state(state["rng"])
+        self.next_stage, self.history = int(state["next_stage"]), list(state["history"])
+
+    # -- running -----------------------------------------------------------------------------
+    def train(self) -> list[dict[str, Any]]:
+        """Resume from the latest checkpoint (if any) and run the remaining stages."""
+        latest = ckpt.load_latest(self.resume_from)
+        if latest is not None:
+            self.load_state_dict(latest)
+        while self.next_stage < len(self.stages):
+            stage = self.stages[self.next_stage]
+            rows = self.run_stage(stage, first_epoch=self._epoch_offset(self.next_stage))
+            self.history.extend(rows)
+            self.next_stage += 1
+            if self.checkpoint_dir:
+                ckpt.save_checkpoint(self.checkpoint_dir, self.next_stage, self.state_dict(), keep=self.cfg.keep_checkpoints)
+            if self.report is not None:
+                self.report(stage.name, {f"{r['job']}/loss": r["mean_loss"] for r in rows}
+                            | {"features_per_s": rows[0]["features_per_s"] if rows else 0.0}, self.checkpoint_dir)
+        return self.history
+
+    def _epoch_offset(self, index: int) -> int:
+        """A distinct epoch number for every pass of the plan, so every pass gets its own shuffle."""
+        return sum(s.epochs for s in self.stages[:index])
+
+    def _set_trainable(self, keys: set[str]) -> dict[str, nn.Module]:
+        for key, net in self.nets.items():
+            net.requires_grad_(key in keys)
+        return {key: self.prepare_model(self.nets[key]) for key in sorted(keys)}
+
+    def run_stage(self, stage: Stage, *, first_epoch: int) -> list[dict[str, Any]]:
+        live = self._set_trainable({net_key(j) for j in stage.jobs})
+        # Losses are summed on the device: reading each one back would synchronise a GPU every step.
+        totals = {j: torch.zeros((), device=self.device) for j in stage.jobs}
+        steps, rows_seen, start = 0, 0, time.perf_counter()
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.precision == "bf16"
+                    else contextlib.nullcontext())
+        for epoch in range(stage.epochs):
+            batches = self.source.batches(stage.kind, first_epoch + epoch)
+            for x, y in tqdm(batches, desc=f"{stage.name} ({stage.kind})", leave=False, unit="batch"):
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                cache = _BatchCache(self.nets, x)
+                for job in stage.jobs:
+                    with autocast:
+                        loss = self._loss(job, live, cache, y)
+                    opt = self.opts[net_key(job)]
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    totals[job] += loss.detach()
+                steps += 1
+                rows_seen += len(y)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        self.nets_requires_grad_off()
+        return [{"stage": stage.name, "kind": stage.kind, "job": job, "epochs": stage.epochs, "batches": steps,
+                 "rows": rows_seen, "mean_loss": float(total) / max(steps, 1), "seconds": seconds,
+                 "features_per_s": rows_seen / seconds if seconds > 0 else 0.0}
+                for job, total in totals.items()]
+
+    def nets_requires_grad_off(self) -> None:
+        for net in self.nets.values():
+            net.requires_grad_(False)
+
+    def _loss(self, job: str, live: dict[str, nn.Module], cache: _BatchCache, y: torch.Tensor) -> torch.Tensor:
+        what, _, method = job.partition(".")
+        net = live[net_key(job)]
+        if what in ("teacher", "probe"):
+            return losses.classification(net(cache.x), y)
+        if what == "real":
+            return losses.dis_real(cache.teacher_z(), net(cache.x))
+        if what == "fake":
+            augmented = method == "gendet"  # ts_fake: G is the identity
+            inputs = cache.augmented() if augmented else cache.x
+            return losses.dis_fake(cache.teacher_z(augmented), net(inputs), margin=self.cfg.margin, alpha=self.cfg.alpha)
+        if what == "augmenter":
+            g = net(cache.x)  # gradients flow through the frozen teacher and student into G
+            return losses.dis_augmenter(self.nets["teacher"].body(g), self.nets["student.gendet"](g))
+        if what == "classifier":
+            with torch.no_grad():  # Eq. 4, the teacher's output shared by every rung
+                d = (cache.teacher_z() - self.nets[f"student.{method}"](cache.x)).pow(2)
+            return losses.classification(net(d), y)
+        raise ValueError(f"unknown job {job!r}")
+
+    # -- results -----------------------------------------------------------------------------
+    def detector(self, method: str, **info: Any) -> Detector:
+        """A self-contained copy of the networks ``method`` needs to score features."""
+        nets = {}
+        for name, cls in scoring_net_types(method).items():
+            net = self.nets[{"student": f"student.{method}", "classifier": f"classifier.{method}"}.get(name, name)]
+            if cls is Teacher and isinstance(net, TeacherHead):  # the students' rungs score with its body
+                net = net.body
+            nets[name] = copy.deepcopy(net).cpu().eval()
+        return Detector(method=method, arch=self.arch, nets=nets, **info)
+
+
+def check_source(cfg: TrainConfig, source: BatchSource) -> None:
+    """Fail before any work when the training rows cannot train a detector."""
+    counts = source.counts() if hasattr(source, "counts") else None
+    if counts is None:
+        return
+    where = f"train subsets {list(cfg.train_subsets) or 'all'}, splits {list(cfg.train_splits)}"
+    if counts.get("real", 0) + counts.get("fake", 0) == 0:
+        raise ConfigError(f"training data: no rows in {where}; check --train-subsets and the split column")
+    for label in ("real", "fake"):
+        if counts.get(label, 0) == 0:
+            raise ConfigError(f"training data: no {label} rows in {where}; every method needs both real and fake rows")
+
+
+def train_all(cfg: TrainConfig, source: BatchSource, *, checkpoint_dir: str | None = None,
+              report: Report | None = None, prepare_model: PrepareModel | None = None, device: str = "cpu",
+              calibration: BatchSource | None = None, encoder: str | None = None, encoder_weights: str = "",
+              preprocess_hash: str | None = None, resume_from: str | None = None) -> TrainResult:
+    """Train every method of ``cfg.methods`` on ``source``; one ``Detector`` per method.
+
+    When ``calibration`` is given (held-out rows, e.g. the val split), each detector's threshold
+    is set from its scores on those reals for ``cfg.target_fpr`` (``gendet.eval.metrics``); otherwise
+    it stays 0.5. ``encoder`` and ``preprocess_hash`` default to the source's attributes."""
+    check_source(cfg, source)
+    trainer = Trainer(cfg, source, checkpoint_dir=checkpoint_dir, report=report, prepare_model=prepare_model,
+                      device=device, resume_from=resume_from)
+    history = trainer.train()
+    info = {"encoder": encoder if encoder is not None else getattr(source, "encoder", ""),
+            "encoder_weights": encoder_weights,
+            "preprocess_hash": preprocess_hash if preprocess_hash is not None else getattr(source, "preprocess_hash", "")}
+    detectors = {m: trainer.detector(m, **info) for m in cfg.methods}
+    if calibration is not None:
+        for det in detectors.values():
+            calibrate(det, calibration, cfg.target_fpr)
+    return TrainResult(detectors=detectors, history=history, config=cfg)

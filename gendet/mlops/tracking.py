@@ -1,0 +1,163 @@
+"""MLflow run helpers: where runs go, and what a training job logs.
+
+The tracking URI is ``MLFLOW_TRACKING_URI`` when set (a shared server, Databricks, ...), else a
+SQLite store inside the job's output directory (``sqlite:///<out>/mlflow.db``, artifacts under
+``<out>/mlartifacts``), so a job run on a laptop keeps its runs next to its outputs and
+``mlflow ui --backend-store-uri sqlite:///<out>/mlflow.db`` shows them. MLflow's own API does the
+work; this module only names things consistently:
+
+- params: the whole config, flattened (nested fields as ``outer.inner``, tuples as JSON text);
+- metrics: each training job's loss per stage as ``loss/<job>`` (``loss/real.gendet``) with the
+  stage's position as ``step``; per-subset results of every method as ``<method>/<subset>/<metric>``
+  (e.g. ``gendet/sd14/acc``) plus ``<method>/mean_acc``, ``<method>/mAP``, ...;
+- artifacts: ``metrics.json`` files and PNG plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from gendet import GendetError
+from gendet import io as gio
+
+DEFAULT_EXPERIMENT = "gendet"
+_METRIC_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
+# metrics.json keys that are per-subset numbers worth a metric each (counts are params of the data)
+SUBSET_METRICS = ("acc", "real_acc", "fake_acc", "ap", "best_acc", "acc_calibrated",
+                  "real_acc_calibrated", "fake_acc_calibrated")
+SUMMARY_METRICS = ("mean_acc", "mAP", "mean_acc_calibrated", "calibrated_threshold")
+
+
+def local_store(out_dir: str) -> tuple[str, str]:
+    """(tracking URI, artifact location URI) of the SQLite store kept inside ``out_dir``."""
+    fs, path = gio.fs_and_path(out_dir)
+    if not gio.is_local(fs):
+        raise GendetError(f"{out_dir}: a SQLite MLflow store needs a local output directory; "
+                          "set MLFLOW_TRACKING_URI to a tracking server to log from here")
+    root = Path(path).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
+
+
+def resolve_tracking_uri(out_dir: str | None) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the SQLite store under ``out_dir``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if out_dir is None:
+        raise GendetError("no MLflow store: set MLFLOW_TRACKING_URI or give an output directory")
+    return local_store(out_dir)[0]
+
+
+def use_experiment(out_dir: str | None, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at the resolved store and experiment; returns the experiment id.
+
+    With the SQLite default the experiment is created with its artifacts under
+    ``<out>/mlartifacts`` (MLflow would otherwise put them in ``./mlruns`` of the current dir).
+    """
+    from_user = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = resolve_tracking_uri(out_dir)
+    mlflow.set_tracking_uri(uri)
+    if not from_user:
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI; left there, this job's SQLite default
+        # would pass for the user's choice and capture the next job's runs in this process
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        exp_id = found.experiment_id
+    elif from_user:
+        exp_id = client.create_experiment(experiment)
+    else:
+        exp_id = client.create_experiment(experiment, artifact_location=local_store(out_dir)[1])
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+@contextlib.contextmanager
+def start_run(out_dir: str | None, *, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+              tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """``with start_run(out): ...`` opens a run in the resolved store and closes it (FAILED on error)."""
+    use_experiment(out_dir, experiment)
+    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})) as run:
+        yield run
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and tuples become their JSON text."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = value
+    return flat
+
+
+def log_config(cfg: Any) -> dict[str, Any]:
+    """Log a config dataclass (or dict) as flattened params; returns what was logged."""
+    from gendet.config import to_dict
+
+    tree = cfg if isinstance(cfg, Mapping) else to_dict(cfg)
+    params = flatten(tree)
+    mlflow.log_params(params)
+    return params
+
+
+def metric_key(*parts: str) -> str:
+    """A metric name MLflow accepts, from parts such as (method, subset, metric)."""
+    return "/".join(_METRIC_KEY_BAD.sub("_", str(p)) for p in parts)
+
+
+def log_stage_history(history: Sequence[Mapping[str, Any]], prefix: str = "loss") -> int:
+    """Log the trainer's per-stage rows (``gendet.method.trainer``: ``stage``, ``job``, ``mean_loss``) as
+    ``loss/<job>`` curves whose step is the stage's position in the plan, so every job's curve
+    shares one x-axis (pretrain = 0, r01.a = 1, ...). Returns the number of points logged."""
+    steps: dict[str, int] = {}
+    count = 0
+    for row in history:
+        step = steps.setdefault(str(row["stage"]), len(steps))
+        mlflow.log_metric(metric_key(prefix, row["job"]), float(row["mean_loss"]), step=step)
+        count += 1
+    return count
+
+
+def subset_metrics(method: str, report: Mapping[str, Any]) -> dict[str, float]:
+    """Flat ``<method>/<subset>/<metric>`` and ``<method>/<summary>`` numbers of a metrics.json dict."""
+    out: dict[str, float] = {}
+    for subset, values in report.get("subsets", {}).items():
+        for name in SUBSET_METRICS:
+            if values.get(name) is not None:
+                out[metric_key(method, subset, name)] = float(values[name])
+    for name in SUMMARY_METRICS:
+        if report.get(name) is not None:
+            out[metric_key(method, name)] = float(report[name])
+    return out
+
+
+def log_reports(reports: Mapping[str, Mapping[str, Any]], *, artifact_dir: str = "metrics") -> dict[str, float]:
+    """Log every method's metrics.json: its numbers as metrics and the file as an artifact."""
+    logged: dict[str, float] = {}
+    for method, report in reports.items():
+        numbers = subset_metrics(method, report)
+        mlflow.log_metrics(numbers)
+        mlflow.log_dict(dict(report), f"{artifact_dir}/{method}/metrics.json")
+        logged.update(numbers)
+    return logged
+
+
+def log_figure(fig: Any, name: str) -> None:
+    """Log a matplotlib figure as a PNG artifact (``plots/<name>.png``)."""
+    mlflow.log_figure(fig, f"plots/{name}.png")

@@ -1,0 +1,180 @@
+"""The detector as an MLflow pyfunc model ("models from code": no pickle anywhere).
+
+What is logged: the code file ``gendet/serve/pyfunc_model.py`` (it calls ``mlflow.models.set_model``),
+a copy of the part of ``gendet`` that scoring imports (``code_paths``, ``SERVING_CODE``: a fresh
+serving environment needs only the pinned pip requirements, and a model keeps the code it was
+logged with),
+the saved Detector directory as the artifact ``detector`` (``model.safetensors`` + ``detector.json``:
+heads, encoder name and weights reference, preprocess hash, calibrated threshold), a signature, an
+input example, and the same facts as MLmodel ``metadata`` so tools can read them without loading.
+``mlflow models serve`` and ``gendet predict --model models:/gendet@champion`` need nothing else.
+
+Serving contract: the input is a DataFrame with a string column ``image`` holding base64-encoded
+image bytes (``dataframe_split``, ``dataframe_records`` or ``inputs`` over HTTP); the output has
+one row per input with ``score`` (P(fake)), ``is_fake``, ``threshold`` and ``error`` (empty when
+the row was scored; score is NaN and is_fake false when it was not).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from gendet import GendetError
+from gendet.serve.loading import ARTIFACT
+from gendet.serve.scorer import ImageScorer, ItemError
+
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+PACKAGE_DIR = Path(__file__).parents[1]
+# The code a served model runs, relative to the package (tests/serve check it is the import
+# closure of pyfunc_model): the rest of gendet (training, extraction, the zoo and its weights) stays out.
+SERVING_CODE = ("__init__.py", "io.py", "config.py", "data/__init__.py", "data/decode.py", "encoders", "eval/__init__.py",
+                "eval/metrics.py", "method/__init__.py", "method/detector.py", "method/networks.py", "serve")
+INPUT_COLUMN = "image"
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
+    outputs=Schema([ColSpec("double", "score"), ColSpec("boolean", "is_fake"), ColSpec("double", "threshold"),
+                    ColSpec("string", "error", required=False)]),
+)
+# The library's own dependencies serve the model, pinned to what logged it; Ray is left out (the
+# library never imports it). Listed rather than inferred: inference loads the model in a subprocess.
+_NOT_FOR_SERVING = {"ray"}
+
+
+def pip_requirements() -> list[str]:
+    """gendet's runtime dependencies (no extras), pinned to the installed versions."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    from packaging.requirements import Requirement
+
+    pins = ["pandas==" + version("pandas")]  # pyfunc's own input type
+    for text in requires("gendet") or []:
+        req = Requirement(text)
+        if req.marker is not None or req.name in _NOT_FOR_SERVING:
+            continue
+        try:
+            pins.append(f"{req.name}=={version(req.name)}")
+        except PackageNotFoundError:
+            pins.append(str(req))
+    return pins
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def example_image() -> bytes:
+    """A tiny deterministic PNG: the logged input example (and a smoke test of a served model)."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, 32 * 32 * 3).reshape(32, 32, 3).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def to_frame(results: list[dict[str, Any]], threshold: float) -> pd.DataFrame:
+    """Result dicts -> the output frame of SIGNATURE (errored rows: NaN score, is_fake False)."""
+    return pd.DataFrame({
+        "score": [r.get("score", np.nan) for r in results],
+        "is_fake": [bool(r.get("is_fake", False)) for r in results],
+        "threshold": [float(r.get("threshold", threshold)) for r in results],
+        "error": [r.get("error", "") for r in results],
+    })
+
+
+def decode_b64(value: Any) -> bytes | Exception:
+    if not isinstance(value, str):
+        return ItemError(f"image must be a base64 string, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        return ItemError(f"bad base64: {exc}")
+
+
+class GendetModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc wrapper: loads Detector + encoder once in ``load_context``."""
+
+    scorer: ImageScorer
+
+    def load_context(self, context: Any) -> None:
+        from gendet.method.detector import Detector
+
+        config = context.model_config or {}
+        self.scorer = ImageScorer.from_detector(Detector.load(context.artifacts[ARTIFACT]),
+                                                device=config.get("device", "cpu"),
+                                                threshold=config.get("threshold"))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if INPUT_COLUMN not in frame.columns:
+            raise GendetError(f"model input has columns {list(frame.columns)}; send a column "
+                              f"{INPUT_COLUMN!r} of base64-encoded image bytes")
+        results = self.scorer.score_bytes([decode_b64(v) for v in frame[INPUT_COLUMN]])
+        return to_frame(results, self.scorer.threshold)
+
+
+def stage_serving_code(tmp: str) -> str:
+    """A copy of ``SERVING_CODE`` as ``<tmp>/gendet`` (what ``code_paths`` logs), caches left out."""
+    root = Path(tmp) / "gendet"
+    for rel in SERVING_CODE:
+        src, dst = PACKAGE_DIR / rel, root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dst)
+    return str(root)
+
+
+def _detector_dir(detector: Any, tmp: str) -> str:
+    """``detector`` (a Detector, or a saved one's directory or URL) saved as ``<tmp>/detector``, so the
+    artifact is always ``artifacts/detector`` inside the model (``gendet.serve.loading`` reads it there)."""
+    from gendet.method.detector import Detector
+
+    if isinstance(detector, (str, Path)):
+        detector = Detector.load(str(detector))
+    return detector.save(str(Path(tmp) / ARTIFACT))
+
+
+def _model_kwargs(detector_dir: str, tmp: str) -> dict[str, Any]:
+    from gendet.method.detector import Detector
+
+    det = Detector.load(detector_dir)
+    metadata = {"encoder": det.encoder, "encoder_weights": det.encoder_weights,
+                "preprocess_hash": det.preprocess_hash, "threshold": det.threshold,
+                "target_fpr": det.target_fpr, "method": det.method, "feature_dim": det.feature_dim}
+    return dict(python_model=str(MODEL_CODE), artifacts={ARTIFACT: detector_dir}, signature=SIGNATURE,
+                input_example=pd.DataFrame({INPUT_COLUMN: [b64(example_image())]}),
+                pip_requirements=pip_requirements(), metadata=metadata, model_config={"device": "cpu"},
+                code_paths=[stage_serving_code(tmp)])
+
+
+def log_detector(detector: Any, *, name: str = "detector", registered_model_name: str | None = None,
+                 **kwargs: Any) -> Any:
+    """Log a Detector (object or saved directory) into the active run; returns MLflow's ModelInfo.
+
+    ``registered_model_name`` registers it in the same call; ``gendet.mlops.registry.register`` does that
+    and sets the ``challenger`` alias.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        return mlflow.pyfunc.log_model(name=name, registered_model_name=registered_model_name,
+                                       **_model_kwargs(_detector_dir(detector, tmp), tmp), **kwargs)
+
+
+def save_detector_model(detector: Any, path: str) -> str:
+    """Write a Detector as a local MLflow model directory (for ``mlflow models serve -m path``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.pyfunc.save_model(path, **_model_kwargs(_detector_dir(detector, tmp), tmp))
+    return path

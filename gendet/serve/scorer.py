@@ -1,0 +1,118 @@
+"""A detector with its image encoder, loaded once: encoded image bytes in, one result dict out each.
+
+Images are decoded exactly as ``gendet extract`` decodes them (``gendet.data.decode``) and go the
+extraction job's way to the encoder (uint8 pixels to the encoder's device, finished there), so the
+features match the store the detector was trained on bit for bit. A bad item gets ``error``
+(the quarantine reason: ``not_an_image``, ``corrupt_image``, ``decompression_bomb``, ...) and the
+others are still scored. This is what ``gendet predict`` and the MLflow pyfunc model run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gendet import GendetError
+from gendet.data import decode
+
+SMALL_BATCH = 256  # up to this many rows the heads run single-threaded (see one_thread_if)
+
+
+@contextlib.contextmanager
+def one_thread_if(condition: bool) -> Iterator[None]:
+    """Run torch single-threaded inside (then restore the thread count) when ``condition`` holds.
+
+    The heads on a few rows are hundreds of tiny ops; with several intra-op threads each op pays a
+    thread barrier, and on a shared CPU a descheduled thread turns ~2 ms into ~200 ms (measured,
+    benchmarks/predict.py). The thread count is process-wide: a concurrent encoder call may briefly
+    run on one thread, which changes its speed, never its result.
+    """
+    before = torch.get_num_threads()
+    if condition and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+class ItemError(Exception):
+    """One input that cannot be scored; its message becomes that item's ``error``."""
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """RGB image from encoded bytes, decoded exactly as ``gendet extract`` decodes (same features);
+    ItemError naming the quarantine reason (``not_an_image``, ``decompression_bomb``, ...) otherwise."""
+    try:
+        return decode.decode_image(data)
+    except decode.BadSample as exc:
+        # PIL names the BytesIO object (an address that changes every run): keep the words only
+        raise ItemError(str(exc).split(" <_io.")[0]) from None
+
+
+class ImageScorer:
+    """A Detector with its encoder, loaded once: encoded image bytes in, one result dict out each."""
+
+    def __init__(self, detector: Any, encoder: Any, threshold: float | None = None):
+        if detector.preprocess_hash and encoder.preprocess_hash != detector.preprocess_hash:
+            raise GendetError(f"encoder {encoder.name}: preprocess_hash {encoder.preprocess_hash[:12]} differs "
+                              f"from the detector's {detector.preprocess_hash[:12]}; load the encoder version "
+                              "the detector was trained with")
+        self.detector, self.encoder = detector, encoder
+        self.threshold = float(detector.threshold if threshold is None else threshold)
+
+    @classmethod
+    def from_detector(cls, detector: Any, *, device: str = "cpu", threshold: float | None = None) -> ImageScorer:
+        from gendet.encoders.registry import encoder_weights_arg, load_encoder
+
+        encoder = load_encoder(detector.encoder, weights=encoder_weights_arg(detector.encoder_weights),
+                               device=device)
+        return cls(detector, encoder, threshold)
+
+    def features(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The encoder's features [N, dim] of decoded images (what the detector was trained on)."""
+        # the extraction job's path: uint8 pixels to the encoder's device, finished there
+        pre = self.encoder.preprocessor
+        pixels = torch.from_numpy(np.stack([pre.pixels(im) for im in images])).to(self.encoder.device)
+        return self.encoder(pre.finish(pixels)).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def score_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        features = self.features(images)
+        with one_thread_if(len(features) <= SMALL_BATCH):
+            scores = self.detector.score(features)
+        return np.asarray(scores, dtype=np.float64).reshape(-1)
+
+    def result(self, score: float) -> dict[str, Any]:
+        return {"score": float(score), "is_fake": bool(score > self.threshold), "threshold": self.threshold}
+
+    def score_bytes(self, items: Sequence[bytes | Exception]) -> list[dict[str, Any]]:
+        """One dict per item, in order: ``score``/``is_fake``/``threshold``, or ``error`` when the
+        item is an exception already (a failed read) or does not decode."""
+        results: list[dict[str, Any]] = [{} for _ in items]
+        images, where = [], []
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, Exception):
+                    raise ItemError(str(item))
+                images.append(decode_image(item))
+                where.append(i)
+            except ItemError as exc:
+                results[i] = {"error": str(exc)}
+        if images:
+            for i, score in zip(where, self.score_images(images)):
+                results[i] = self.result(score)
+        return results
+
+
+def load_scorer(uri: str, *, device: str = "cpu", threshold: float | None = None) -> ImageScorer:
+    """Load a model once (any URI ``gendet.serve.loading.load_detector`` takes) with its encoder."""
+    from gendet.serve.loading import load_detector
+
+    return ImageScorer.from_detector(load_detector(uri), device=device, threshold=threshold)

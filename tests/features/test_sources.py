@@ -1,0 +1,95 @@
+"""Batch sources: the in-memory one and the streaming Parquet reader over a real feature store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from gendet import GendetError
+from gendet import io as gio
+from gendet.features.sources import BatchSource, ParquetSource, TensorSource
+from gendet.features.store import MANIFEST, feature_schema, variant_name
+
+DIM = 8
+
+
+def write_shard(path, rows):
+    """rows: (key, label, subset, split, feature value) -> one feature file of the store schema."""
+    schema = feature_schema(DIM, "float16")
+    cols = {name: [] for name in schema.names}
+    for key, label, subset, split, value in rows:
+        for name, v in (("key", key), ("shard", path.stem), ("label", label), ("subset", subset),
+                        ("content_id", key), ("split", split), ("encoder", "enc"), ("preprocess_hash", "abc"),
+                        ("degrade", ""), ("feature", [value] * DIM)):
+            cols[name].append(v)
+    pq.write_table(pa.table(cols, schema=schema), path, row_group_size=7)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Two shards: one all real, one all fake; subsets sdv14 and midjourney; train and val rows.
+    Each row's feature value is its row number, so every row can be recognised."""
+    variant = tmp_path / variant_name("enc", "abc")
+    variant.mkdir()
+    reals = [(f"r{i}", "real", "sdv14" if i < 30 else "midjourney", "train" if i % 5 else "val", float(i)) for i in range(40)]
+    fakes = [(f"f{i}", "fake", "sdv14" if i < 30 else "midjourney", "train" if i % 5 else "val", float(100 + i)) for i in range(40)]
+    write_shard(variant / "000000.parquet", reals)
+    write_shard(variant / "000001.parquet", fakes)
+    pq.write_table(pa.table({"shard": ["x"], "key": ["bad"], "reason": ["unreadable"]}), variant / "000000.quarantine.parquet")
+    gio.write_json_atomic(str(variant / MANIFEST), {"encoder": "enc", "preprocess_hash": "abc", "dim": DIM, "shards": ["000000", "000001"]})
+    return tmp_path
+
+
+def values(batches):
+    xs, ys = zip(*batches)
+    x, y = torch.cat(xs), torch.cat(ys)
+    assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.shape[1] == DIM
+    assert torch.equal(x.min(dim=1).values, x.max(dim=1).values)  # rows were not mixed up
+    return x[:, 0].long().tolist(), y.tolist()
+
+
+def test_parquet_source_filters_subset_and_split(store):
+    source = ParquetSource.from_store(str(store), subsets=["sdv14"], splits=["train"], batch_size=5, buffer_rows=8)
+    assert isinstance(source, BatchSource) and source.dim == DIM and source.encoder == "enc"
+    expected_real = [i for i in range(30) if i % 5]
+    assert source.counts() == {"real": 24, "fake": 24}
+    for kind, expected in (("real", expected_real), ("fake", [100 + i for i in expected_real])):
+        got, labels = values(source.batches(kind, epoch=0))
+        assert sorted(got) == expected and set(labels) == {int(kind == "fake")}
+    got, labels = values(source.batches("all", epoch=0))
+    assert sorted(got) == expected_real + [100 + i for i in expected_real]
+    assert labels == [int(v >= 100) for v in got]
+
+
+def test_parquet_source_shuffles_per_epoch_reproducibly_and_mixes_labels(store):
+    source = ParquetSource.from_store(str(store), splits=["train", "val"], batch_size=16, buffer_rows=32, seed=1,
+                                      dtype="float16")
+    epoch0 = values(source.batches("all", epoch=0))[0]
+    assert epoch0 == values(source.batches("all", epoch=0))[0]
+    assert epoch0 != values(source.batches("all", epoch=1))[0]
+    assert sorted(epoch0) == list(range(40)) + list(range(100, 140))
+    first = next(iter(source.batches("all", epoch=0)))
+    assert 0 < int(first[1].sum()) < 16  # the real-only and fake-only files are interleaved
+    sizes = [len(y) for _, y in source.batches("real", epoch=0)]
+    assert sizes == [16, 16, 8]
+
+
+def test_parquet_source_without_features_is_a_clear_error(tmp_path):
+    with pytest.raises(GendetError, match="no feature files"):
+        ParquetSource(str(tmp_path))
+
+
+def test_tensor_source_covers_each_kind_once_per_epoch():
+    x = torch.arange(10, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor([0, 1] * 5)
+    source = TensorSource(x, y, batch_size=3, seed=0)
+    assert source.counts() == {"real": 5, "fake": 5}
+    real = torch.cat([b[0] for b in source.batches("real", 0)]).flatten().tolist()
+    assert sorted(real) == [0, 2, 4, 6, 8]
+    order0 = torch.cat([b[0] for b in source.batches("all", 0)]).flatten().tolist()
+    order1 = torch.cat([b[0] for b in source.batches("all", 1)]).flatten().tolist()
+    assert sorted(order0) == list(range(10)) and order0 != order1
+    assert np.array_equal(order0, torch.cat([b[0] for b in source.batches("all", 0)]).flatten().numpy())

@@ -1,0 +1,66 @@
+"""A trained detector saved and loaded again scores exactly as before, for every method."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gendet import GendetError
+from gendet.features.sources import TensorSource, synthetic_clusters
+from gendet.method.config import METHODS, preset
+from gendet.method.detector import Detector, calibrate
+from gendet.method.trainer import train_all
+
+DIM = 20  # not a multiple of the width: exercises the padding
+
+
+@pytest.fixture(scope="module")
+def detectors():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: extra threads only wait on each other
+    x, y = synthetic_clusters(48, DIM, seed=2)
+    cfg = preset("debug", width=16, heads=2, rotations=1, batch_size=32)
+    yield train_all(cfg, TensorSource(x, y, batch_size=32), encoder="open_clip:test", encoder_weights="sha256:00",
+                    preprocess_hash="ph").detectors
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_load_round_trip(detectors, method, tmp_path):
+    det = detectors[method]
+    det.threshold, det.target_fpr = 0.42, 0.05
+    x = synthetic_clusters(10, DIM, seed=9)[0]
+    before = det.score(x)
+    assert before.shape == (20,) and np.all((before >= 0) & (before <= 1))
+    det.save(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["detector.json", "model.safetensors"]
+    assert load_file(str(tmp_path / "model.safetensors"))  # plain tensors, no pickle
+    args = json.loads((tmp_path / "detector.json").read_text())
+    assert args["method"] == method and args["feature_dim"] == DIM and args["encoder"] == "open_clip:test"
+    assert (args["encoder_weights"], args["preprocess_hash"], args["threshold"], args["target_fpr"]) == ("sha256:00", "ph", 0.42, 0.05)
+    loaded = Detector.load(str(tmp_path))
+    assert np.array_equal(loaded.score(x), before)
+    assert np.array_equal(loaded.score(x.numpy().astype(np.float16)), det.score(x.half()))
+
+
+def test_score_rejects_wrong_width(detectors):
+    with pytest.raises(GendetError, match=r"\[N, 20\]"):
+        detectors["gendet"].score(np.zeros((2, 21), dtype=np.float32))
+
+
+def test_load_from_an_empty_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(GendetError, match="no detector.json"):
+        Detector.load(str(tmp_path))
+
+
+def test_calibrate_sets_threshold_from_held_out_reals(detectors):
+    det = detectors["teacher"]
+    x, y = synthetic_clusters(50, DIM, seed=4)
+    threshold = calibrate(det, TensorSource(x, y, batch_size=16), 0.1)
+    real_scores = det.score(x[y == 0])
+    assert threshold in set(real_scores.tolist())
+    assert np.mean(real_scores > threshold) <= 0.1 and det.target_fpr == 0.1

@@ -1,0 +1,43 @@
+"""Tokenisation of a feature vector and the shapes of every network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gendet.method.networks import Arch, Augmenter, Classifier, Teacher, TeacherHead, discrepancy, from_tokens, to_tokens
+
+
+@pytest.mark.parametrize("dim, tokens", [(768, 4), (512, 3), (196, 1), (1024, 6)])
+def test_feature_becomes_ceil_d_over_196_tokens_keeping_every_coordinate(dim, tokens):
+    x = torch.randn(3, dim)
+    t = to_tokens(x, 196)
+    assert t.shape == (3, tokens, 196)
+    assert torch.equal(t[0, -1, :5], x[0, 196 * (tokens - 1):196 * (tokens - 1) + 5])  # contiguous chunks
+    assert torch.count_nonzero(t.flatten(1)[:, dim:]) == 0  # padding is zeros
+    assert torch.equal(from_tokens(t, dim), x)
+    assert Arch(feature_dim=dim).tokens == tokens
+
+
+def test_network_shapes():
+    torch.manual_seed(0)
+    arch = Arch(feature_dim=100, width=32, heads=4)
+    x = torch.randn(5, 100)
+    z = Teacher(arch)(x)
+    assert z.shape == (5, arch.z_dim) == (5, 128)
+    assert Augmenter(arch)(x).shape == x.shape
+    assert TeacherHead(arch)(x).shape == (5, 2)
+    d = discrepancy(Teacher(arch), Teacher(arch), x)
+    assert d.shape == (5, 128) and bool((d >= 0).all())
+    assert Classifier(arch)(d).shape == (5, 2)
+
+
+def test_positional_embedding_tells_chunks_apart():
+    # Swapping two chunks of the input must not just swap the output chunks.
+    torch.manual_seed(0)
+    arch = Arch(feature_dim=64, width=32, heads=4)
+    net = Teacher(arch)
+    x = torch.randn(2, 64)
+    swapped = torch.cat([x[:, 32:], x[:, :32]], dim=1)
+    out, out_swapped = net(x), net(swapped)
+    assert not torch.allclose(torch.cat([out_swapped[:, 32:], out_swapped[:, :32]], dim=1), out, atol=1e-4)

@@ -1,0 +1,114 @@
+"""Registry and promotion gate against a real ``mlflow server``; then the champion loads and scores."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gendet import GendetError, cli
+from gendet.eval.metrics import metrics_report
+from gendet.method.detector import Detector
+from gendet.mlops import registry
+from gendet.serve import predict, pyfunc
+
+
+def _report(mean_acc: float, real_acc: dict[str, tuple[float, int]]) -> dict:
+    """A metrics.json-shaped dict: ``real_acc`` maps subset -> (real_acc_calibrated, n_real)."""
+    return {"mean_acc": mean_acc, "subsets": {s: {"n_real": n, "n_fake": n, "real_acc_calibrated": a}
+                                               for s, (a, n) in real_acc.items()}}
+
+
+def test_gate_rule_floor_margin_and_first_model():
+    ok_reals = {"a": (1.0, 30), "b": (0.8, 10)}  # pooled: (30 + 8) / 40 = 0.95
+    assert registry.pooled_real_acc_calibrated(_report(0.5, ok_reals)) == pytest.approx(0.95)
+    promoted, reason, *_ = registry.decide(_report(0.9, {"a": (0.5, 10)}), None, margin=0.0, real_acc_floor=0.9)
+    assert not promoted and "below the floor" in reason
+    promoted, reason, *_ = registry.decide(_report(0.6, ok_reals), None, margin=0.5, real_acc_floor=0.9)
+    assert promoted and "no champion" in reason
+    # 0.75 vs 0.5 + 0.25: exactly the margin is enough; a hair less is not
+    assert registry.decide(_report(0.75, ok_reals), _report(0.5, ok_reals), margin=0.25, real_acc_floor=0.9)[0]
+    promoted, reason, *_ = registry.decide(_report(0.74, ok_reals), _report(0.5, ok_reals), margin=0.25,
+                                           real_acc_floor=0.9)
+    assert not promoted and "does not beat" in reason
+    with pytest.raises(GendetError, match="no real images"):
+        registry.pooled_real_acc_calibrated(_report(0.9, {"a": (1.0, 0)}))
+    with pytest.raises(GendetError, match="calibrated"):
+        registry.pooled_real_acc_calibrated(_report(0.9, {"a": (None, 5)}))
+
+
+def test_gate_reads_metrics_reports_written_by_evaluate():
+    labels = np.array(["real"] * 6 + ["fake"] * 6)
+    subsets = np.array(["sd14", "vqdm"] * 6)
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.95, 0.05] + [0.9] * 6)  # one real above the threshold
+    report = metrics_report(scores, labels, subsets, calibrated_threshold=0.5, target_fpr=0.05, model="m",
+                            encoder="spectrum:v1")
+    assert registry.pooled_real_acc_calibrated(report) == pytest.approx(5 / 6)
+    assert registry.decide(report, None, margin=0.0, real_acc_floor=0.8)[0]
+    assert not registry.decide(report, None, margin=0.0, real_acc_floor=0.9)[0]
+
+
+@pytest.fixture
+def server(mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_experiment("registry-test")
+    yield MlflowClient(mlflow_server)
+    mlflow.set_tracking_uri(None)
+
+
+def _log(detector_dir: str) -> tuple[str, str]:
+    with mlflow.start_run() as run:
+        info = pyfunc.log_detector(detector_dir)
+    return info.model_uri, run.info.run_id
+
+
+@pytest.mark.slow
+def test_register_gate_and_champion_scores(server, tiny_detector_dir, tiny_images, tiny_scores, tmp_path, capsys):
+    client, name = server, "gendet"
+    good, weak = _report(0.8, {"a": (0.97, 20)}), _report(0.8, {"a": (0.5, 20)})
+
+    uri1, run1 = _log(tiny_detector_dir)
+    v1 = registry.register(uri1, name, client=client)
+    assert v1.version == "1" and CHALLENGER_OF(client, name) == "1"
+    refused = registry.promote(client, name, weak, None, margin=0.01, real_acc_floor=0.9)
+    assert not refused.promoted and "below the floor" in refused.reason
+    assert registry.version_by_alias(client, name, registry.CHAMPION) is None
+    first = registry.promote(client, name, good, None, margin=0.01, real_acc_floor=0.9)
+    assert first.promoted and first.champion_version is None and "no champion" in first.reason
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    tags = client.get_model_version(name, "1").tags
+    assert tags["gendet.gate.promoted"] == "True" and tags["gendet.gate.reason"] == first.reason
+    assert client.get_run(run1).data.tags["gendet.gate.reason"] == first.reason
+
+    second = Detector.load(tiny_detector_dir)
+    second.threshold = 0.0  # every image called fake: tells the two versions apart when served
+    uri2, _ = _log(second.save(str(tmp_path / "second")))
+    assert registry.register(uri2, name, client=client).version == "2" and CHALLENGER_OF(client, name) == "2"
+    same = registry.promote(client, name, _report(0.805, {"a": (0.97, 20)}), good, margin=0.01, real_acc_floor=0.9)
+    assert not same.promoted and "does not beat" in same.reason and same.champion_version == "1"
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    assert client.get_model_version(name, "2").tags["gendet.gate.promoted"] == "False"
+    better = registry.promote(client, name, _report(0.9, {"a": (0.95, 20)}), good, margin=0.01, real_acc_floor=0.9)
+    assert better.promoted and better.champion_score == 0.8 and better.challenger_score == 0.9
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+
+    scorer = predict.load_scorer("models:/gendet@champion")
+    rows = predict.predict(scorer, [str(p) for p in tiny_images])
+    np.testing.assert_allclose([r["score"] for r in rows], list(tiny_scores.values()), rtol=1e-5)
+    assert all(r["is_fake"] and r["threshold"] == 0.0 for r in rows)
+
+    capsys.readouterr()  # drop what MLflow printed while registering
+    assert cli.main(["predict", "--model", "models:/gendet@champion", "--tracking-uri", client.tracking_uri,
+                     str(tiny_images[0])]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["path"] == str(tiny_images[0]) and line["score"] == pytest.approx(rows[0]["score"], rel=1e-6)
+    first_run = predict.load_scorer(f"runs:/{run1}/detector")
+    assert first_run.threshold == Detector.load(tiny_detector_dir).threshold
+
+
+def CHALLENGER_OF(client: MlflowClient, name: str) -> str:  # noqa: N802 (reads like the alias it returns)
+    return client.get_model_version_by_alias(name, registry.CHALLENGER).version

@@ -1,0 +1,60 @@
+"""`gendet demo --small` end to end on a real local Ray and a real SQLite MLflow store, then the
+refresh job run again on the same folder (nothing new)."""
+
+import json
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from gendet.serve.loading import load_detector
+from gendet.zoo.config import FAMILIES
+from pipelines import demo, refresh
+
+pytestmark = pytest.mark.slow
+
+SUBSET_KEYS = {"n_real", "n_fake", "acc", "real_acc", "fake_acc", "ap", "best_acc", "acc_calibrated",
+               "real_acc_calibrated", "fake_acc_calibrated"}
+TOP_KEYS = {"model", "encoder", "threshold", "calibrated_threshold", "target_fpr", "subsets", "mean_acc", "mAP",
+            "mean_acc_calibrated"}
+
+
+def test_demo_small_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--small"]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.md'}" in printed
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert TOP_KEYS <= set(metrics)
+    assert set(metrics["subsets"]) == set(FAMILIES) - {demo.NEW_FAMILY}  # every family but the late one
+    for subset, values in metrics["subsets"].items():
+        assert SUBSET_KEYS <= set(values), subset
+        assert values["n_real"] > 0 and values["n_fake"] > 0
+    assert metrics["subsets"][demo.TRAIN_FAMILY]["ap"] > 0.9  # the seen family is learnt
+
+    summary = json.loads((out / "train_summary.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    client = MlflowClient()
+    alias = "champion" if summary["gate"]["promoted"] else "challenger"
+    assert str(client.get_model_version_by_alias("gendet", alias).version) == summary["gate"]["version"]
+    model = load_detector(f"models:/gendet@{alias}")
+    assert model.method == "gendet" and model.encoder == "spectrum:v1" and model.target_fpr == 0.05
+
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 6 and all({"path", "score", "is_fake", "threshold"} <= set(p) for p in predictions)
+
+    fresh = json.loads((out / "refresh.json").read_text())
+    assert fresh["new_shards"] == [f"{demo.NEW_FAMILY}-000000"] and set(fresh["subsets"]) == {demo.NEW_FAMILY}
+    assert isinstance(fresh["alert"], bool) and fresh["reference_mean_acc_calibrated"] is not None
+    report = (out / "report.md").read_text()
+    assert "Table 4" in report and "jpeg:65" in report and "(plots/acc_by_method.png)" in report
+    assert (out / "plots" / "acc_by_method.png").stat().st_size > 1000
+
+    # The scheduled job runs again: every shard is in the store, nothing is extracted or judged.
+    again = out / "refresh-again.json"
+    code = refresh.main([str(out / "incoming"), str(out / "features"), "--model", f"models:/gendet@{alias}",
+                         "--out", str(again)])
+    assert code == 0 and json.loads(again.read_text())["new_shards"] == []
+    assert "nothing new" in capsys.readouterr().out

@@ -1,0 +1,134 @@
+"""`gendet train` on Ray Train: 2 CPU workers with DDP on a small store, MLflow logging, registry."""
+
+import json
+import os
+
+import pytest
+from mlflow import MlflowClient
+
+from gendet.method.detector import Detector
+from helpers.synthetic_store import write_synthetic_store
+from pipelines import train as train_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def _args(store, out, *extra):
+    return [store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug", "--rotations", "1",
+            "--batch-size", "32", "--num-workers", "2", "--cpus-per-worker", "0.5", "--register", "gendet",
+            "--gate-real-floor", "0.5", *extra]
+
+
+def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = str(tmp_path / "store")
+    write_synthetic_store(store)
+    out = tmp_path / "out"
+    assert train_pipeline.main(_args(store, out)) == 0
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["subsets"]) == {"seen", "unseen"}
+    for key in ("mean_acc", "mAP", "mean_acc_calibrated", "calibrated_threshold", "target_fpr"):
+        assert key in metrics
+    assert metrics["subsets"]["seen"]["acc"] > 0.7  # the seen generator is learnable
+    for method in ("linear_probe", "teacher", "ts_real", "ts_fake", "gendet"):
+        det = Detector.load(str(out / "detectors" / method))
+        assert det.method == method and det.target_fpr is not None
+        assert (out / "metrics" / f"{method}.json").exists()
+
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["gate"]["promoted"] is True and summary["gate"]["version"] == "1"
+    client = MlflowClient(summary["tracking_uri"])
+    run = client.get_run(summary["run_id"])
+    assert run.data.params["rotations"] == "1"
+    assert "gendet/seen/acc" in run.data.metrics and "linear_probe/unseen/ap" in run.data.metrics
+    assert any(k.startswith("loss/real.gendet") for k in run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert "plots/acc_by_method.png" in artifacts and "plots/discrepancy_gendet.png" in artifacts
+    assert str(client.get_model_version_by_alias("gendet", "champion").version) == "1"
+
+    # A second run is registered as challenger; with a huge margin the gate refuses and says why.
+    out2 = tmp_path / "out2"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
+    assert train_pipeline.main(_args(store, out2, "--gate-margin", "0.5", "--name", "second")) == 0
+    gate = json.loads((out2 / "train_summary.json").read_text())["gate"]
+    assert gate["promoted"] is False and "margin" in gate["reason"]
+    assert str(client.get_model_version_by_alias("gendet", "challenger").version) == "2"
+    assert str(client.get_model_version_by_alias("gendet", "champion").version) == "1"
+
+
+def test_bad_training_request_fails_before_ray(tmp_path, capsys):
+    store = str(tmp_path / "store")
+    write_synthetic_store(store, per_split={"train": 10})
+    assert train_pipeline.main([store, "--train-subsets", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "no rows" in capsys.readouterr().err
+    assert train_pipeline.main([store, "--train-subsets", "seen", "--rotations", "0", "--out", str(tmp_path / "o")]) == 2
+
+
+def _train_args(store, out, storage, name, *extra):
+    return [store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug", "--rotations", "2",
+            "--batch-size", "32", "--methods", "gendet", "--storage", str(storage), "--name", name, *extra]
+
+
+def test_worker_killed_mid_run_resumes_from_last_checkpoint(ray_local, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = str(tmp_path / "store")
+    write_synthetic_store(store, per_split={"train": 60, "val": 20, "test": 20})
+    out = tmp_path / "out"
+    args = _train_args(store, out, tmp_path / "ckpt", "killed-worker", "--fault-after-stage", "r01.b")
+    assert train_pipeline.main(args) == 0
+    assert json.loads((out / "fault-injected").read_text())["stage"] == "r01.b"
+    resume = json.loads((out / "resume.json").read_text())
+    assert resume["restored"] is True  # the restarted worker group began from a checkpoint
+    stages = [row["stage"] for row in json.loads((out / "history.json").read_text())]
+    assert stages.count("r01.b") == 1 and stages[-1] == "classifier"  # no stage ran twice in the record
+    assert Detector.load(str(out / "detectors" / "gendet")).method == "gendet"
+
+
+def test_driver_killed_then_same_command_resumes(ray_local, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = str(tmp_path / "store")
+    write_synthetic_store(store, per_split={"train": 400, "val": 20, "test": 20})
+    out, storage = tmp_path / "out", tmp_path / "ckpt"
+    args = _train_args(store, out, storage, "killed-driver", "--batch-size", "8")
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", *args], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and not list(storage.glob("killed-driver/checkpoint_*")):
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.5)
+        assert list(storage.glob("killed-driver/checkpoint_*")), "no checkpoint was persisted in time"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "detectors").exists()
+    assert train_pipeline.main(args) == 0  # the same command again
+    assert json.loads((out / "resume.json").read_text())["restored"] is True
+    assert Detector.load(str(out / "detectors" / "gendet")).method == "gendet"
+
+
+def test_ray_job_submit_trains_on_a_cluster(ray_head, tmp_path):
+    import subprocess
+
+    address, env = ray_head
+    store = str(tmp_path / "store")
+    write_synthetic_store(store)
+    out = tmp_path / "out"
+    submit = subprocess.run(
+        ["ray", "job", "submit", "--address", address, "--submission-id", "train-test", "--",
+         "python", "-m", "pipelines.train", store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug",
+         "--rotations", "1", "--batch-size", "32", "--num-workers", "2", "--cpus-per-worker", "0.5"],
+        env=env, capture_output=True, text=True, timeout=600)
+    status = subprocess.run(["ray", "job", "status", "--address", address, "train-test"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "train-test' succeeded" in status.stdout, status.stdout + status.stderr
+    assert set(json.loads((out / "metrics.json").read_text())["subsets"]) == {"seen", "unseen"}
+    assert Detector.load(str(out / "detectors" / "gendet")).method == "gendet"
+    assert (out / "mlflow.db").exists()  # no MLFLOW_TRACKING_URI in the job: the SQLite store under --out

@@ -1,0 +1,101 @@
+"""The detector as an MLflow pyfunc model: what it holds, what it answers, and over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import free_port, stop_process, wait_http
+
+from gendet.method.detector import Detector
+from gendet.serve import pyfunc
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_detector_dir) -> str:
+    """A local MLflow model saved from a Detector object (not its directory)."""
+    path = str(tmp_path_factory.mktemp("pyfunc") / "model")
+    return pyfunc.save_detector_model(Detector.load(tiny_detector_dir), path)
+
+
+def _b64_images(paths) -> list[str]:
+    return [pyfunc.b64(Path(p).read_bytes()) for p in paths]
+
+
+def test_saved_model_holds_the_detector_its_facts_and_no_pickle(model_dir, tiny_detector_dir):
+    det = Detector.load(tiny_detector_dir)
+    mlmodel = yaml.safe_load(Path(model_dir, "MLmodel").read_text())
+    assert mlmodel["metadata"] == {"encoder": "spectrum:v1", "encoder_weights": det.encoder_weights,
+                                   "preprocess_hash": det.preprocess_hash, "threshold": det.threshold,
+                                   "target_fpr": det.target_fpr, "method": "gendet", "feature_dim": 392}
+    flavor = mlmodel["flavors"]["python_function"]
+    assert flavor["model_code_path"].endswith("pyfunc_model.py")  # models from code
+    assert Path(model_dir, "pyfunc_model.py").is_file()
+    assert not list(Path(model_dir).rglob("*.pkl")) and "python_model" not in flavor
+    assert flavor["artifacts"]["detector"]["path"] == "artifacts/detector"  # gendet.serve.loading reads it there
+    saved = Path(model_dir, "artifacts", "detector")
+    assert Detector.load(str(saved)).args() == det.args()
+    assert [c["name"] for c in json.loads(mlmodel["signature"]["inputs"])] == ["image"]
+    outputs = [c["name"] for c in json.loads(mlmodel["signature"]["outputs"])]
+    assert outputs == ["score", "is_fake", "threshold", "error"]
+    assert Path(model_dir, "code", "gendet", "pyfunc.py").is_file()  # the library travels with the model
+    pins = Path(model_dir, "requirements.txt").read_text().split()
+    assert f"torch=={torch.__version__.split('+')[0]}" in pins and not any(p.startswith("ray") for p in pins)
+    example = json.loads(Path(model_dir, "serving_input_example.json").read_text())
+    assert example["dataframe_split"]["columns"] == ["image"]
+
+
+def test_pyfunc_scores_equal_detector_scores_and_flags_bad_rows(model_dir, tiny_images, tiny_scores, tiny_detector_dir):
+    model = mlflow.pyfunc.load_model(model_dir)
+    frame = pd.DataFrame({"image": _b64_images(tiny_images) + ["not base64 !!", pyfunc.b64(b"plain text")]})
+    out = model.predict(frame)
+    n = len(tiny_images)
+    threshold = Detector.load(tiny_detector_dir).threshold
+    np.testing.assert_allclose(out["score"][:n], list(tiny_scores.values()), rtol=1e-5, atol=1e-7)
+    assert list(out["is_fake"][:n]) == [s > threshold for s in tiny_scores.values()]
+    assert 0 < sum(out["is_fake"][:n]) < n  # the fixture's threshold splits the images
+    assert (out["threshold"] == threshold).all() and (out["error"][:n] == "").all()
+    assert out["error"][n].startswith("bad base64") and out["error"][n + 1].startswith("not_an_image")
+    assert out["score"][n:].isna().all() and not out["is_fake"][n:].any()
+
+
+def test_pyfunc_refuses_input_without_an_image_column(model_dir):
+    model = mlflow.pyfunc.load_model(model_dir)
+    with pytest.raises(Exception, match="image"):
+        model.predict(pd.DataFrame({"picture": ["x"]}))
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_invocations(model_dir, tiny_images, tiny_scores, tmp_path):
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_dir, "--env-manager",
+                             "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    images = _b64_images(tiny_images[:3])
+    bodies = {"dataframe_split": {"columns": ["image"], "data": [[b] for b in images] + [["%%%"]]},
+              "dataframe_records": [{"image": b} for b in images] + [{"image": "%%%"}],
+              "inputs": {"image": images + ["%%%"]}}
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, timeout=180)
+        for key, body in bodies.items():
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                             data=json.dumps({key: body}).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                rows = json.loads(resp.read())["predictions"]
+            assert len(rows) == 4, key
+            np.testing.assert_allclose([r["score"] for r in rows[:3]], list(tiny_scores.values())[:3], rtol=1e-5)
+            assert rows[3]["error"].startswith("bad base64") and rows[0]["error"] == ""
+    finally:
+        stop_process(proc)
+        log.close()
