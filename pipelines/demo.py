@@ -127,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
     from gendet.zoo.config import parse_families
     from pipelines import refresh, train
 
+    from pipelines._ray import require_ray
+
+    require_ray()
     out = os.path.abspath(args.out)
     families = [f for f in parse_families("all") if f != args.new_family]
     parse_families(f"{args.train_family},{args.new_family}")  # unknown names fail here, before any work

@@ -70,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipelines._ray import require_ray
+
+    require_ray()
     det = load_detector(args.model)
     encoder = args.encoder or det.encoder or None
     degrades = ([""] + sorted({v.degrade for v in list_variants(args.features) if v.degrade})

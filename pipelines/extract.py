@@ -82,6 +82,10 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from gendet.extract.runner import format_summary, run_local
 
+    from pipelines._ray import require_ray
+
+    if not args.local:
+        require_ray()
     cfg = config_from_args(ExtractConfig, args)
     summary = run_local(cfg) if args.local else extract(cfg)
     print(format_summary(summary))

@@ -65,6 +65,9 @@ def refresh(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.evaluate import evaluate_store
     from pipelines.extract import extract
 
+    from pipelines._ray import require_ray
+
+    require_ray()
     rule = SlipRule(max_drop=args.max_drop, min_fake_acc=args.min_fake_acc)  # validated before any work
     detector = load_detector(args.model)
     cfg = ExtractConfig(shards=args.shards, features=args.features, encoder=detector.encoder,

@@ -186,6 +186,9 @@ def fit(args: argparse.Namespace, cfg: TrainConfig, variant) -> str:
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Validate, fit on Ray Train, then evaluate, log, register and gate; returns the run summary."""
+    from pipelines._ray import require_ray
+
+    require_ray()
     cfg = build_config(args)  # validated before any work
     variant = resolve_variant(args.features, encoder=args.encoder)
     check_source(cfg, ParquetSource(variant.url, subsets=cfg.train_subsets, splits=cfg.train_splits))

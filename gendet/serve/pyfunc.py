@@ -52,19 +52,27 @@ SIGNATURE = ModelSignature(
 _NOT_FOR_SERVING = {"ray"}
 
 
+def pin(name: str, installed: str) -> str:
+    """``name==version`` without a local label (``torch==2.4.1``, not ``+cu121``): pip cannot
+    install a local version from an index, so a pin with one would break every serving env."""
+    from packaging.version import Version
+
+    return f"{name}=={Version(installed).public}"
+
+
 def pip_requirements() -> list[str]:
     """gendet's runtime dependencies (no extras), pinned to the installed versions."""
     from importlib.metadata import PackageNotFoundError, requires, version
 
     from packaging.requirements import Requirement
 
-    pins = ["pandas==" + version("pandas")]  # pyfunc's own input type
+    pins = []
     for text in requires("gendet") or []:
         req = Requirement(text)
         if req.marker is not None or req.name in _NOT_FOR_SERVING:
             continue
         try:
-            pins.append(f"{req.name}=={version(req.name)}")
+            pins.append(pin(req.name, version(req.name)))
         except PackageNotFoundError:
             pins.append(str(req))
     return pins

@@ -27,9 +27,14 @@ def test_network_shapes():
     assert z.shape == (5, arch.z_dim) == (5, 128)
     assert Augmenter(arch)(x).shape == x.shape
     assert TeacherHead(arch)(x).shape == (5, 2)
-    d = discrepancy(Teacher(arch), Teacher(arch), x)
-    assert d.shape == (5, 128) and bool((d >= 0).all())
-    assert Classifier(arch)(d).shape == (5, 2)
+    teacher, student = Teacher(arch), Teacher(arch)
+    d = discrepancy(teacher, student, x)
+    assert d.shape == (5, 128) and Classifier(arch)(d).shape == (5, 2)
+    # Eq. 4 compares the two networks: zero against itself, positive against another
+    assert torch.count_nonzero(discrepancy(teacher, teacher, x)) == 0
+    assert bool((d.sum(dim=1) > 0).all())
+    student.load_state_dict(teacher.state_dict())
+    assert torch.count_nonzero(discrepancy(teacher, student, x)) == 0
 
 
 def test_positional_embedding_tells_chunks_apart():

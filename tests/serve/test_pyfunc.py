@@ -47,9 +47,13 @@ def test_saved_model_holds_the_detector_its_facts_and_no_pickle(model_dir, tiny_
     assert [c["name"] for c in json.loads(mlmodel["signature"]["inputs"])] == ["image"]
     outputs = [c["name"] for c in json.loads(mlmodel["signature"]["outputs"])]
     assert outputs == ["score", "is_fake", "threshold", "error"]
-    assert Path(model_dir, "code", "gendet", "pyfunc.py").is_file()  # the library travels with the model
+    code = Path(model_dir, "code", "gendet")
+    assert (code / "serve" / "pyfunc.py").is_file() and (code / "method" / "detector.py").is_file()
+    # only what scoring imports travels with the model: no trainer, extraction, zoo or its weights
+    assert not (code / "zoo").exists() and not (code / "extract").exists() and not (code / "method" / "trainer.py").exists()
     pins = Path(model_dir, "requirements.txt").read_text().split()
-    assert f"torch=={torch.__version__.split('+')[0]}" in pins and not any(p.startswith("ray") for p in pins)
+    assert pyfunc.pin("torch", torch.__version__) in pins and not any(p.startswith("ray") for p in pins)
+    assert not any("+" in p for p in pins) and len(pins) == len(set(pins))
     example = json.loads(Path(model_dir, "serving_input_example.json").read_text())
     assert example["dataframe_split"]["columns"] == ["image"]
 
@@ -99,3 +103,24 @@ def test_mlflow_models_serve_answers_invocations(model_dir, tiny_images, tiny_sc
     finally:
         stop_process(proc)
         log.close()
+
+
+def test_pins_drop_local_version_labels():
+    assert pyfunc.pin("torch", "2.14.1+cu130") == "torch==2.14.1"
+    assert pyfunc.pin("numpy", "2.4.6") == "numpy==2.4.6"
+
+
+def test_serving_code_is_the_import_closure_of_the_model_code():
+    """SERVING_CODE must hold every gendet module the served model imports, lazily or not."""
+    import grimp
+
+    graph = grimp.build_graph("gendet")
+    needed = {"gendet.serve.pyfunc_model"} | graph.find_upstream_modules("gendet.serve.pyfunc_model")
+    needed |= {m.rsplit(".", 1)[0] for m in needed if m.count(".") > 1}  # their packages' __init__
+
+    def shipped(module: str) -> bool:
+        rel = module.split(".", 1)[1].replace(".", "/") if "." in module else "__init__"
+        return any(rel == s.removesuffix(".py") or rel.startswith(s + "/") or f"{rel}/__init__" == s.removesuffix(".py")
+                   for s in pyfunc.SERVING_CODE)
+
+    assert sorted(m for m in needed if m.startswith("gendet") and not shipped(m)) == []
