@@ -58,15 +58,16 @@ def main() -> None:
              f"`python benchmarks/demo_seeds.py` on {os.cpu_count()} cores, torch {torch.__version__}, "
              f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s. Trained on {demo.TRAIN_FAMILY} "
              "(preset `demo`, 10 rotations), scored on the test split of the other families; mean ± sd over seeds "
-             "of the mean over unseen families, in %. Degradations: accuracy at 0.5.", "",
-             "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+             "of the mean over unseen families, in %. Degradations: accuracy at 0.5.", ""]
+    table_rows = []
     for method in METHODS:
         cells = []
         for col in columns:
             values = [100 * r[(method, col)] for r in rows if r[(method, col)] is not None]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.1f} ± {sd:.1f}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        table_rows.append([method, *cells])
+    lines.append(tables.markdown_table(["method", *columns], table_rows))
     path = REPO / "benchmarks" / "results" / f"demo-seeds-cpu{os.cpu_count()}.md"
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

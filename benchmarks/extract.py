@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="image side in px")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="decode workers")
-    parser.add_argument("--actor-cpus", type=float, default=float(os.cpu_count() or 1), help="torch threads of the Ray encoder actor")
+    parser.add_argument("--actor-cpus", type=float, default=float(os.cpu_count() or 1), help="torch threads of the Ray "
+                                                                                             "encoder actor")
     parser.add_argument("--read-tasks", type=int, default=None, help="Ray decode tasks at once (default: the pipeline's)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray row (implied by --device cuda)")
     parser.add_argument("--tag", default="", help="result file tag (default: device, precision, torch version)")

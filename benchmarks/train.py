@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gendet import io as gio
+from gendet.eval.tables import markdown_table
 from gendet.features.store import MANIFEST, feature_schema, variant_name
 
 ENCODER, PREPROCESS, DIM, SHARD_ROWS = "synthetic:separable-768", "bench0001", 768, 25_000
@@ -154,9 +155,8 @@ def write_results(rows: list[dict], name: str) -> Path:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(everything)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in everything]
-    (RESULTS / f"{name}.md").write_text(f"# {name}\n\n" + "\n".join(lines) + "\n")
+    text = markdown_table(columns, [[r.get(c, "") for c in columns] for r in everything])
+    (RESULTS / f"{name}.md").write_text(f"# {name}\n\n{text}\n")
     return path
 
 

@@ -100,7 +100,8 @@ def main() -> None:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['family']} | {r['kind']} | {r['upsample']} | {r['downsample']} | {r['train_s_2cores']:.0f} | "
-                     f"{r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['probe_acc']:.3f} | {r['probe_acc_masked']:.3f} | {r['n_test']} |")
+                     f"{r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['probe_acc']:.3f} | {r['probe_acc_masked']:.3f} | "
+                     f"{r['n_test']} |")
         print(lines[-1], flush=True)
     lines += ["", "PSNR/SSIM of a masked family are over the whole crop (the blob plus the untouched photo).",
               "Finding: whole-image regenerations are 97-100 % separable on `spectrum:v1` even for SDEdit, whose",

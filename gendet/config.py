@@ -84,13 +84,18 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def csv_tuple(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``: how a tuple field is given on the command line."""
+    return tuple(t.strip() for t in str(text).split(",") if t.strip())
+
+
 def _flag_type(hint: Any) -> tuple[Any, dict[str, Any]]:
     """(argparse type, extra add_argument kwargs) for a field's type hint."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is typing.Literal:
         return type(args[0]), {"choices": list(args)}
     if typing.get_origin(hint) is tuple:
-        return (lambda text: tuple(t.strip() for t in text.split(",") if t.strip())), {"metavar": "A,B,..."}
+        return csv_tuple, {"metavar": "A,B,..."}
     if args and len(args) == 1:  # X | None
         return _flag_type(args[0])
     return hint, {}

@@ -55,7 +55,8 @@ def init_ray(*, num_cpus: int | None = None, progress: bool = True) -> None:
         address = os.environ.get("RAY_ADDRESS", "").strip()
         if address.startswith(("http://", "https://")):
             raise GendetError(f"RAY_ADDRESS={address} is a dashboard (job submission) address; submit with "
-                              "`ray job submit --address ADDRESS -- python -m pipelines.<name> ...` or set RAY_ADDRESS to HOST:6379")
+                              "`ray job submit --address ADDRESS -- python -m pipelines.<name> ...` or set RAY_ADDRESS to "
+                              "HOST:6379")
         if address:
             ray.init(address=address, configure_logging=False)
         else:

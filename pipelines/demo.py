@@ -116,7 +116,8 @@ def refresh_args(shards: str, features: str, out: str, model: str) -> argparse.N
     from pipelines import refresh
     from pipelines._ray import verb_args
 
-    return verb_args(refresh, [shards, features, "--model", model, "--out", gio.join(out, "refresh.json"), "--mlflow-out", out, "--batch-size", "256"])
+    return verb_args(refresh, [shards, features, "--model", model, "--out", gio.join(out, "refresh.json"),
+                               "--mlflow-out", out, "--batch-size", "256"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,7 +127,6 @@ def run(args: argparse.Namespace) -> int:
     from gendet.serve.predict import predict
     from gendet.zoo.config import parse_families
     from pipelines import refresh, train
-
     from pipelines._ray import require_ray
 
     require_ray()

@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from gendet import io as gio
+from gendet.config import csv_tuple
 from gendet.eval import scoring
 from gendet.eval.metrics import json_safe
 from gendet.eval.tables import degradation_table, table
@@ -39,7 +40,7 @@ def score_variant(detectors: dict[str, Detector], variant: Variant, splits: tupl
     scoring.rows_filter(splits, shards)  # names the rows to score, or says it must be told
     init_ray()
     where = col("shard").is_in(list(shards)) if shards else col("split").is_in(list(splits))
-    ds = (ray.data.read_parquet(feature_files(variant.url), columns=scoring.COLUMNS)
+    ds = (ray.data.read_parquet(feature_files(variant.url)).select_columns(scoring.COLUMNS)
           .filter(expr=where)
           .map_batches(scoring.DetectorScorer, fn_constructor_kwargs={"detectors": detectors}, batch_format="pyarrow",
                        batch_size=4096, compute=ray.data.ActorPoolStrategy(size=1)))
@@ -63,9 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/…, or a detector directory")
     p.add_argument("--out", default="metrics.json", help="where to write metrics.json")
     p.add_argument("--encoder", default=None, help="store variant's encoder when several are present (default: the model's)")
-    p.add_argument("--eval-splits", type=lambda s: tuple(x for x in s.split(",") if x), default=("test",),
+    p.add_argument("--eval-splits", type=csv_tuple, default=("test",),
                    help="splits to score (GenImage has train/val: use val)")
-    p.add_argument("--degrade", default="", help="score the variant extracted with this --degrade spec; 'all' = Table 4 over every degraded variant")
+    p.add_argument("--degrade", default="", help="score the variant extracted with this --degrade spec; 'all' = Table 4 over "
+                                                 "every degraded variant")
     p.add_argument("--mlflow-run", default=None, help="log metrics.json and the table into this MLflow run id")
 
 

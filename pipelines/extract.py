@@ -81,7 +81,6 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from gendet.extract.runner import format_summary, run_local
-
     from pipelines._ray import require_ray
 
     if not args.local:

@@ -32,7 +32,8 @@ EXPERIMENT = "gendet-refresh"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("shards", metavar="SHARDS", help="where new shards land: a directory, .tar URL, brace pattern or glob (fsspec)")
+    p.add_argument("shards", metavar="SHARDS",
+                   help="where new shards land: a directory, .tar URL, brace pattern or glob (fsspec)")
     p.add_argument("features", metavar="FEATURES", help="the feature store (only new shards are extracted into it)")
     p.add_argument("--model", default="models:/gendet@champion", help="the detector to check (MLflow URI or directory)")
     p.add_argument("--reference", default=None, metavar="METRICS_JSON",
@@ -40,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-drop", type=float, default=MAX_DROP, help="allowed fall below the reference (fraction)")
     p.add_argument("--min-fake-acc", type=float, default=MIN_FAKE_ACC, help="least share of new fakes caught")
     p.add_argument("--out", default="refresh.json", help="where to write the result (path or fsspec URL)")
-    p.add_argument("--mlflow-out", default=None, help="directory of the SQLite MLflow store when MLFLOW_TRACKING_URI is unset (default: next to --out)")
+    p.add_argument("--mlflow-out", default=None, help="directory of the SQLite MLflow store when MLFLOW_TRACKING_URI is unset "
+                                                      "(default: next to --out)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ URIs (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
     p.add_argument("--concurrency", type=int, default=1, help="encoder actors")
@@ -62,10 +64,9 @@ def refresh(args: argparse.Namespace) -> dict[str, Any]:
     from gendet.extract.config import ExtractConfig
     from gendet.features.store import resolve_variant
     from gendet.serve.loading import load_detector
+    from pipelines._ray import require_ray
     from pipelines.evaluate import evaluate_store
     from pipelines.extract import extract
-
-    from pipelines._ray import require_ray
 
     require_ray()
     rule = SlipRule(max_drop=args.max_drop, min_fake_acc=args.min_fake_acc)  # validated before any work

@@ -25,7 +25,7 @@ import tempfile
 from typing import Any
 
 from gendet import io as gio
-from gendet.config import from_dict, to_dict
+from gendet.config import csv_tuple, from_dict, to_dict
 from gendet.features.sources import CachingSource, ParquetSource, epoch_seed
 from gendet.features.store import feature_files, feature_matrix, resolve_variant
 from gendet.method.config import METHODS, TrainConfig, preset, preset_names
@@ -34,32 +34,32 @@ from gendet.method.trainer import check_source
 DETECTORS = "detectors"
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("features", metavar="FEATURES", help="feature store URL (written by `gendet extract`)")
-    p.add_argument("--train-subsets", required=True, type=_csv, help="subsets to train on, e.g. sd14 or sd14,sd15")
-    p.add_argument("--out", default="out/train", help="output directory: detectors, metrics, SQLite MLflow store when MLFLOW_TRACKING_URI is unset")
+    p.add_argument("--train-subsets", required=True, type=csv_tuple, help="subsets to train on, e.g. sd14 or sd14,sd15")
+    p.add_argument("--out", default="out/train", help="output directory: detectors, metrics, SQLite MLflow store when "
+                                                      "MLFLOW_TRACKING_URI is unset")
     p.add_argument("--encoder", default=None, help="feature-store variant to use when several encoders are present")
-    p.add_argument("--preset", default="genimage", choices=preset_names(), help="paper learning rates: genimage or ufd (debug: tiny, fast)")
-    p.add_argument("--methods", type=_csv, default=METHODS, help=f"comma list from {','.join(METHODS)}")
+    p.add_argument("--preset", default="genimage", choices=preset_names(), help="paper learning rates: genimage or ufd "
+                                                                                "(debug: tiny, fast)")
+    p.add_argument("--methods", type=csv_tuple, default=METHODS, help=f"comma list from {','.join(METHODS)}")
     p.add_argument("--rotations", type=int, default=None, help="rotations of stages a, b, c (paper: 10)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per step per worker")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--target-fpr", type=float, default=None, help="FPR on held-out reals for the calibrated threshold")
-    p.add_argument("--eval-splits", type=_csv, default=("test",), help="splits scored for the per-subset table")
+    p.add_argument("--eval-splits", type=csv_tuple, default=("test",), help="splits scored for the per-subset table")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP when > 1)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per worker (fractions allowed)")
     p.add_argument("--storage", default=None, help="checkpoint storage URL (default: OUT/ray_results)")
     p.add_argument("--name", default="gendet-train", help="run name under --storage; rerun the same name to resume")
     p.add_argument("--max-failures", type=int, default=2, help="worker failures Ray Train recovers from")
-    p.add_argument("--register", default=None, metavar="NAME", help="register the GenDet detector under NAME (alias challenger) and run the gate")
+    p.add_argument("--register", default=None, metavar="NAME", help="register the GenDet detector under NAME (alias "
+                                                                    "challenger) and run the gate")
     p.add_argument("--gate-margin", type=float, default=0.0, help="mean accuracy the challenger must gain over the champion")
     p.add_argument("--worker-cache-rows", type=int, default=200_000,
-                   help="rows of each data split a worker keeps in memory (float16) after its first epoch; 0 = stream every epoch")
+                   help="rows of each data split a worker keeps in memory (as --feature-dtype of the preset) after "
+                        "its first epoch; 0 = stream every epoch")
     p.add_argument("--fault-after-stage", default=None, help=argparse.SUPPRESS)  # tests: kill a worker once
     p.add_argument("--gate-real-floor", type=float, default=0.8, help="minimum real accuracy at the calibrated threshold")
 
@@ -148,7 +148,7 @@ def build_datasets(variant_url: str, cfg: TrainConfig) -> dict[str, Any]:
     import ray.data
     from ray.data.expressions import col
 
-    ds = ray.data.read_parquet(feature_files(variant_url), columns=["feature", "label", "subset", "split"])
+    ds = ray.data.read_parquet(feature_files(variant_url)).select_columns(["feature", "label", "subset", "split"])
     where = col("split").is_in(list(cfg.train_splits))
     if cfg.train_subsets:
         where = where & col("subset").is_in(list(cfg.train_subsets))

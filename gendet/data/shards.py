@@ -170,9 +170,11 @@ def list_shards(spec: str) -> list[str]:
     for url in urls:
         other = stems.setdefault(shard_stem(url), url)
         if other != url:  # per-shard outputs are named by stem, so stems must be unique
-            raise GendetError(f"{url}: same shard name as {other}; give shards unique names (importers prefix them with the subset)")
+            raise GendetError(f"{url}: same shard name as {other}; give shards unique names (importers prefix them with the "
+                              "subset)")
     if not urls:
-        raise GendetError(f"{spec}: no .tar shards found; point at a directory of WebDataset shards (make them with `gendet import`)")
+        raise GendetError(f"{spec}: no .tar shards found; point at a directory of WebDataset shards (make them with `gendet "
+                          "import`)")
     return urls
 
 

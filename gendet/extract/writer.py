@@ -118,9 +118,10 @@ def write_shard(shard: ShardRows, info: VariantInfo, url: str = "", config: dict
         fs.rm(path)
     gio.write_bytes_atomic(parquet_url(info.url, shard.stem), parquet_bytes(feature_table(shard, info)))
     gio.write_bytes_atomic(quarantine_url(info.url, shard.stem), parquet_bytes(quarantine_table(shard)))
+    reasons = dict(sorted(Counter(reason for _, reason in shard.quarantine.values()).items()))
     stats = {**info.describe(), "dim": shard.dim, "shard": shard.stem, "url": url,
              "read": len(shard.samples) + len(shard.quarantine), "written": len(shard.samples),
-             "quarantined": len(shard.quarantine), "quarantined_by_reason": dict(sorted(Counter(r for _, r in shard.quarantine.values()).items())),
+             "quarantined": len(shard.quarantine), "quarantined_by_reason": reasons,
              "read_seconds": round(shard.read_seconds, 4), "encode_seconds": round(shard.encode_seconds, 4),
              "write_seconds": round(time.perf_counter() - started, 4), "versions": versions(),
              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": config or {}}

@@ -106,5 +106,6 @@ def resolve_variant(store_url: str, encoder: str | None = None, degrade: str = "
         return hits[0]
     choices = ", ".join(f"{v.encoder} degrade={v.degrade or 'none'}" for v in variants)
     if not hits:
-        raise GendetError(f"{store_url}: no variant with encoder={encoder or 'any'} degrade={degrade or 'none'}; present: {choices}")
+        raise GendetError(f"{store_url}: no variant with encoder={encoder or 'any'} degrade={degrade or 'none'}; present: "
+                          f"{choices}")
     raise GendetError(f"{store_url}: several variants match; pass --encoder to choose one of: {choices}")

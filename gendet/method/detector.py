@@ -120,7 +120,8 @@ class Detector:
             raise GendetError(f"{dir_url}: no {ARGS} here; pass a directory written by Detector.save or `gendet train`")
         args = gio.read_json(args_url)
         if args.get("format_version") != FORMAT_VERSION:
-            raise GendetError(f"{args_url}: detector format {args.get('format_version')}, this gendet reads {FORMAT_VERSION}; upgrade gendet")
+            raise GendetError(f"{args_url}: detector format {args.get('format_version')}, this gendet reads {FORMAT_VERSION}; "
+                              "upgrade gendet")
         arch = Arch(**args["arch"])
         nets = build_method_nets(args["method"], arch)
         tensors = load_safetensors(gio.read_bytes(gio.join(dir_url, WEIGHTS)))

@@ -83,11 +83,14 @@ class FamilyConfig:
         check((self.codebook_size >= 2) == (self.kind == "vq"), f"{self.name}: codebook_size >= 2 exactly when kind is vq")
         check((self.adv_weight > 0) == (self.kind == "gan"), f"{self.name}: adv_weight > 0 exactly when kind is gan")
         diffusion = self.kind == "diffusion"
-        check((0 < self.sdedit_strength < 1) == diffusion, f"{self.name}: sdedit_strength in (0, 1) exactly when kind is diffusion")
+        check((0 < self.sdedit_strength < 1) == diffusion,
+              f"{self.name}: sdedit_strength in (0, 1) exactly when kind is diffusion")
         check((self.sdedit_steps >= 1) == diffusion, f"{self.name}: sdedit_steps >= 1 exactly when kind is diffusion")
         check(self.steps >= 1 and self.batch_size >= 1 and self.lr > 0, f"{self.name}: steps, batch_size and lr must be positive")
-        check(self.train_patch % 8 == 0 and 16 <= self.train_patch <= self.crop_size, f"{self.name}: train_patch {self.train_patch} must be a multiple of 8 in 16..crop_size")
-        check(self.crop_size % 8 == 0 and 16 <= self.crop_size <= 256, f"{self.name}: crop_size {self.crop_size} must be a multiple of 8 in 16..256")
+        check(self.train_patch % 8 == 0 and 16 <= self.train_patch <= self.crop_size,
+              f"{self.name}: train_patch {self.train_patch} must be a multiple of 8 in 16..crop_size")
+        check(self.crop_size % 8 == 0 and 16 <= self.crop_size <= 256,
+              f"{self.name}: crop_size {self.crop_size} must be a multiple of 8 in 16..256")
         check(0.0 <= self.mask_fraction <= 1.0, f"{self.name}: mask_fraction {self.mask_fraction} must be in [0, 1]")
 
 

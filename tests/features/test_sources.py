@@ -34,12 +34,16 @@ def store(tmp_path):
     Each row's feature value is its row number, so every row can be recognised."""
     variant = tmp_path / variant_name("enc", "abc")
     variant.mkdir()
-    reals = [(f"r{i}", "real", "sdv14" if i < 30 else "midjourney", "train" if i % 5 else "val", float(i)) for i in range(40)]
-    fakes = [(f"f{i}", "fake", "sdv14" if i < 30 else "midjourney", "train" if i % 5 else "val", float(100 + i)) for i in range(40)]
+    def row(label, i, value):
+        return (f"{label[0]}{i}", label, "sdv14" if i < 30 else "midjourney", "train" if i % 5 else "val", value)
+
+    reals = [row("real", i, float(i)) for i in range(40)]
+    fakes = [row("fake", i, float(100 + i)) for i in range(40)]
     write_shard(variant / "000000.parquet", reals)
     write_shard(variant / "000001.parquet", fakes)
     pq.write_table(pa.table({"shard": ["x"], "key": ["bad"], "reason": ["unreadable"]}), variant / "000000.quarantine.parquet")
-    gio.write_json_atomic(str(variant / MANIFEST), {"encoder": "enc", "preprocess_hash": "abc", "dim": DIM, "shards": ["000000", "000001"]})
+    gio.write_json_atomic(str(variant / MANIFEST),
+                          {"encoder": "enc", "preprocess_hash": "abc", "dim": DIM, "shards": ["000000", "000001"]})
     return tmp_path
 
 

@@ -23,7 +23,8 @@ def test_schema_has_contract_columns():
 
 
 def test_variants_are_side_by_side_and_resolved(tmp_path):
-    assert variant_name("open_clip:ViT-L-14/openai", "abcdef0123456789", "jpeg:65") == "open-clip-ViT-L-14-openai__abcdef0123__jpeg65"
+    name = variant_name("open_clip:ViT-L-14/openai", "abcdef0123456789", "jpeg:65")
+    assert name == "open-clip-ViT-L-14-openai__abcdef0123__jpeg65"
     clean = _manifest(tmp_path, "spectrum:v1", "1" * 64, "", 256)
     _manifest(tmp_path, "spectrum:v1", "1" * 64, "jpeg:65", 256)
     assert len(list_variants(str(tmp_path))) == 2

@@ -41,7 +41,8 @@ def test_save_load_round_trip(detectors, method, tmp_path):
     assert load_file(str(tmp_path / "model.safetensors"))  # plain tensors, no pickle
     args = json.loads((tmp_path / "detector.json").read_text())
     assert args["method"] == method and args["feature_dim"] == DIM and args["encoder"] == "open_clip:test"
-    assert (args["encoder_weights"], args["preprocess_hash"], args["threshold"], args["target_fpr"]) == ("sha256:00", "ph", 0.42, 0.05)
+    facts = (args["encoder_weights"], args["preprocess_hash"], args["threshold"], args["target_fpr"])
+    assert facts == ("sha256:00", "ph", 0.42, 0.05)
     loaded = Detector.load(str(tmp_path))
     assert np.array_equal(loaded.score(x), before)
     assert np.array_equal(loaded.score(x.numpy().astype(np.float16)), det.score(x.half()))

@@ -6,6 +6,7 @@ import json
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from gendet.serve.loading import load_detector
 from gendet.zoo.config import FAMILIES
@@ -37,8 +38,15 @@ def test_demo_small_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
     summary = json.loads((out / "train_summary.json").read_text())
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     client = MlflowClient()
-    alias = "champion" if summary["gate"]["promoted"] else "challenger"
-    assert str(client.get_model_version_by_alias("gendet", alias).version) == summary["gate"]["version"]
+    gate = summary["gate"]
+    assert str(client.get_model_version_by_alias("gendet", "challenger").version) == gate["version"]
+    if gate["promoted"]:
+        assert str(client.get_model_version_by_alias("gendet", "champion").version) == gate["version"]
+    else:  # a refusal names its rule, and champion stays unset (first model)
+        assert "below the floor" in gate["reason"] or "gain" in gate["reason"], gate
+        with pytest.raises(MlflowException):
+            client.get_model_version_by_alias("gendet", "champion")
+    alias = "champion" if gate["promoted"] else "challenger"
     model = load_detector(f"models:/gendet@{alias}")
     assert model.method == "gendet" and model.encoder == "spectrum:v1" and model.target_fpr == 0.05
 
@@ -47,7 +55,12 @@ def test_demo_small_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
 
     fresh = json.loads((out / "refresh.json").read_text())
     assert fresh["new_shards"] == [f"{demo.NEW_FAMILY}-000000"] and set(fresh["subsets"]) == {demo.NEW_FAMILY}
-    assert isinstance(fresh["alert"], bool) and fresh["reference_mean_acc_calibrated"] is not None
+    reference, rule = fresh["reference_mean_acc_calibrated"], fresh["rule"]
+    assert reference is not None
+    verdict = fresh["subsets"][demo.NEW_FAMILY]
+    expected = (verdict["acc_calibrated"] < reference - rule["max_drop"]
+                or verdict["fake_acc_calibrated"] < rule["min_fake_acc"])
+    assert verdict["slipped"] == expected and fresh["alert"] == expected  # the verdict follows its rule
     report = (out / "report.md").read_text()
     assert "Table 4" in report and "jpeg:65" in report and "(plots/acc_by_method.png)" in report
     assert (out / "plots" / "acc_by_method.png").stat().st_size > 1000
@@ -58,3 +71,16 @@ def test_demo_small_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
                          "--out", str(again)])
     assert code == 0 and json.loads(again.read_text())["new_shards"] == []
     assert "nothing new" in capsys.readouterr().out
+
+    # The same new shards judged against a reference they cannot meet: the alert fires, exit 3,
+    # and the verdict is logged to MLflow with its tag (a fresh store, so they count as new).
+    strict = tmp_path / "perfect.json"
+    strict.write_text(json.dumps({"mean_acc_calibrated": 1.0}))
+    alert_out = out / "refresh-alert.json"
+    code = refresh.main([str(out / "incoming"), str(tmp_path / "features-2"), "--model", f"models:/gendet@{alias}",
+                         "--reference", str(strict), "--max-drop", "0", "--out", str(alert_out),
+                         "--mlflow-out", str(out)])
+    alerted = json.loads(alert_out.read_text())
+    assert code == refresh.ALERT_EXIT and alerted["alert"] is True and alerted["subsets"][demo.NEW_FAMILY]["slipped"]
+    run = client.get_run(alerted["mlflow_run"])
+    assert run.data.tags["gendet.alert"] == "true"

@@ -58,7 +58,7 @@ def test_bad_model_and_wrong_store_are_one_line_errors(ray_local, tmp_path, dete
     store = str(tmp_path / "store")
     write_synthetic_store(store, dim=32)
     assert evaluate.main([store, "--model", str(tmp_path / "nothing")]) == 2
-    assert "neither a detector directory" in capsys.readouterr().err
+    assert "neither a saved detector" in capsys.readouterr().err
     assert evaluate.main([store, "--model", detector_dir, "--out", str(tmp_path / "m.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "do not match" in err and len(err.splitlines()) == 1

@@ -110,6 +110,31 @@ def test_bad_model_uris_fail_before_reading_any_image(tmp_path, monkeypatch):
         list(predict.iter_predictions(None, ["x"], batch_size=0))
 
 
+class _Payload:
+    """Unpickling this writes a marker file: what a foreign pickled python model could run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path(self.marker).touch, ())
+
+
+def test_a_foreign_mlflow_model_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    marker = tmp_path / "ran"
+    model = tmp_path / "foreign"
+    model.mkdir()
+    (model / "python_model.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    (model / "model_code.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (model / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: mlflow.pyfunc.model\n"
+                                   "    python_model: python_model.pkl\n")
+    with pytest.raises(GendetError, match="an MLflow model, but not a gendet detector"):
+        predict.load_scorer(str(model))
+    assert not marker.exists()  # nothing in the model was unpickled or executed
+
+
 def test_a_detector_for_other_preprocessing_is_refused(tiny_detector_dir, tmp_path):
     other = Detector.load(tiny_detector_dir)
     other.preprocess_hash = "0" * 64  # trained on features made with another preprocessing
