@@ -26,10 +26,10 @@ lint: install  ## ruff and the layer contracts (import-linter)
 	$(BIN)/lint-imports
 
 test: lint  ## everything CI runs (~10 min on 2 cores)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install  ## the daily lane: no Ray/MLflow end-to-end tests
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
