@@ -67,6 +67,8 @@ class Detector:
         return "student" in self.nets
 
     def _features(self, features: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(features, np.ndarray) and not features.flags.writeable:
+            features = features.copy()  # Arrow's zero-copy arrays are read-only; torch wants to own them
         x = torch.as_tensor(features).float()
         if x.ndim != 2 or x.shape[1] != self.feature_dim:
             raise GendetError(f"detector ({self.encoder or self.method}): features must be [N, {self.feature_dim}]; "

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from gendet import GendetError
-from gendet.data.shards import Sample, ShardWriter, list_shards, meta_problem, sanitize_key, shard_stem, tar_bytes
+from gendet.data.shards import Sample, ShardWriter, export_samples, list_shards, meta_problem, sanitize_key, shard_stem, tar_bytes
 
 
 def _png(color=(10, 20, 30)) -> bytes:
@@ -88,3 +88,16 @@ def test_list_shards_dir_pattern_and_errors(tmp_path):
     (tmp_path / "s" / "sub" / "x-000000.tar").write_bytes(b"")
     with pytest.raises(GendetError, match="same shard name"):
         list_shards(d)
+
+
+def test_export_samples_writes_a_few_files_of_each_label(tmp_path):
+    reals = [Sample(key=f"r{i}", image=b"R%d" % i, image_ext="png", label="real", subset="s", split="test")
+             for i in range(4)]
+    fakes = [Sample(key=f"f{i}", image=b"F%d" % i, image_ext="jpg", label="fake", subset="s",
+                    split="test" if i else "train") for i in range(4)]
+    shard = tmp_path / "s-000000.tar"
+    shard.write_bytes(tar_bytes(reals + fakes))
+    paths = export_samples([str(shard)], str(tmp_path / "out"), per_label=2)
+    names = sorted(p.rsplit("/", 1)[-1] for p in paths)
+    assert names == ["fake-f1.jpg", "fake-f2.jpg", "real-r0.png", "real-r1.png"]  # f0 is train: skipped
+    assert (tmp_path / "out" / "fake-f1.jpg").read_bytes() == b"F1"

@@ -10,7 +10,7 @@ import torch
 
 from gendet import GendetError
 from gendet import io as gio
-from gendet.features.sources import BatchSource, ParquetSource, TensorSource
+from gendet.features.sources import BatchSource, CachingSource, ParquetSource, TensorSource
 from gendet.features.store import MANIFEST, feature_schema, variant_name
 
 DIM = 8
@@ -97,3 +97,39 @@ def test_tensor_source_covers_each_kind_once_per_epoch():
     order1 = torch.cat([b[0] for b in source.batches("all", 1)]).flatten().tolist()
     assert sorted(order0) == list(range(10)) and order0 != order1
     assert np.array_equal(order0, torch.cat([b[0] for b in source.batches("all", 0)]).flatten().numpy())
+
+
+def test_caching_source_streams_once_then_reshuffles_in_memory():
+    calls = []
+
+    def stream(kind, epoch):
+        calls.append((kind, epoch))
+        x = np.arange(40, dtype=np.float32).reshape(10, 4)
+        yield x[:6], np.zeros(6, dtype=np.int64)
+        yield x[6:], np.ones(4, dtype=np.int64)
+
+    source = CachingSource(stream, dim=4, batch_size=3, seed=1, cache_rows=100)
+    first = [x for x, _ in source.batches("all", 0)]
+    second = torch.cat([x for x, _ in source.batches("all", 1)])
+    third = torch.cat([x for x, _ in source.batches("all", 2)])
+    assert calls == [("all", 0)]  # later epochs come from the copy, not the stream
+    assert [len(x) for x in first] == [6, 4] and first[0].dtype == torch.float32
+    rows = {tuple(r) for r in torch.cat(first).tolist()}
+    assert {tuple(r) for r in second.tolist()} == rows == {tuple(r) for r in third.tolist()}
+    assert not torch.equal(second, third)  # a new order every epoch, seeded by (seed, kind, epoch)
+    again = CachingSource(stream, dim=4, batch_size=3, seed=1, cache_rows=100)
+    list(again.batches("all", 0))
+    assert torch.equal(torch.cat([x for x, _ in again.batches("all", 1)]), second)
+
+
+def test_caching_source_over_its_cap_streams_every_epoch():
+    calls = []
+
+    def stream(kind, epoch):
+        calls.append(epoch)
+        yield np.ones((5, 2), dtype=np.float32), np.zeros(5, dtype=np.int64)
+
+    source = CachingSource(stream, dim=2, batch_size=2, cache_rows=4)  # 5 rows > cap: memory stays bounded
+    for epoch in range(3):
+        assert sum(len(y) for _, y in source.batches("real", epoch)) == 5
+    assert calls == [0, 1, 2] and source.cache == {}
