@@ -25,10 +25,10 @@ lint: install  ## ruff and the layer contracts (import-linter)
 	$(BIN)/ruff check gendet pipelines benchmarks tests
 	$(BIN)/lint-imports
 
-test: lint  ## everything CI runs (~10 min on 2 cores)
+test: lint  ## everything CI runs (10-30 min on 2 cores, see the README)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install  ## the daily lane: no Ray/MLflow end-to-end tests
+test-fast: install  ## the daily lane: the library, no Ray job
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
