@@ -25,7 +25,7 @@ import tempfile
 from typing import Any
 
 from gendet import io as gio
-from gendet.config import csv_tuple, from_dict, to_dict
+from gendet.config import ConfigError, csv_tuple, from_dict, to_dict
 from gendet.features.sources import CachingSource, ParquetSource, epoch_seed
 from gendet.features.store import feature_files, feature_matrix, resolve_variant
 from gendet.method.config import METHODS, TrainConfig, preset, preset_names
@@ -65,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
+    if not args.train_subsets:  # the config reads () as "every subset": from the command line that is a slip
+        raise ConfigError("--train-subsets: empty; name the subset(s) to train on, e.g. --train-subsets sdv14")
+    if args.num_workers < 1:
+        raise ConfigError(f"--num-workers {args.num_workers}: must be >= 1")
     overrides = {k: v for k, v in {"rotations": args.rotations, "batch_size": args.batch_size, "seed": args.seed,
                                    "target_fpr": args.target_fpr}.items() if v is not None}
     return preset(args.preset, methods=tuple(args.methods), train_subsets=tuple(args.train_subsets), **overrides)

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from gendet import GendetError
+from gendet import GendetError, first_line
 from gendet import io as gio
 from gendet.eval.metrics import calibrated_threshold
 from gendet.method.networks import Arch, discrepancy, method_logits, scoring_net_types
@@ -124,16 +125,42 @@ class Detector:
         if args.get("format_version") != FORMAT_VERSION:
             raise GendetError(f"{args_url}: detector format {args.get('format_version')}, this gendet reads {FORMAT_VERSION}; "
                               "upgrade gendet")
-        arch = Arch(**args["arch"])
+        arch = _checked_arch(args.get("arch"), args_url)  # before any allocation sized by it
         nets = build_method_nets(args["method"], arch)
-        tensors = load_safetensors(gio.read_bytes(gio.join(dir_url, WEIGHTS)))
-        for name, net in nets.items():
-            prefix = name + "."
-            net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-            net.eval()
+        weights_url = gio.join(dir_url, WEIGHTS)
+        try:
+            tensors = load_safetensors(gio.read_bytes(weights_url))
+            for name, net in nets.items():
+                prefix = name + "."
+                net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+                net.eval()
+        except FileNotFoundError:
+            raise GendetError(f"{weights_url}: missing; a saved detector is {WEIGHTS} + {ARGS}, save it again") from None
+        except (SafetensorError, RuntimeError, ValueError, OSError) as exc:  # a cut file, a state-dict mismatch
+            raise GendetError(f"{weights_url}: not the weights {ARGS} describes ({first_line(exc, 200)}); "
+                              "save the detector again (Detector.save or `gendet train`)") from None
         return cls(method=args["method"], arch=arch, nets=nets, encoder=args["encoder"],
                    encoder_weights=args["encoder_weights"], preprocess_hash=args["preprocess_hash"],
                    threshold=float(args["threshold"]), target_fpr=args["target_fpr"], extra=args.get("extra", {}))
+
+
+# Far above any network the method uses (width 196, a few layers), far below an allocation that
+# would take the machine down: a detector.json outside them is refused before anything is built.
+ARCH_LIMITS = {"feature_dim": 1 << 16, "width": 4096, "layers": 64, "heads": 64, "mlp_ratio": 16}
+
+
+def _checked_arch(raw: Any, args_url: str) -> Arch:
+    if not isinstance(raw, dict) or not set(raw) <= {f for f in Arch.__dataclass_fields__}:
+        raise GendetError(f"{args_url}: 'arch' must be an object with fields of gendet.method.networks.Arch; save it again")
+    for key, limit in ARCH_LIMITS.items():
+        value = raw.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= limit:
+            raise GendetError(f"{args_url}: arch {key}={value!r} is outside (0, {limit}]; this is not a detector "
+                              "gendet wrote, save it again")
+    arch = Arch(**raw)
+    if arch.width % arch.heads:
+        raise GendetError(f"{args_url}: arch heads={arch.heads} does not divide width={arch.width}; save it again")
+    return arch
 
 
 def calibrate(detector: Detector, source: Any, target_fpr: float, *, epoch: int = 0) -> float:

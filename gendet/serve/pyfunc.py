@@ -12,7 +12,7 @@ input example, and the same facts as MLmodel ``metadata`` so tools can read them
 Serving contract: the input is a DataFrame with a string column ``image`` holding base64-encoded
 image bytes (``dataframe_split``, ``dataframe_records`` or ``inputs`` over HTTP); the output has
 one row per input with ``score`` (P(fake)), ``is_fake``, ``threshold`` and ``error`` (empty when
-the row was scored; score is NaN and is_fake false when it was not).
+the row was scored; score is null (None) and is_fake false when it was not).
 """
 
 from __future__ import annotations
@@ -93,9 +93,10 @@ def example_image() -> bytes:
 
 
 def to_frame(results: list[dict[str, Any]], threshold: float) -> pd.DataFrame:
-    """Result dicts -> the output frame of SIGNATURE (errored rows: NaN score, is_fake False)."""
+    """Result dicts -> the output frame of SIGNATURE. An errored row has score None (JSON ``null``:
+    a NaN would be written as ``NaN``, which strict JSON parsers reject), is_fake False and its error."""
     return pd.DataFrame({
-        "score": [r.get("score", np.nan) for r in results],
+        "score": pd.Series([r.get("score") for r in results], dtype=object),
         "is_fake": [bool(r.get("is_fake", False)) for r in results],
         "threshold": [float(r.get("threshold", threshold)) for r in results],
         "error": [r.get("error", "") for r in results],

@@ -65,3 +65,27 @@ def test_calibrate_sets_threshold_from_held_out_reals(detectors):
     real_scores = det.score(x[y == 0])
     assert threshold in set(real_scores.tolist())
     assert np.mean(real_scores > threshold) <= 0.1 and det.target_fpr == 0.1
+
+
+def test_a_damaged_saved_detector_is_a_one_line_error_naming_the_file(detectors, tmp_path):
+    saved = tmp_path / "det"
+    detectors["gendet"].save(str(saved))
+    weights = saved / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut off mid-copy
+    with pytest.raises(GendetError, match="model.safetensors: not the weights detector.json describes") as err:
+        Detector.load(str(saved))
+    assert "\n" not in str(err.value)
+    weights.unlink()
+    with pytest.raises(GendetError, match="model.safetensors: missing"):
+        Detector.load(str(saved))
+
+
+@pytest.mark.parametrize("field, value", [("width", 10**9), ("feature_dim", -3), ("layers", "many"), ("heads", 7)])
+def test_an_arch_outside_what_gendet_writes_is_refused_before_building(detectors, tmp_path, field, value):
+    saved = tmp_path / "det"
+    detectors["gendet"].save(str(saved))
+    args = json.loads((saved / "detector.json").read_text())
+    args["arch"][field] = value
+    (saved / "detector.json").write_text(json.dumps(args))
+    with pytest.raises(GendetError, match=f"detector.json: arch (heads|{field})"):
+        Detector.load(str(saved))

@@ -63,6 +63,10 @@ def test_bad_training_request_fails_before_ray(tmp_path, capsys):
     assert train_pipeline.main([store, "--train-subsets", "nope", "--out", str(tmp_path / "o")]) == 2
     assert "no rows" in capsys.readouterr().err
     assert train_pipeline.main([store, "--train-subsets", "seen", "--rotations", "0", "--out", str(tmp_path / "o")]) == 2
+    assert train_pipeline.main([store, "--train-subsets", "", "--out", str(tmp_path / "o")]) == 2
+    assert "--train-subsets: empty" in capsys.readouterr().err  # not "every subset" by accident
+    assert train_pipeline.main([store, "--train-subsets", "seen", "--num-workers", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--num-workers 0: must be >= 1" in capsys.readouterr().err
 
 
 def _train_args(store, out, storage, name, *extra):
