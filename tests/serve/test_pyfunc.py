@@ -78,11 +78,11 @@ def test_pyfunc_refuses_input_without_an_image_column(model_dir):
         model.predict(pd.DataFrame({"picture": ["x"]}))
 
 
-@pytest.mark.slow
 def _not_json(constant: str):
     raise AssertionError(f"the response holds {constant}, which is not JSON")
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations(model_dir, tiny_images, tiny_scores, tmp_path):
     port = free_port()
     log = open(tmp_path / "serve.log", "wb")
