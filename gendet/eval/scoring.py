@@ -21,9 +21,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from gendet import GendetError
-from gendet import io as gio
 from gendet.eval.metrics import metrics_report
-from gendet.features.store import Variant, feature_files, feature_matrix
+from gendet.features.store import Variant, feature_matrix, open_dataset
 
 COLUMNS = ["feature", "label", "subset", "split", "shard"]
 
@@ -67,23 +66,17 @@ def no_rows_error(variant: Variant, splits: tuple[str, ...], shards: tuple[str, 
     return GendetError(f"{variant.url}: no rows with {what}")
 
 
-def concat_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
-
-
 def score_store(detectors: Mapping[str, Any], variant: Variant, splits: tuple[str, ...] = (), *,
                 shards: tuple[str, ...] = (), batch_size: int = 4096) -> dict[str, np.ndarray]:
     """The scored columns over one variant's rows of ``splits`` (or ``shards``), in this process."""
     check_matches(detectors, variant)
     where = rows_filter(splits, shards)
-    fs, _ = gio.fs_and_path(variant.url)
-    files = [gio.fs_and_path(u)[1] for u in feature_files(variant.url)]
-    dataset = pads.dataset(files, format="parquet", filesystem=None if gio.is_local(fs) else fs)
     scorer = DetectorScorer(detectors)
-    parts = [scorer(b) for b in dataset.to_batches(columns=COLUMNS, filter=where, batch_size=batch_size) if b.num_rows]
+    batches = open_dataset(variant.url).to_batches(columns=COLUMNS, filter=where, batch_size=batch_size)
+    parts = [scorer(b) for b in batches if b.num_rows]
     if not parts:
         raise no_rows_error(variant, splits, shards)
-    return concat_columns(parts)
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
 def reports(scored: Mapping[str, np.ndarray], detectors: Mapping[str, Any], *,

@@ -23,7 +23,6 @@ import pyarrow.dataset as pads
 import torch
 
 from gendet import GendetError
-from gendet import io as gio
 from gendet.features import store as gfeatures
 
 Kind = Literal["all", "real", "fake"]
@@ -90,12 +89,7 @@ class ParquetSource:
     def __init__(self, variant_url: str, *, subsets: Sequence[str] = (), splits: Sequence[str] = ("train",),
                  batch_size: int = 256, seed: int = 0, buffer_rows: int = 16384, read_rows: int = 2048,
                  dtype: str = "float32", encoder: str = "", preprocess_hash: str = ""):
-        fs, _ = gio.fs_and_path(variant_url)
-        files = [gio.fs_and_path(u)[1] for u in gfeatures.feature_files(variant_url)]
-        if not files:
-            raise GendetError(f"{variant_url}: no feature files (*.parquet) here; run `gendet extract` or pass a variant folder")
-        self.url, self.files = variant_url, files
-        self.dataset = pads.dataset(files, format="parquet", filesystem=None if gio.is_local(fs) else fs)
+        self.url, self.dataset = variant_url, gfeatures.open_dataset(variant_url)
         feature_type = self.dataset.schema.field("feature").type
         if not pa.types.is_fixed_size_list(feature_type):
             raise GendetError(f"{variant_url}: column feature is {feature_type}, not a fixed-size list; re-extract it")

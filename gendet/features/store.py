@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from gendet import GendetError
 from gendet import io as gio
@@ -72,6 +73,16 @@ def feature_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def feature_files(variant_url: str) -> list[str]:
     """The feature Parquet files of one store variant (quarantine tables left out), sorted."""
     return [u for u in gio.glob(variant_url, f"*{PARQUET_SUFFIX}") if not u.endswith(QUARANTINE_SUFFIX)]
+
+
+def open_dataset(variant_url: str) -> pads.Dataset:
+    """The feature files of one variant as a ``pyarrow.dataset`` (local or any fsspec URL)."""
+    files = feature_files(variant_url)
+    if not files:
+        raise GendetError(f"{variant_url}: no feature files (*.parquet) here; run `gendet extract` or pass a variant folder")
+    fs, _ = gio.fs_and_path(variant_url)
+    return pads.dataset([gio.fs_and_path(u)[1] for u in files], format="parquet",
+                        filesystem=None if gio.is_local(fs) else fs)
 
 
 @dataclass(frozen=True, slots=True)

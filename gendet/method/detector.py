@@ -27,7 +27,7 @@ from torch import nn
 from gendet import GendetError, first_line
 from gendet import io as gio
 from gendet.eval.metrics import calibrated_threshold
-from gendet.method.networks import Arch, discrepancy, method_logits, scoring_net_types
+from gendet.method.networks import Arch, method_forward, scoring_net_types
 
 FORMAT_VERSION = 1
 WEIGHTS, ARGS = "model.safetensors", "detector.json"
@@ -61,11 +61,7 @@ class Detector:
         return self.arch.feature_dim
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return method_logits(self.method, self.nets, x)
-
-    @property
-    def has_discrepancy(self) -> bool:
-        return "student" in self.nets
+        return method_forward(self.method, self.nets, x)[0]
 
     def _features(self, features: np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(features, np.ndarray) and not features.flags.writeable:
@@ -91,16 +87,13 @@ class Detector:
         x = self._features(features)
         scores, discs = [], []
         for i in range(0, x.shape[0], batch_size):
-            chunk = x[i:i + batch_size]
-            if self.has_discrepancy:
-                d = discrepancy(self.nets["teacher"], self.nets["student"], chunk)
-                logits = self.nets["classifier"](d)
-                discs.append(d.mean(dim=1).double())
-            else:
-                logits = self.logits(chunk)
+            logits, d = method_forward(self.method, self.nets, x[i:i + batch_size])
             scores.append(logits.float().softmax(dim=1)[:, 1].double())
+            if d is not None:
+                discs.append(d.mean(dim=1).double())
         score = torch.cat(scores).numpy() if scores else np.zeros(0)
-        disc = (torch.cat(discs).numpy() if discs else np.zeros(0)) if self.has_discrepancy else None
+        has_discrepancy = "student" in self.nets
+        disc = (torch.cat(discs).numpy() if discs else np.zeros(0)) if has_discrepancy else None
         return score, disc
 
     def args(self) -> dict[str, Any]:

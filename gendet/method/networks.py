@@ -197,10 +197,12 @@ def scoring_net_types(method: str) -> dict[str, type[nn.Module]]:
     return _SCORING_NETS[method]
 
 
-def method_logits(method: str, nets: dict[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """(real, fake) logits of ``method``'s scoring networks on features ``x``."""
+def method_forward(method: str, nets: dict[str, nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(real, fake) logits of ``method``'s scoring networks on features ``x``, and for the
+    teacher-student rungs the discrepancy D (Eq. 4) the classifier read (None for the others)."""
     if method == "linear_probe":
-        return nets["probe"](x)
+        return nets["probe"](x), None
     if method == "teacher":
-        return nets["teacher"](x)
-    return nets["classifier"](discrepancy(nets["teacher"], nets["student"], x))
+        return nets["teacher"](x), None
+    d = discrepancy(nets["teacher"], nets["student"], x)
+    return nets["classifier"](d), d
