@@ -37,11 +37,10 @@ def score_variant(detectors: dict[str, Detector], variant: Variant, splits: tupl
     from pipelines._ray import init_ray
 
     scoring.check_matches(detectors, variant)
-    scoring.rows_filter(splits, shards)  # names the rows to score, or says it must be told
+    column, values = scoring.rows_to_score(splits, shards)
     init_ray()
-    where = col("shard").is_in(list(shards)) if shards else col("split").is_in(list(splits))
     ds = (ray.data.read_parquet(feature_files(variant.url)).select_columns(scoring.COLUMNS)
-          .filter(expr=where)
+          .filter(expr=col(column).is_in(values))
           .map_batches(scoring.DetectorScorer, fn_constructor_kwargs={"detectors": detectors}, batch_format="pyarrow",
                        batch_size=4096, compute=ray.data.ActorPoolStrategy(size=1)))
     frame = ds.to_pandas()

@@ -54,11 +54,12 @@ def check_matches(detectors: Mapping[str, Any], variant: Variant) -> None:
                               "store extracted with the detector's encoder")
 
 
-def rows_filter(splits: tuple[str, ...] = (), shards: tuple[str, ...] = ()) -> pads.Expression:
-    """The rows to score: those of ``shards`` (by stem) when given, else those of ``splits``."""
+def rows_to_score(splits: tuple[str, ...] = (), shards: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """(column, values) of the rows to score: those of ``shards`` (by stem) when given, else those
+    of ``splits``; each runner spells the filter in its own expressions (pyarrow here, Ray's there)."""
     if not splits and not shards:
         raise GendetError("name the splits or the shards to score")
-    return pads.field("shard").isin(list(shards)) if shards else pads.field("split").isin(list(splits))
+    return ("shard", list(shards)) if shards else ("split", list(splits))
 
 
 def no_rows_error(variant: Variant, splits: tuple[str, ...], shards: tuple[str, ...]) -> GendetError:
@@ -70,7 +71,8 @@ def score_store(detectors: Mapping[str, Any], variant: Variant, splits: tuple[st
                 shards: tuple[str, ...] = (), batch_size: int = 4096) -> dict[str, np.ndarray]:
     """The scored columns over one variant's rows of ``splits`` (or ``shards``), in this process."""
     check_matches(detectors, variant)
-    where = rows_filter(splits, shards)
+    column, values = rows_to_score(splits, shards)
+    where = pads.field(column).isin(values)
     scorer = DetectorScorer(detectors)
     batches = open_dataset(variant.url).to_batches(columns=COLUMNS, filter=where, batch_size=batch_size)
     parts = [scorer(b) for b in batches if b.num_rows]
