@@ -92,3 +92,35 @@ def glob(url: str, pattern: str) -> list[str]:
     fs, path = fs_and_path(url)
     hits = fs.glob(path.rstrip("/") + "/" + pattern)
     return sorted(h if is_local(fs) else fs.unstrip_protocol(h) for h in hits)
+
+
+# What identifies one version of a file, by filesystem: an object store's ETag or generation where
+# there is one, else the modification time. (With the size, a rewritten shard is told from the one
+# that was read.)
+_VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "mtime", "LastModified", "updated", "last_modified")
+
+
+def fingerprint(info: dict[str, Any]) -> dict[str, Any]:
+    """{"size", "version"} of one ``fs.info``/``fs.ls(detail=True)`` entry."""
+    version = next((str(info[k]) for k in _VERSION_KEYS if info.get(k) not in (None, "")), "")
+    return {"size": int(info.get("size") or 0), "version": version}
+
+
+def fingerprints(urls: list[str]) -> dict[str, dict[str, Any]]:
+    """{url: fingerprint} of existing files, one listing per folder (not one request per file);
+    files that are not there are left out."""
+    by_parent: dict[str, list[str]] = {}
+    for url in urls:
+        by_parent.setdefault(str(url).rstrip("/").rsplit("/", 1)[0], []).append(url)
+    out: dict[str, dict[str, Any]] = {}
+    for parent, members in by_parent.items():
+        fs, path = fs_and_path(parent)
+        try:
+            listing = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: e for e in fs.ls(path, detail=True)}
+        except FileNotFoundError:
+            continue
+        for url in members:
+            entry = listing.get(basename(url))
+            if entry is not None and entry.get("type", "file") == "file":
+                out[url] = fingerprint(entry)
+    return out

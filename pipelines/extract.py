@@ -1,7 +1,8 @@
 """``gendet extract`` / ``python -m pipelines.extract``: shards -> Parquet feature store on Ray Data.
 
 Plan (``gendet.extract.prepare``, before Ray starts: every bad input fails here in one line):
-list the shards, skip those whose stats file exists (``--mode overwrite`` redoes all).
+take the store's lease, list the shards, skip those whose stats file exists unless the shard
+changed or its outputs are damaged (``--mode overwrite`` redoes all).
 Run: one CPU task per shard decodes, degrades and preprocesses it to uint8 pixels (``ShardReader``;
 a quarter of float32's bytes through the object store and PCIe) -> an actor pool of encoders
 (``FeatureMapper``, built inside each actor, ``--concurrency`` actors with ``--num-gpus`` each,
@@ -70,13 +71,16 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
     from gendet.extract.runner import consume, finish, prepare
     from pipelines._ray import init_ray
 
-    plan = prepare(cfg)  # validates everything before Ray starts
-    if not plan.todo:
-        return finish(plan, [], {})
-    init_ray()
-    batches = build_dataset(plan).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
-    done, failed = consume(plan, batches)
-    return finish(plan, done, failed)
+    plan = prepare(cfg, lease=True)  # validates everything before Ray starts; holds the store's lease
+    try:
+        if not plan.todo:
+            return finish(plan, [], {})
+        init_ray()
+        batches = build_dataset(plan).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+        done, failed = consume(plan, batches)
+        return finish(plan, done, failed)
+    finally:
+        plan.release()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(ExtractConfig, args)
     summary = run_local(cfg) if args.local else extract(cfg)
     print(format_summary(summary))
-    return 1 if summary["shards_failed"] else 0
+    return 1 if summary["shards_failed"] or summary["store_damaged"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:

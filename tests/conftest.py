@@ -198,6 +198,26 @@ def wait_dashboard(address: str, head, timeout: float = 180) -> None:
     raise AssertionError(f"the Ray dashboard at {address} did not come up in {timeout:.0f} s")
 
 
+def wait_job_agent(address: str, env: dict, timeout: float = 240) -> None:
+    """Block until the cluster accepts a job. The dashboard answers before the node's job agent has
+    registered; a submit in that window fails with "No available agent to submit job" (seen in CI on
+    2 loaded cores), so a trivial job is submitted until one runs."""
+    import subprocess
+    import time
+
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        probe = subprocess.run(["ray", "job", "submit", "--address", address, "--", "python", "-c", "pass"],
+                               env=env, capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0:
+            return
+        last = (probe.stdout + probe.stderr)[-800:]
+        if "No available agent" not in last:
+            break
+        time.sleep(2)
+    raise AssertionError(f"the Ray cluster at {address} accepts no job: {last}")
+
+
 @pytest.fixture(scope="session")
 def ray_head():
     """A real ``ray start --head`` on 127.0.0.1 for ``ray job submit`` tests; yields (dashboard
@@ -221,6 +241,7 @@ def ray_head():
     try:
         address = f"http://127.0.0.1:{dash}"
         wait_dashboard(address, head)
+        wait_job_agent(address, env)
         yield address, env
     finally:
         stop_process(head)

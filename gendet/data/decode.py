@@ -35,17 +35,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def decode_image(data: bytes | None) -> Image.Image:
+def decode_image(data: bytes | None, *, max_pixels: int | None = None) -> Image.Image:
     """Image bytes -> fully decoded RGB image, or ``BadImage`` naming why not.
 
     Images over PIL's ``Image.MAX_IMAGE_PIXELS`` are refused (PIL only warns below twice the
-    limit; the warning is turned into the same ``decompression_bomb`` reason)."""
+    limit; the warning is turned into the same ``decompression_bomb`` reason); with ``max_pixels``
+    (serving), images over that many pixels are refused as ``too_large`` from their header, before
+    any pixel is decoded."""
     if not data:
         raise BadImage("empty_image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise BadImage("too_large", f"{img.width}x{img.height} pixels, over the limit of {max_pixels}")
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage("decompression_bomb", str(exc)) from None

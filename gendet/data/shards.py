@@ -81,6 +81,16 @@ def sanitize_key(text: str) -> str:
     return key or "sample"
 
 
+def key_problem(key: str) -> str:
+    """Why a tar member's key is unsafe to keep ('' when it is fine): an absolute path or a ``..``
+    part would name a place outside any folder the key is later joined to."""
+    if key.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", key):
+        return "absolute path"
+    if ".." in re.split(r"[/\\]", key):
+        return "'..' in the path"
+    return ""
+
+
 def tar_bytes(samples: Iterable[Sample]) -> bytes:
     """One shard's bytes, written by webdataset's ``TarWriter`` with fixed mtime, owner and mode
     (same samples, same bytes); each sample's members are ``<key>.<ext>`` and ``<key>.json``."""
@@ -248,6 +258,8 @@ def export_samples(shard_urls: Iterable[str], folder: str, *, split: str = "test
     paths, taken = [], {label: 0 for label in LABELS}
     for url in shard_urls:
         for key, parts in group_samples(iter_tar_members(gio.read_bytes(url))):
+            if key_problem(key):
+                continue
             try:
                 meta, image = parse_sample(parts)
             except BadSample:

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from gendet import GendetError
 from gendet import io as gio
 from gendet.data.shards import shard_stem
-from gendet.features.store import MANIFEST, PARQUET_SUFFIX, QUARANTINE_SUFFIX, STATS_SUFFIX, variant_name
+from gendet.features.store import (
+    MANIFEST,
+    PARQUET_SUFFIX,
+    QUARANTINE_SUFFIX,
+    STATS_SUFFIX,
+    damaged_shards,
+    done_shards,
+    variant_name,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,32 +63,42 @@ def quarantine_url(variant_url: str, stem: str) -> str:
 
 def completed(variant_url: str) -> dict[str, dict[str, Any]]:
     """stem -> stats of every finished shard in a variant folder."""
-    if not gio.exists(variant_url):
-        return {}
-    out = {}
-    for url in gio.glob(variant_url, "*" + STATS_SUFFIX):
-        stats = gio.read_json(url)
-        out[stats["shard"]] = stats
-    return out
+    return done_shards(variant_url)
 
 
 def check_compatible(info: VariantInfo) -> None:
-    """A variant folder holds one feature dtype; refuse to mix, before any work."""
+    """A variant folder holds one feature dtype and one set of encoder weights; refuse to mix,
+    before any work. The finished shards are checked too, so a run started while another one has
+    not yet written its manifest cannot mix either."""
     manifest_url = gio.join(info.url, MANIFEST)
-    old = gio.read_json(manifest_url) if gio.exists(manifest_url) else {}
-    if old.get("dtype", info.dtype) != info.dtype:
-        raise GendetError(f"{info.url}: holds {old['dtype']} features, this run makes {info.dtype}; "
-                          f"pass --feature-dtype {old['dtype']} or write to another FEATURES URL")
+    old = [gio.read_json(manifest_url)] if gio.exists(manifest_url) else []
+    old += list(completed(info.url).values())[:1]
+    for seen in old:
+        if seen.get("dtype", info.dtype) != info.dtype:
+            raise GendetError(f"{info.url}: holds {seen['dtype']} features, this run makes {info.dtype}; "
+                              f"pass --feature-dtype {seen['dtype']} or write to another FEATURES URL")
+        if seen.get("weights", info.weights) != info.weights:
+            raise GendetError(f"{info.url}: holds features of encoder weights {seen['weights'] or '(built in)'}, this run "
+                              f"uses {info.weights or '(built in)'}; pass the same --weights or write to another FEATURES URL")
 
 
-def plan_shards(shards: list[str], info: VariantInfo, mode: str) -> tuple[list[str], list[str]]:
-    """(shards to extract, shards skipped because they are already done)."""
+def plan_shards(shards: list[str], info: VariantInfo, mode: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """(shards to extract, shards skipped because they are done, {stem: why} of done shards that
+    are redone). A done shard is redone when its input changed since it was read (size or
+    ETag/mtime differ from its stats' ``source``) or its outputs are damaged (missing or cut)."""
     if mode == "overwrite":
-        return list(shards), []
+        return list(shards), [], {}
     done = completed(info.url)
-    todo = [u for u in shards if shard_stem(u) not in done]
-    skipped = [u for u in shards if shard_stem(u) in done]
-    return todo, skipped
+    redo = {stem: f"{problem}: redone" for stem, problem in damaged_shards(info.url, done).items()}
+    now = gio.fingerprints([u for u in shards if shard_stem(u) in done])
+    for url, current in now.items():
+        stem = shard_stem(url)
+        recorded = done[stem].get("source")
+        if recorded and stem not in redo and recorded != current:
+            redo[stem] = f"changed since it was read ({recorded.get('size')} -> {current['size']} bytes): redone"
+    todo = [u for u in shards if shard_stem(u) not in done or shard_stem(u) in redo]
+    skipped = [u for u in shards if shard_stem(u) in done and shard_stem(u) not in redo]
+    return todo, skipped, redo
 
 
 def reason_counts(stats: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -90,16 +109,33 @@ def reason_counts(stats: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
+def file_rows(urls: list[str]) -> dict[str, int]:
+    """{url: rows} read from each Parquet file's footer (a few KB each, read in parallel)."""
+    import pyarrow.parquet as pq
+
+    def rows(url: str) -> int:
+        fs, path = gio.fs_and_path(url)
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(urls, pool.map(rows, urls)))
+
+
 def rebuild_manifest(info: VariantInfo) -> dict[str, Any]:
-    """Write ``manifest.json`` from the stats files present (all runs, not only this one)."""
+    """Write ``manifest.json`` from the stats files present (all runs, not only this one). Rows are
+    counted in the files themselves; shards whose files are damaged are listed, not counted."""
     stats = completed(info.url)
-    dims = {s["dim"] for s in stats.values()}
+    damaged = damaged_shards(info.url, stats)
+    good = {stem: s for stem, s in stats.items() if stem not in damaged}
+    dims = {s["dim"] for s in good.values()}
     if len(dims) > 1:
         raise GendetError(f"{info.url}: shards of different widths {sorted(dims)}; delete the folder and extract again")
-    manifest = {**info.describe(), "dim": dims.pop() if dims else 0, "shards": sorted(stats),
-                "rows": sum(s["written"] for s in stats.values()),
-                "read": sum(s["read"] for s in stats.values()),
-                "quarantined": sum(s["quarantined"] for s in stats.values()),
-                "quarantined_by_reason": reason_counts(stats.values())}
+    rows = file_rows([parquet_url(info.url, stem) for stem in sorted(good)])
+    manifest = {**info.describe(), "dim": dims.pop() if dims else 0, "shards": sorted(good),
+                "rows": sum(rows.values()),
+                "read": sum(s["read"] for s in good.values()),
+                "quarantined": sum(s["quarantined"] for s in good.values()),
+                "quarantined_by_reason": reason_counts(good.values()), "damaged": dict(sorted(damaged.items()))}
     gio.write_json_atomic(gio.join(info.url, MANIFEST), manifest)
     return manifest

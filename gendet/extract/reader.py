@@ -6,13 +6,18 @@ image so every batch has one schema (Ray Data blocks must agree); the mapper ski
 row of a shard has reason ``END`` and ``n_rows`` = how many rows the shard emitted before it, so a
 consumer that sees rows out of order (Ray Data) knows when a shard is complete.
 
-Bad data never raises: zero-byte, truncated, corrupt or non-image members, missing or invalid
-json and decompression bombs each become a quarantine row with its reason. Only a shard that
-cannot be read at all (after ``max_retries`` attempts) ends with an ``error`` on its end row.
+Bad samples never raise: zero-byte, truncated, corrupt or non-image members, missing or invalid
+json, unsafe member names and decompression bombs each become a quarantine row with its reason.
+A shard that is not a whole tar (unreadable after ``max_retries`` attempts, empty, cut off, or
+changed while it was read) ends with an ``error`` on its end row: the writer then records it as
+failed, never as done, so a rerun reads it again (an upload still in progress is not lost).
+The end row also carries ``source``, the shard's size and version (ETag/mtime) as it was read,
+which the done marker keeps so that a shard replaced later is redone.
 """
 
 from __future__ import annotations
 
+import json
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -23,11 +28,11 @@ from PIL import Image
 
 from gendet import io as gio
 from gendet.data.decode import BadSample, decode_image, to_rgb
-from gendet.data.shards import group_samples, iter_tar_members, parse_sample, shard_stem
+from gendet.data.shards import group_samples, iter_tar_members, key_problem, parse_sample, shard_stem
 from gendet.encoders.base import Preprocessor
 
 END = "__end__"
-TEXT_COLUMNS = ("shard", "key", "label", "subset", "content_id", "split", "reason", "error")
+TEXT_COLUMNS = ("shard", "key", "label", "subset", "content_id", "split", "reason", "error", "source")
 
 
 class ShardReader:
@@ -55,31 +60,40 @@ class ShardReader:
 
     def read(self, url: str) -> Iterator[dict[str, np.ndarray]]:
         stem, rows, started = shard_stem(url), [], time.perf_counter()
-        data, error = self._fetch(url)
-        n_rows = 0
-        for row in self._rows(stem, data) if data is not None else ():
+        data, error, source = self._fetch(url)
+        n_rows, broken = 0, [error] if error else []
+        for row in self._rows(stem, url, data, broken) if data is not None else ():
             rows.append(row)
             n_rows += 1
             if len(rows) >= self.batch_size:
                 yield self._columns(rows)
                 rows = []
         end = self._row(stem, "", n_rows, reason=END)
-        end.update(n_rows=n_rows, error=error, read_seconds=time.perf_counter() - started)
+        end.update(n_rows=n_rows, error=broken[0] if broken else "", read_seconds=time.perf_counter() - started,
+                   source=json.dumps(source, sort_keys=True))
         rows.append(end)
         yield self._columns(rows)
 
-    def _fetch(self, url: str) -> tuple[bytes | None, str]:
-        """The shard's bytes, retried; (None, error message) when it stays unreadable."""
+    def _fetch(self, url: str) -> tuple[bytes | None, str, dict]:
+        """(bytes, "", fingerprint) of the shard, retried; (None, error message, {}) when it stays
+        unreadable. The fingerprint is taken before the read; a size that differs from the bytes
+        read means the shard changed meanwhile (still being written)."""
         for attempt in range(self.max_retries + 1):
             try:
-                return gio.read_bytes(url), ""
+                fs, path = gio.fs_and_path(url)
+                source = gio.fingerprint(fs.info(path))
+                data = gio.read_bytes(url)
+                if len(data) != source["size"]:
+                    return None, (f"{url}: the shard changed while it was read ({source['size']} -> {len(data)} bytes); "
+                                  "run again once it is complete"), {}
+                return data, "", source
             except Exception as exc:  # noqa: BLE001 - any I/O failure: retry, then report the shard
                 error = f"{url}: cannot read shard ({type(exc).__name__}: {exc})"
                 if attempt < self.max_retries:
                     time.sleep(min(2.0**attempt * 0.5, 10.0))
-        return None, error
+        return None, error, {}
 
-    def _rows(self, stem: str, data: bytes) -> Iterator[dict[str, Any]]:
+    def _rows(self, stem: str, url: str, data: bytes, broken: list[str]) -> Iterator[dict[str, Any]]:
         seen: set[str] = set()
         index = 0
         try:
@@ -89,12 +103,17 @@ class ShardReader:
                 index += 1
                 yield row
         except (tarfile.TarError, EOFError, OSError) as exc:
-            # The tar itself breaks off: samples before the break are kept, the rest is one row.
-            yield self._row(stem, "", index, reason="broken_tar", error=str(exc))
+            # Not a whole tar (empty, cut off, a failed upload): the shard fails and gets no done
+            # marker, so the rerun after the complete copy lands reads it (a quarantine row here
+            # would mark the cut-off shard done and lose its missing samples for good).
+            broken.append(f"{url}: not a complete tar ({exc}); it is not marked done: run again once the shard "
+                          "is complete")
 
     def _sample_row(self, stem: str, key: str, index: int, parts: dict, duplicate: bool) -> dict[str, Any]:
         if duplicate:
             return self._row(stem, key, index, reason="duplicate_key")
+        if key_problem(key):  # '../x' or '/etc/x' as a key would escape any folder it is written into
+            return self._row(stem, key, index, reason="unsafe_key")
         try:
             meta, image_bytes = parse_sample(parts)
             img = decode_image(image_bytes)
@@ -116,7 +135,7 @@ class ShardReader:
         return {"shard": stem, "key": key, "index": index, "reason": reason, "error": error,
                 "label": meta.get("label", ""), "subset": meta.get("subset", ""),
                 "content_id": str(meta.get("content_id") or key), "split": meta.get("split") or "",
-                "n_rows": 0, "read_seconds": 0.0}
+                "n_rows": 0, "read_seconds": 0.0, "source": ""}
 
     def _columns(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         cols: dict[str, np.ndarray] = {c: np.array([r[c] for r in rows], dtype=object) for c in TEXT_COLUMNS}

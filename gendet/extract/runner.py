@@ -20,6 +20,7 @@ from gendet import io as gio
 from gendet.config import to_dict
 from gendet.data.shards import list_shards, shard_stem
 from gendet.extract.config import ExtractConfig
+from gendet.extract.lease import StoreLease
 from gendet.extract.manifest import VariantInfo, check_compatible, plan_shards, reason_counts, rebuild_manifest
 from gendet.extract.mapper import FeatureMapper
 from gendet.extract.reader import ShardReader
@@ -36,15 +37,24 @@ class Plan:
     skipped: list[str]
     info: VariantInfo
     reader: ShardReader
+    redo: dict[str, str] = field(default_factory=dict)
+    lease: StoreLease | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def url_of(self, stem: str) -> str:
         return next((u for u in self.todo if shard_stem(u) == stem), "")
 
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
-def prepare(cfg: ExtractConfig) -> Plan:
+
+def prepare(cfg: ExtractConfig, *, lease: bool = False) -> Plan:
     """Every check that can fail on user input, before any worker or Ray starts: shards exist,
-    encoder and degradation are known, weights exist, the output variant is compatible."""
+    encoder and degradation are known, weights exist, the output variant is compatible. With
+    ``lease``, the variant folder's lease is taken before the plan is made (``Plan.release``
+    gives it back), so no other run writes the store until this one is finished."""
     from gendet.data.degradations import parse_degrade
     from gendet.encoders.registry import load_preprocess, parse_encoder_name
 
@@ -60,17 +70,25 @@ def prepare(cfg: ExtractConfig) -> Plan:
         gio.makedirs(info.url)
     except OSError as exc:
         raise GendetError(f"{cfg.features}: cannot create the feature store here ({exc}); pass a writable FEATURES URL") from exc
-    check_compatible(info)
-    todo, skipped = plan_shards(shards, info, cfg.mode)
+    held = StoreLease(info.url).acquire() if lease else None
+    try:
+        check_compatible(info)
+        todo, skipped, redo = plan_shards(shards, info, cfg.mode)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
     reader = ShardReader(preprocess, degrade=degrade if degrade.spec else None, batch_size=cfg.batch_size,
                          max_retries=cfg.max_retries)
-    return Plan(cfg=cfg, shards=shards, todo=todo, skipped=skipped, info=info, reader=reader)
+    return Plan(cfg=cfg, shards=shards, todo=todo, skipped=skipped, info=info, reader=reader, redo=redo, lease=held)
 
 
 def write_with_retries(plan: Plan, shard: ShardRows) -> dict[str, Any]:
     """Write one complete shard, retrying transient storage errors ``max_retries`` times."""
     if shard.error:
         raise GendetError(shard.error)
+    if plan.lease is not None and plan.lease.lost:  # never two writers: stop rather than mix
+        raise GendetError(f"{plan.lease.lost}; this run stopped writing")
     for attempt in range(plan.cfg.max_retries):
         try:
             return write_shard(shard, plan.info, url=plan.url_of(shard.stem), config=to_dict(plan.cfg))
@@ -104,6 +122,7 @@ def finish(plan: Plan, done: list[dict], failed: dict[str, str]) -> dict[str, An
     images = sum(s["written"] for s in done)
     return {"output": plan.info.url, "encoder": plan.info.encoder, "degrade": plan.info.degrade,
             "shards": len(plan.shards), "shards_done": len(done), "shards_skipped": len(plan.skipped),
+            "shards_redone": dict(sorted(plan.redo.items())), "store_damaged": manifest.get("damaged", {}),
             "shards_failed": dict(sorted(failed.items())), "shards_written": sorted(s["shard"] for s in done),
             "read": sum(s["read"] for s in done), "images": images,
             "quarantined": sum(s["quarantined"] for s in done), "quarantined_by_reason": reason_counts(done),
@@ -118,6 +137,10 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"{summary['images_per_s']:.1f} images/s",
              f"quarantined {summary['quarantined']}: {reasons}",
              f"output: {summary['output']} ({summary['store_rows']} rows in the store)"]
+    for stem, why in summary.get("shards_redone", {}).items():
+        lines.append(f"redid {stem}: {why}")
+    for stem, why in summary.get("store_damaged", {}).items():
+        lines.append(f"DAMAGED {stem}: {why}")
     for stem, error in summary["shards_failed"].items():
         lines.append(f"FAILED {stem}: {error}")
     if summary["shards_failed"]:
@@ -151,10 +174,13 @@ def shard_loader(plan: Plan) -> torch.utils.data.DataLoader:
 
 def run_local(cfg: ExtractConfig) -> dict[str, Any]:
     """Extract without Ray; returns the summary (also the manifest is rebuilt)."""
-    plan = prepare(cfg)
-    if not plan.todo:
-        return finish(plan, [], {})
-    mapper = FeatureMapper(plan.info.encoder, weights=cfg.weights, device=cfg.device, precision=cfg.precision,
-                           feature_dtype=cfg.feature_dtype)
-    done, failed = consume(plan, iter(shard_loader(plan)), mapper)
-    return finish(plan, done, failed)
+    plan = prepare(cfg, lease=True)
+    try:
+        if not plan.todo:
+            return finish(plan, [], {})
+        mapper = FeatureMapper(plan.info.encoder, weights=cfg.weights, device=cfg.device, precision=cfg.precision,
+                               feature_dtype=cfg.feature_dtype)
+        done, failed = consume(plan, iter(shard_loader(plan)), mapper)
+        return finish(plan, done, failed)
+    finally:
+        plan.release()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import json
 import platform
 import time
 from collections import Counter
@@ -41,6 +42,7 @@ class ShardRows:
     n_rows: int | None = None
     dim: int = 0
     error: str = ""
+    source: dict = field(default_factory=dict)
     read_seconds: float = 0.0
     encode_seconds: float = 0.0
 
@@ -64,6 +66,7 @@ class ShardAssembler:
             if reason == END:
                 shard.n_rows, shard.error = int(batch["n_rows"][i]), str(batch["error"][i])
                 shard.read_seconds = float(batch["read_seconds"][i])
+                shard.source = json.loads(str(batch["source"][i]) or "{}")
             elif reason:
                 shard.quarantine[index] = (str(batch["key"][i]), reason)
             else:
@@ -116,10 +119,14 @@ def write_shard(shard: ShardRows, info: VariantInfo, url: str = "", config: dict
     fs, path = gio.fs_and_path(target)
     if fs.exists(path):  # redoing a shard: it is not done until the new stats are written
         fs.rm(path)
-    gio.write_bytes_atomic(parquet_url(info.url, shard.stem), parquet_bytes(feature_table(shard, info)))
-    gio.write_bytes_atomic(quarantine_url(info.url, shard.stem), parquet_bytes(quarantine_table(shard)))
+    features, quarantine = parquet_bytes(feature_table(shard, info)), parquet_bytes(quarantine_table(shard))
+    gio.write_bytes_atomic(parquet_url(info.url, shard.stem), features)
+    gio.write_bytes_atomic(quarantine_url(info.url, shard.stem), quarantine)
     reasons = dict(sorted(Counter(reason for _, reason in shard.quarantine.values()).items()))
-    stats = {**info.describe(), "dim": shard.dim, "shard": shard.stem, "url": url,
+    # "source": the shard as it was read (a replaced shard is redone); "files": the sizes written,
+    # so a reader finds a deleted or cut Parquet from one listing (gendet.extract.manifest.verify).
+    stats = {**info.describe(), "dim": shard.dim, "shard": shard.stem, "url": url, "source": shard.source,
+             "files": {"parquet": len(features), "quarantine": len(quarantine)},
              "read": len(shard.samples) + len(shard.quarantine), "written": len(shard.samples),
              "quarantined": len(shard.quarantine), "quarantined_by_reason": reasons,
              "read_seconds": round(shard.read_seconds, 4), "encode_seconds": round(shard.encode_seconds, 4),

@@ -70,9 +70,64 @@ def feature_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return flat.reshape(len(column), column.type.list_size)
 
 
+def done_shards(variant_url: str) -> dict[str, dict]:
+    """stem -> stats of every finished shard of a variant (its stats file is the done marker)."""
+    if not gio.exists(variant_url):
+        return {}
+    out = {}
+    for url in gio.glob(variant_url, "*" + STATS_SUFFIX):
+        try:
+            stats = gio.read_json(url)
+        except ValueError:  # a damaged marker: the shard is not done (the rerun redoes it)
+            continue
+        out[str(stats.get("shard", gio.basename(url)[: -len(STATS_SUFFIX)]))] = stats
+    return out
+
+
+def damaged_shards(variant_url: str, done: dict[str, dict] | None = None) -> dict[str, str]:
+    """stem -> what is wrong, for finished shards whose files are gone or not the size their stats
+    file recorded (deleted, cut off by a copy, overwritten). One listing of the folder."""
+    done = done_shards(variant_url) if done is None else done
+    fs, path = gio.fs_and_path(variant_url)
+    try:
+        sizes = {gio.basename(e["name"]): int(e.get("size") or 0) for e in fs.ls(path, detail=True)}
+    except FileNotFoundError:
+        sizes = {}
+    problems = {}
+    for stem, stats in done.items():
+        recorded = stats.get("files", {})
+        for kind, suffix in (("parquet", PARQUET_SUFFIX), ("quarantine", QUARANTINE_SUFFIX)):
+            name = stem + suffix
+            if name not in sizes:
+                if kind == "parquet" or kind in recorded:
+                    problems[stem] = f"{name} is missing"
+            elif kind in recorded and sizes[name] != int(recorded[kind]):
+                problems[stem] = f"{name} is {sizes[name]} bytes, {recorded[kind]} were written"
+    return problems
+
+
+def rerun_hint(variant_url: str, stats: dict) -> str:
+    """The command that redoes a variant's damaged shards (extract redoes them on any rerun)."""
+    shards = str(stats.get("url") or "SHARDS").rsplit("/", 1)[0]
+    store = str(variant_url).rstrip("/").rsplit("/", 1)[0]
+    flags = f" --encoder {stats['encoder']}" if stats.get("encoder") else ""
+    flags += f" --degrade {stats['degrade']}" if stats.get("degrade") else ""
+    flags += f" --feature-dtype {stats['dtype']}" if stats.get("dtype") else ""
+    return f"gendet extract {shards} {store}{flags}"
+
+
 def feature_files(variant_url: str) -> list[str]:
-    """The feature Parquet files of one store variant (quarantine tables left out), sorted."""
-    return [u for u in gio.glob(variant_url, f"*{PARQUET_SUFFIX}") if not u.endswith(QUARANTINE_SUFFIX)]
+    """The feature Parquet files of a variant's finished shards, sorted; a one-line error naming
+    the first damaged file and the command that repairs it, rather than scoring around a gap.
+    (Files of a shard without a done marker, left by a killed run, are not read.)"""
+    done = done_shards(variant_url)
+    damaged = damaged_shards(variant_url, done)
+    if damaged:
+        stem = sorted(damaged)[0]
+        more = f" (and {len(damaged) - 1} more shards)" if len(damaged) > 1 else ""
+        raise GendetError(f"{gio.join(variant_url, stem + PARQUET_SUFFIX)}: {damaged[stem]}{more}; the store is "
+                          f"incomplete: repair it with `{rerun_hint(variant_url, done[stem])}`")
+    return [gio.join(variant_url, stem + PARQUET_SUFFIX) for stem in sorted(done)]
 
 
 def open_dataset(variant_url: str) -> pads.Dataset:

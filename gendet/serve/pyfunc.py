@@ -13,6 +13,13 @@ Serving contract: the input is a DataFrame with a string column ``image`` holdin
 image bytes (``dataframe_split``, ``dataframe_records`` or ``inputs`` over HTTP); the output has
 one row per input with ``score`` (P(fake)), ``is_fake``, ``threshold`` and ``error`` (empty when
 the row was scored; score is null (None) and is_fake false when it was not).
+
+Limits (``model_config`` keys, defaults in ``SERVING_LIMITS``): a request of more than
+``max_images`` rows or ``max_request_bytes`` of image bytes is refused whole (HTTP 400, one line);
+an image over ``max_pixels`` is refused alone from its header (``too_large``) before it is decoded.
+Images are decoded one at a time and reduced to the encoder's input at once, so a request holds
+one full-resolution image, not all of them (benchmarks/serve_memory.py). Images are not decoded
+at reduced size (JPEG draft mode): that would change the features from the store's.
 """
 
 from __future__ import annotations
@@ -31,7 +38,6 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from gendet import GendetError
 from gendet.serve.loading import ARTIFACT
 from gendet.serve.scorer import ImageScorer, ItemError
 
@@ -50,6 +56,7 @@ SIGNATURE = ModelSignature(
 # The library's own dependencies serve the model, pinned to what logged it; Ray is left out (the
 # library never imports it). Listed rather than inferred: inference loads the model in a subprocess.
 _NOT_FOR_SERVING = {"ray"}
+SERVING_LIMITS = {"max_images": 64, "max_request_bytes": 64 << 20, "max_pixels": 50_000_000}
 
 
 def pin(name: str, installed: str) -> str:
@@ -112,6 +119,14 @@ def decode_b64(value: Any) -> bytes | Exception:
         return ItemError(f"bad base64: {exc}")
 
 
+def bad_request(message: str) -> Exception:
+    """An error the scoring server answers with HTTP 400 and this one line (not a 500)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
 class GendetModel(mlflow.pyfunc.PythonModel):
     """The pyfunc wrapper: loads Detector + encoder once in ``load_context``."""
 
@@ -121,16 +136,26 @@ class GendetModel(mlflow.pyfunc.PythonModel):
         from gendet.method.detector import Detector
 
         config = context.model_config or {}
+        self.limits = {k: int(config.get(k, v)) for k, v in SERVING_LIMITS.items()}
         self.scorer = ImageScorer.from_detector(Detector.load(context.artifacts[ARTIFACT]),
                                                 device=config.get("device", "cpu"),
-                                                threshold=config.get("threshold"))
+                                                threshold=config.get("threshold"), max_pixels=self.limits["max_pixels"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if INPUT_COLUMN not in frame.columns:
-            raise GendetError(f"model input has columns {list(frame.columns)}; send a column "
+            raise bad_request(f"model input has columns {list(frame.columns)}; send a column "
                               f"{INPUT_COLUMN!r} of base64-encoded image bytes")
-        results = self.scorer.score_bytes([decode_b64(v) for v in frame[INPUT_COLUMN]])
+        limits = getattr(self, "limits", SERVING_LIMITS)
+        if len(frame) > limits["max_images"]:
+            raise bad_request(f"request has {len(frame)} images, at most {limits['max_images']} are scored per request; "
+                              "send them in several requests")
+        values = list(frame[INPUT_COLUMN])
+        encoded = sum(len(v) for v in values if isinstance(v, str)) * 3 // 4  # base64 -> bytes, before decoding any
+        if encoded > limits["max_request_bytes"]:
+            raise bad_request(f"request carries {encoded} bytes of images, over the limit of {limits['max_request_bytes']}; "
+                              "send them in several requests")
+        results = self.scorer.score_bytes([decode_b64(v) for v in values])
         return to_frame(results, self.scorer.threshold)
 
 
@@ -166,7 +191,7 @@ def _model_kwargs(detector_dir: str, tmp: str) -> dict[str, Any]:
                 "target_fpr": det.target_fpr, "method": det.method, "feature_dim": det.feature_dim}
     return dict(python_model=str(MODEL_CODE), artifacts={ARTIFACT: detector_dir}, signature=SIGNATURE,
                 input_example=pd.DataFrame({INPUT_COLUMN: [b64(example_image())]}),
-                pip_requirements=pip_requirements(), metadata=metadata, model_config={"device": "cpu"},
+                pip_requirements=pip_requirements(), metadata=metadata, model_config={"device": "cpu", **SERVING_LIMITS},
                 code_paths=[stage_serving_code(tmp)])
 
 

@@ -46,11 +46,12 @@ class ItemError(Exception):
     """One input that cannot be scored; its message becomes that item's ``error``."""
 
 
-def decode_image(data: bytes) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """RGB image from encoded bytes, decoded exactly as ``gendet extract`` decodes (same features);
-    ItemError naming the quarantine reason (``not_an_image``, ``decompression_bomb``, ...) otherwise."""
+    ItemError naming the quarantine reason (``not_an_image``, ``decompression_bomb``, ``too_large``
+    over ``max_pixels``, ...) otherwise."""
     try:
-        return decode.decode_image(data)
+        return decode.decode_image(data, max_pixels=max_pixels)
     except decode.BadSample as exc:
         # PIL names the BytesIO object (an address that changes every run): keep the words only
         raise ItemError(str(exc).split(" <_io.")[0]) from None
@@ -59,31 +60,38 @@ def decode_image(data: bytes) -> Image.Image:
 class ImageScorer:
     """A Detector with its encoder, loaded once: encoded image bytes in, one result dict out each."""
 
-    def __init__(self, detector: Any, encoder: Any, threshold: float | None = None):
+    def __init__(self, detector: Any, encoder: Any, threshold: float | None = None, max_pixels: int | None = None):
         if detector.preprocess_hash and encoder.preprocess_hash != detector.preprocess_hash:
             raise GendetError(f"encoder {encoder.name}: preprocess_hash {encoder.preprocess_hash[:12]} differs "
                               f"from the detector's {detector.preprocess_hash[:12]}; load the encoder version "
                               "the detector was trained with")
         self.detector, self.encoder = detector, encoder
         self.threshold = float(detector.threshold if threshold is None else threshold)
+        self.max_pixels = max_pixels
 
     @classmethod
-    def from_detector(cls, detector: Any, *, device: str = "cpu", threshold: float | None = None) -> ImageScorer:
+    def from_detector(cls, detector: Any, *, device: str = "cpu", threshold: float | None = None,
+                      max_pixels: int | None = None) -> ImageScorer:
         from gendet.encoders.registry import encoder_weights_arg, load_encoder
 
         encoder = load_encoder(detector.encoder, weights=encoder_weights_arg(detector.encoder_weights),
                                device=device)
-        return cls(detector, encoder, threshold)
+        return cls(detector, encoder, threshold, max_pixels)
 
-    def features(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """The encoder's features [N, dim] of decoded images (what the detector was trained on)."""
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """One decoded image -> the uint8 pixels the encoder takes (the extraction job's form)."""
+        return self.encoder.preprocessor.pixels(image)
+
+    def features(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
+        """The encoder's features [N, dim] of decoded images or their ``pixels`` (what the detector
+        was trained on)."""
         # the extraction job's path: uint8 pixels to the encoder's device, finished there
         pre = self.encoder.preprocessor
-        pixels = torch.from_numpy(np.stack([pre.pixels(im) for im in images])).to(self.encoder.device)
-        return self.encoder(pre.finish(pixels)).float().cpu().numpy()
+        stack = np.stack([im if isinstance(im, np.ndarray) else pre.pixels(im) for im in images])
+        return self.encoder(pre.finish(torch.from_numpy(stack).to(self.encoder.device))).float().cpu().numpy()
 
     @torch.inference_mode()
-    def score_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def score_images(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
         features = self.features(images)
         with one_thread_if(len(features) <= SMALL_BATCH):
             scores = self.detector.score(features)
@@ -101,10 +109,14 @@ class ImageScorer:
             try:
                 if isinstance(item, Exception):
                     raise ItemError(str(item))
-                images.append(decode_image(item))
+                # Each image is reduced to its encoder-sized pixels as soon as it is decoded, so a
+                # request holds one full-resolution image at a time, not all of them.
+                images.append(self.pixels(decode_image(item, self.max_pixels)))
                 where.append(i)
             except ItemError as exc:
                 results[i] = {"error": str(exc)}
+            except Exception as exc:  # noqa: BLE001 - an image the transforms choke on fails alone (as in extraction)
+                results[i] = {"error": f"preprocess_error: {type(exc).__name__}: {exc}"}
         if images:
             for i, score in zip(where, self.score_images(images)):
                 results[i] = self.result(score)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -37,14 +39,21 @@ def test_every_bad_sample_is_quarantined_with_its_reason(tmp_path, reader):
     assert np.all(images[kept].std(axis=(1, 2, 3)) > 0) and not images[~kept].any()
 
 
-def test_cut_off_shard_keeps_what_came_before_and_says_so(tmp_path, reader):
-    total = write_truncated_shard(str(tmp_path / "cut.tar"))
-    batches, got = rows_of(reader, tmp_path / "cut.tar")
-    good = [k for k, r in got.items() if r == ""]
-    assert 0 < len(good) < total and got[""] == END
-    broken = [r for b in batches for r in b["reason"] if r == "broken_tar"]
-    assert broken == ["broken_tar"]
-    assert int(batches[-1]["n_rows"][-1]) == len(good) + 1
+def test_cut_off_or_empty_shard_ends_with_an_error_not_a_quarantine_row(tmp_path, reader):
+    write_truncated_shard(str(tmp_path / "cut.tar"))
+    (tmp_path / "empty.tar").write_bytes(b"")
+    for name in ("cut.tar", "empty.tar"):
+        batches, got = rows_of(reader, tmp_path / name)
+        end = batches[-1]
+        assert end["reason"][-1] == END and name in end["error"][-1] and "run again once the shard" in end["error"][-1]
+        assert "broken_tar" not in got.values()  # the writer fails the shard: no done marker, redone next run
+
+
+def test_end_row_carries_what_was_read(tmp_path, reader):
+    write_good_shards(str(tmp_path), "a", n_shards=1, per_shard=3)
+    url = tmp_path / "a-000000.tar"
+    source = json.loads(list(reader.read(str(url)))[-1]["source"][-1])
+    assert source["size"] == url.stat().st_size and source["version"] == str(url.stat().st_mtime)
 
 
 def test_missing_shard_ends_with_an_error_naming_it(tmp_path, reader):

@@ -12,7 +12,7 @@ from gendet import GendetError
 from gendet.cli import main as gendet_main
 from gendet.extract.config import ExtractConfig
 from gendet.extract.runner import prepare, run_local
-from gendet.features.store import feature_schema, list_variants, resolve_variant
+from gendet.features.store import feature_files, feature_schema, list_variants, resolve_variant
 from helpers.bad_shards import write_bad_shard, write_good_shards
 
 
@@ -119,3 +119,122 @@ def test_unreadable_shard_is_reported_and_the_others_written(shards, tmp_path):
     assert list(summary["shards_failed"]) == ["broken-000000"]
     assert "broken-000000.tar: cannot read shard" in summary["shards_failed"]["broken-000000"]
     assert summary["shards_done"] == 3 and "broken-000000" not in resolve_variant(str(tmp_path / "store")).shards
+
+
+# --- integrity: what was read, what was written, and one writer at a time (issue 15) ---
+
+def test_cut_off_or_empty_shard_fails_and_its_complete_copy_is_extracted_on_rerun(tmp_path):
+    folder, store = tmp_path / "shards", str(tmp_path / "store")
+    write_good_shards(str(folder), "ok", n_shards=1, per_shard=4)
+    full = tmp_path / "full"
+    write_good_shards(str(full), "late", n_shards=2, per_shard=4)
+    whole = {p.name: p.read_bytes() for p in full.iterdir()}
+    (folder / "late-000000.tar").write_bytes(whole["late-000000.tar"][: len(whole["late-000000.tar"]) // 2])
+    (folder / "late-000001.tar").write_bytes(b"")  # an upload that has not started writing yet
+    cfg = ExtractConfig(shards=str(folder), features=store, num_workers=0, max_retries=0)
+    first = run_local(cfg)
+    assert sorted(first["shards_failed"]) == ["late-000000", "late-000001"] and first["shards_done"] == 1
+    assert not list((tmp_path / "store").glob("*/late-*.stats.json"))
+    assert gendet_main(["extract", str(folder), store, "--local", "--num-workers", "0", "--max-retries", "0"]) == 1
+    for name, data in whole.items():  # the uploads complete
+        (folder / name).write_bytes(data)
+    second = run_local(cfg)
+    assert second["shards_written"] == ["late-000000", "late-000001"] and second["shards_failed"] == {}
+    assert second["store_rows"] == 12
+
+
+def test_a_shard_replaced_after_extraction_is_redone(tmp_path):
+    folder, store = tmp_path / "shards", str(tmp_path / "store")
+    write_good_shards(str(folder), "s", n_shards=2, per_shard=3)
+    cfg = ExtractConfig(shards=str(folder), features=store, num_workers=0)
+    assert run_local(cfg)["store_rows"] == 6
+    other = tmp_path / "other"
+    write_good_shards(str(other), "s", n_shards=1, per_shard=5)  # same name, new content
+    (folder / "s-000000.tar").write_bytes((other / "s-000000.tar").read_bytes())
+    again = run_local(cfg)
+    assert again["shards_written"] == ["s-000000"] and "changed since it was read" in again["shards_redone"]["s-000000"]
+    assert again["store_rows"] == 8 and run_local(cfg)["shards_done"] == 0  # and then it is done
+
+
+def test_deleted_or_cut_parquet_is_named_with_the_fix_and_repaired_by_the_rerun(tmp_path):
+    from gendet.eval.scoring import score_store  # evaluate's reader (the Ray one lists the same feature_files)
+
+    folder, store = tmp_path / "shards", str(tmp_path / "store")
+    write_good_shards(str(folder), "p", n_shards=3, per_shard=4)
+    cfg = ExtractConfig(shards=str(folder), features=store, num_workers=0)
+    run_local(cfg)
+    variant = resolve_variant(store)
+    os.remove(os.path.join(variant.url, "p-000000.parquet"))
+    cut = os.path.join(variant.url, "p-000001.parquet")
+    with open(cut, "r+b") as f:
+        f.truncate(os.path.getsize(cut) // 2)
+    with pytest.raises(GendetError) as err:
+        score_store({}, variant, ("train",))
+    msg = str(err.value)
+    assert "p-000000.parquet is missing" in msg and "1 more" in msg and f"gendet extract {folder} {store}" in msg
+    assert "\n" not in msg
+    repaired = run_local(cfg)
+    assert sorted(repaired["shards_redone"]) == ["p-000000", "p-000001"] and repaired["store_rows"] == 12
+    assert repaired["store_damaged"] == {}
+    assert len(pq.read_table(os.path.join(variant.url, "p-000001.parquet"))) == 4
+
+
+def test_manifest_rows_are_counted_in_the_files(tmp_path):
+    folder, store = tmp_path / "shards", str(tmp_path / "store")
+    write_good_shards(str(folder), "m", n_shards=2, per_shard=4)
+    run_local(ExtractConfig(shards=str(folder), features=store, num_workers=0))
+    variant = resolve_variant(store)
+    os.remove(os.path.join(variant.url, "m-000001.parquet"))
+    from gendet.extract.manifest import VariantInfo, rebuild_manifest
+
+    info = VariantInfo(store=store, encoder="spectrum:v1", preprocess_hash=variant.preprocess_hash, degrade="",
+                       dtype="float16")
+    manifest = rebuild_manifest(info)
+    assert manifest["rows"] == 4 and manifest["shards"] == ["m-000000"] and "m-000001" in manifest["damaged"]
+
+
+def test_a_run_is_refused_while_another_holds_the_store(tmp_path):
+    from gendet.extract.lease import StoreLease
+
+    folder, store = tmp_path / "shards", str(tmp_path / "store")
+    write_good_shards(str(folder), "l", n_shards=1, per_shard=3)
+    cfg = ExtractConfig(shards=str(folder), features=store, num_workers=0)
+    variant_url = prepare(cfg).info.url
+    with StoreLease(variant_url, what="the float32 run"):
+        with pytest.raises(GendetError) as err:  # e.g. a float16 run started during a float32 one
+            run_local(ExtractConfig(shards=str(folder), features=store, num_workers=0, feature_dtype="float32"))
+        assert "being written by the float32 run" in str(err.value) and "\n" not in str(err.value)
+    assert run_local(cfg)["store_rows"] == 3  # released: the next run goes ahead
+    stale = StoreLease(variant_url, ttl=0.2, what="a run that died")
+    stale.acquire()
+    stale._stop.set()  # it dies: no more renewals
+    import time
+
+    time.sleep(0.5)
+    assert run_local(ExtractConfig(shards=str(folder), features=store, num_workers=0, mode="overwrite"))["shards_done"] == 1
+
+
+def test_two_concurrent_runs_leave_one_complete_store_without_duplicates(tmp_path):
+    import threading
+
+    folder, store = tmp_path / "shards", str(tmp_path / "store")
+    rows = write_good_shards(str(folder), "c", n_shards=3, per_shard=4)
+    barrier, results = threading.Barrier(2), []
+
+    def one_run():
+        barrier.wait()
+        try:
+            results.append(run_local(ExtractConfig(shards=str(folder), features=store, num_workers=0)))
+        except GendetError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=one_run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    refused = [r for r in results if isinstance(r, GendetError)]
+    done = [r for r in results if isinstance(r, dict)]
+    assert len(results) == 2 and len(done) >= 1 and all("being written by" in str(r) for r in refused)
+    keys = [k for f in feature_files(resolve_variant(store).url) for k in pq.read_table(f, columns=["key"])["key"].to_pylist()]
+    assert sorted(keys) == sorted(r["key"] for r in rows)  # every row once

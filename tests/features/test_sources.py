@@ -12,6 +12,7 @@ from gendet import GendetError
 from gendet import io as gio
 from gendet.features.sources import BatchSource, CachingSource, ParquetSource, TensorSource
 from gendet.features.store import MANIFEST, feature_schema, variant_name
+from helpers.synthetic_store import write_done_marker
 
 DIM = 8
 
@@ -26,6 +27,8 @@ def write_shard(path, rows):
                         ("degrade", ""), ("feature", [value] * DIM)):
             cols[name].append(v)
     pq.write_table(pa.table(cols, schema=schema), path, row_group_size=7)
+    write_done_marker(str(path.parent), path.stem, rows=len(rows), dim=DIM, encoder="enc", preprocess_hash="abc",
+                      dtype="float16")
 
 
 @pytest.fixture

@@ -104,6 +104,8 @@ def write_bad_shard(path: str) -> dict[str, str]:
     add("odd_label", "unknown_label", ("png", good), ("json", meta("maybe")))
     add("no_subset", "missing_subset", ("png", good), ("json", json.dumps({"label": "real"}).encode()))
     add("bomb", "decompression_bomb", ("png", bomb_png()), ("json", meta()))
+    add("../escape", "unsafe_key", ("png", good), ("json", meta()))  # a key that would leave its folder
+    add("/etc/abs", "unsafe_key", ("png", good), ("json", meta()))
     add("ok_last", "", ("webp", image_bytes(8, fmt="WEBP")), ("json", meta("fake", "mj")))
     with open(path, "wb") as f:
         f.write(raw_tar(members))

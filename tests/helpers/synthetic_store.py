@@ -14,10 +14,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gendet import io as gio
-from gendet.features.store import MANIFEST, feature_schema, variant_name
+from gendet.features.store import MANIFEST, STATS_SUFFIX, feature_schema, variant_name
 
 ENCODER = "synthetic:v1"
 PHASH = hashlib.sha256(b"synthetic").hexdigest()
+
+
+def write_done_marker(variant: str, stem: str, *, rows: int, dim: int, encoder: str = ENCODER,
+                      preprocess_hash: str = PHASH, degrade: str = "", dtype: str = "float32") -> None:
+    """The stats file extraction writes last for a shard (its done marker; CONTRACTS.md), for a
+    Parquet file written straight by a test: readers only read shards that have one."""
+    parquet = gio.join(variant, f"{stem}.parquet")
+    gio.write_json_atomic(gio.join(variant, f"{stem}{STATS_SUFFIX}"), {
+        "shard": stem, "encoder": encoder, "preprocess_hash": preprocess_hash, "degrade": degrade, "dtype": dtype,
+        "dim": dim, "read": rows, "written": rows, "quarantined": 0,
+        "files": {"parquet": gio.fs_and_path(parquet)[0].size(gio.fs_and_path(parquet)[1])}})
 
 
 def write_synthetic_store(root: str, *, dim: int = 64, per_split: dict[str, int] | None = None,
@@ -49,6 +60,7 @@ def write_synthetic_store(root: str, *, dim: int = 64, per_split: dict[str, int]
         stem = f"synthetic-{s:06d}"
         table = pa.Table.from_pylist([{**r, "shard": stem, "feature": r["feature"].tolist()} for r in part], schema=schema)
         pq.write_table(table, gio.join(variant, f"{stem}.parquet"))
+        write_done_marker(variant, stem, rows=len(part), dim=dim, degrade=degrade)
         stems.append(stem)
     gio.write_json_atomic(gio.join(variant, MANIFEST), {"encoder": ENCODER, "preprocess_hash": PHASH, "degrade": degrade,
                                                         "dim": dim, "dtype": "float32", "shards": stems,

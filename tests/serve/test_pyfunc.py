@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -78,6 +79,25 @@ def test_pyfunc_refuses_input_without_an_image_column(model_dir):
         model.predict(pd.DataFrame({"picture": ["x"]}))
 
 
+def test_pyfunc_caps_a_request_and_refuses_oversized_images_alone(model_dir, tiny_images, tiny_scores):
+    import io
+
+    from mlflow.exceptions import MlflowException
+    from PIL import Image
+
+    model = mlflow.pyfunc.load_model(model_dir, model_config={"max_images": 3, "max_pixels": 300 * 300})
+    with pytest.raises(MlflowException, match="request has 4 images, at most 3"):
+        model.predict(pd.DataFrame({"image": _b64_images(tiny_images[:1]) * 4}))
+    big = io.BytesIO()
+    Image.new("RGB", (400, 400), (90, 10, 200)).save(big, format="PNG")
+    out = model.predict(pd.DataFrame({"image": [pyfunc.b64(big.getvalue())] + _b64_images(tiny_images[:2])}))
+    assert out["error"][0].startswith("too_large: 400x400 pixels") and out["score"][0] is None
+    np.testing.assert_allclose(out["score"][1:].astype(float), list(tiny_scores.values())[:2], rtol=1e-5, atol=1e-7)
+    tight = mlflow.pyfunc.load_model(model_dir, model_config={"max_request_bytes": 100})
+    with pytest.raises(MlflowException, match="over the limit of 100"):
+        tight.predict(pd.DataFrame({"image": _b64_images(tiny_images[:1])}))
+
+
 def _not_json(constant: str):
     raise AssertionError(f"the response holds {constant}, which is not JSON")
 
@@ -105,6 +125,12 @@ def test_mlflow_models_serve_answers_invocations(model_dir, tiny_images, tiny_sc
             assert rows[3]["score"] is None and rows[3]["is_fake"] is False, key
             np.testing.assert_allclose([r["score"] for r in rows[:3]], list(tiny_scores.values())[:3], rtol=1e-5)
             assert rows[3]["error"].startswith("bad base64") and rows[0]["error"] == ""
+        too_many = json.dumps({"inputs": {"image": ["%%%"] * (pyfunc.SERVING_LIMITS["max_images"] + 1)}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST", data=too_many,
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 400 and b"send them in several requests" in refused.value.read()
     finally:
         stop_process(proc)
         log.close()
