@@ -1,7 +1,11 @@
 """Ray helpers shared by every pipeline: one way to get a Ray to run on.
 
 With ``RAY_ADDRESS`` set (a cluster, or the job a ``ray job submit`` started) the pipeline joins
-it; otherwise it starts a private local Ray on 127.0.0.1. The local Ray advertises more logical
+it; otherwise it starts a private local Ray on 127.0.0.1, every port of it: on Linux Ray swaps a
+127.0.0.1 node address for the machine's reachable one and its gRPC servers then listen on all
+interfaces, unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (set below, before Ray is imported:
+despite its name it is the switch for "this node is alone"; it only refuses ``ray start`` of a
+worker node, which a private Ray never runs). The local Ray advertises more logical
 CPUs than the machine has cores: on a 2-core box, Data tasks, encoder actors and Train workers
 would otherwise wait on each other for CPU slots (the same reason as ``tests/conftest.py``).
 """
@@ -16,6 +20,9 @@ from collections.abc import Callable
 from gendet import GendetError
 
 LOCAL_CPUS_MIN = 8
+
+if not os.environ.get("RAY_ADDRESS", "").strip():
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def local_num_cpus() -> int:
@@ -60,6 +67,9 @@ def init_ray(*, num_cpus: int | None = None, progress: bool = True) -> None:
         if address:
             ray.init(address=address, configure_logging=False)
         else:
+            if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+                print("gendet: warning: the local Ray may listen beyond 127.0.0.1 (Ray was imported before "
+                      "pipelines._ray, or RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is set)", file=sys.stderr)
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline by default: no usage ping
             ray.init(address="local", num_cpus=num_cpus or local_num_cpus(), include_dashboard=False,
                      _node_ip_address="127.0.0.1", configure_logging=False)

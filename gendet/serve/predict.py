@@ -61,8 +61,14 @@ def read_item(url: str) -> bytes | Exception:
     """The bytes at ``url``, or the exception (as a one-line ItemError) when it cannot be read."""
     try:
         return gio.read_bytes(url)
-    except FileNotFoundError:
-        return ItemError("not found")
+    except FileNotFoundError as exc:
+        cause = exc.__cause__  # fsspec's HTTP filesystem turns every failure into FileNotFoundError
+        status = getattr(cause, "status", None)
+        if cause is None or isinstance(cause, FileNotFoundError) or status in (404, 410):
+            return ItemError("not found")
+        if status is not None:
+            return ItemError(f"unreadable: HTTP {status}")
+        return ItemError(f"unreachable: {type(cause).__name__}: {first_line(cause, 200)}")
     except IsADirectoryError:
         return ItemError("is a directory")
     except Exception as exc:  # network errors, permissions, bad protocols: one line for the user

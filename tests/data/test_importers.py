@@ -194,6 +194,21 @@ def test_folder_import_through_the_cli(tmp_path, capsys):
         import_folder(str(reals), str(out), label="maybe", subset="x")
 
 
+def test_folder_import_skips_links_that_leave_the_folder(tmp_path):
+    secret, folder, out = tmp_path / "secret", tmp_path / "photos", tmp_path / "out"
+    _write(secret / "private.png", _image_bytes(7))
+    _write(folder / "a.png", _image_bytes(1))
+    _write(folder / "inside" / "b.png", _image_bytes(2))
+    (folder / "escape.png").symlink_to(secret / "private.png")  # a file link out of the folder
+    (folder / "escape_dir").symlink_to(secret, target_is_directory=True)  # a folder link out of it
+    (folder / "alias.png").symlink_to(folder / "inside" / "b.png")  # a link that stays inside: kept
+    summary = import_folder(str(folder), str(out), label="real", subset="x")
+    assert summary["written"] == 3 and summary["skipped"] == {"outside_root": 2}
+    assert sorted(summary["skipped_examples"]["outside_root"]) == ["escape.png", "escape_dir"]
+    sources = {s["json"]["source"] for s in _read_samples(out).values()}
+    assert not any("private" in src or "escape" in src for src in sources)
+
+
 def test_fsspec_urls_in_and_out():
     """ROOT and OUT may be any fsspec URL (memory:// stands in for s3:// or gs://)."""
     import fsspec

@@ -101,3 +101,13 @@ def test_export_samples_writes_a_few_files_of_each_label(tmp_path):
     names = sorted(p.rsplit("/", 1)[-1] for p in paths)
     assert names == ["fake-f1.jpg", "fake-f2.jpg", "real-r0.png", "real-r1.png"]  # f0 is train: skipped
     assert (tmp_path / "out" / "fake-f1.jpg").read_bytes() == b"F1"
+
+
+@pytest.mark.parametrize(("key", "problem"), [
+    ("../x", "'..' in the path"), ("a/../../x", "'..' in the path"), ("/etc/passwd", "absolute path"),
+    ("C:/x", "absolute path"), ("a/b..c", ""), ("sub/dir/key", ""), ("..hidden", ""),
+])
+def test_key_problem_names_keys_that_would_leave_a_folder(key, problem):
+    from gendet.data.shards import key_problem
+
+    assert key_problem(key) == problem

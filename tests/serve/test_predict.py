@@ -86,8 +86,23 @@ def test_fsspec_urls_are_read_and_unreachable_ones_reported(scorer, tiny_images,
     assert [r["path"] for r in rows] == ["memory://predict-test/a.png", f"file://{tiny_images[0]}", dead]
     assert rows[0]["score"] == pytest.approx(tiny_scores[str(tiny_images[1])], rel=1e-5)
     assert rows[1]["score"] == pytest.approx(tiny_scores[str(tiny_images[0])], rel=1e-5)
-    # fsspec's http filesystem reports a refused connection as FileNotFoundError
-    assert "score" not in rows[2] and rows[2]["error"].startswith(("not found", "unreadable"))
+    # fsspec's http filesystem reports a refused connection as FileNotFoundError: told apart here
+    assert "score" not in rows[2] and rows[2]["error"].startswith("unreachable: ClientConnectorError")
+
+
+def test_a_missing_file_on_a_live_server_is_not_found(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        item = predict.read_item(f"http://127.0.0.1:{server.server_address[1]}/missing.png")
+        assert str(item) == "not found"
+    finally:
+        server.shutdown()
 
 
 def test_threshold_override_and_batching_do_not_change_scores(tiny_detector_dir, tiny_images):

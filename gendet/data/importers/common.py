@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -134,16 +135,22 @@ def check_prefixes(root: str, groups: list[Group]) -> None:
                               f"{g.prefix!r}; rename one of the folders")
 
 
-def _read_chunks(root: str, items: list[Item]) -> Iterator[tuple[Item, bytes | None]]:
-    """(item, bytes) in order, read concurrently; bytes None for a file that cannot be read."""
+def _read_chunks(root: str, items: list[Item]) -> Iterator[tuple[Item, bytes | str]]:
+    """(item, bytes) in order, read concurrently; a skip reason instead of bytes for a file that
+    cannot be read (``unreadable``) or, locally, is a link to a place outside ``root``
+    (``outside_root``: an import must not copy, say, ``~/.ssh`` into shards through a symlink)."""
     fs, path = gio.fs_and_path(root)
     base = path.rstrip("/")
+    real_root = os.path.realpath(base) if gio.is_local(fs) else ""
 
-    def read(item: Item) -> bytes | None:
+    def read(item: Item) -> bytes | str:
+        target = f"{base}/{item.rel}"
+        if real_root and os.path.commonpath([real_root, os.path.realpath(target)]) != real_root:
+            return "outside_root"
         try:
-            return fs.cat_file(f"{base}/{item.rel}")
+            return fs.cat_file(target)
         except OSError:  # permissions, a file deleted mid-import, a flaky remote: count it, go on
-            return None
+            return "unreadable"
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         for start in range(0, len(items), READ_CHUNK):
@@ -190,9 +197,12 @@ def write_groups(root: str, out: str, groups: list[Group], *, source: str, shard
         writer = ShardWriter(out, g.prefix, max_count=shard_size)
         for item, data in _read_chunks(root, g.items):
             bar.update()
-            ext = image_ext(data) if data is not None else None
+            if isinstance(data, str):
+                skip(data, item.rel)
+                continue
+            ext = image_ext(data)
             if ext is None:
-                skip(skip_reason(data) if data is not None else "unreadable", item.rel)
+                skip(skip_reason(data), item.rel)
                 continue
             writer.write(Sample(key=_unique_key(item, seen), image=data, image_ext=ext, label=item.label,
                                 subset=g.subset, content_id=item.content_id, split=g.split,
