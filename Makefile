@@ -26,7 +26,7 @@ lint: install  ## ruff and the layer contracts (import-linter)
 	$(BIN)/lint-imports
 
 test: lint  ## everything CI runs (10-30 min on 2 cores, see the README)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 test-fast: install  ## the daily lane: the library, no Ray job
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -22,10 +22,11 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import fields
 from typing import Any
 
 from gendet import io as gio
-from gendet.config import ConfigError, csv_tuple, from_dict, to_dict
+from gendet.config import ConfigError, csv_tuple, from_dict, parse_assignments, read_config_file, to_dict
 from gendet.features.sources import CachingSource, ParquetSource, epoch_seed
 from gendet.features.store import feature_files, feature_matrix, resolve_variant
 from gendet.method.config import METHODS, TrainConfig, preset, preset_names
@@ -60,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-cache-rows", type=int, default=200_000,
                    help="rows of each data split a worker keeps in memory (as --feature-dtype of the preset) after "
                         "its first epoch; 0 = stream every epoch")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="JSON or YAML file of TrainConfig fields (over the preset; flags and --set override it)")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="any TrainConfig field, repeatable, applied last: e.g. --set alpha=0.5 --set margin=1.0 "
+                        "--set student_lr=1e-4 --set classifier_input=both (fields: "
+                        + ", ".join(f.name for f in fields(TrainConfig)) + ")")
     p.add_argument("--fault-after-stage", default=None, help=argparse.SUPPRESS)  # tests: kill a worker once
     p.add_argument("--gate-real-floor", type=float, default=0.8, help="minimum real accuracy at the calibrated threshold")
 
@@ -69,9 +76,13 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         raise ConfigError("--train-subsets: empty; name the subset(s) to train on, e.g. --train-subsets sdv14")
     if args.num_workers < 1:
         raise ConfigError(f"--num-workers {args.num_workers}: must be >= 1")
-    overrides = {k: v for k, v in {"rotations": args.rotations, "batch_size": args.batch_size, "seed": args.seed,
-                                   "target_fpr": args.target_fpr}.items() if v is not None}
-    return preset(args.preset, methods=tuple(args.methods), train_subsets=tuple(args.train_subsets), **overrides)
+    # preset < --config FILE < the named flags < --set KEY=VALUE
+    overrides = read_config_file(TrainConfig, args.config) if getattr(args, "config", None) else {}
+    overrides |= {"methods": tuple(args.methods), "train_subsets": tuple(args.train_subsets)}
+    overrides |= {k: v for k, v in {"rotations": args.rotations, "batch_size": args.batch_size, "seed": args.seed,
+                                    "target_fpr": args.target_fpr}.items() if v is not None}
+    overrides |= parse_assignments(TrainConfig, getattr(args, "assignments", []))
+    return preset(args.preset, **overrides)
 
 
 # --- inside a Ray Train worker -------------------------------------------------------------------

@@ -44,6 +44,22 @@ class TrainConfig:
     """M in Eq. 2: the wanted minimal squared distance of L2-normalised teacher/student outputs."""
     alpha: float = 0.1
     """Weight of Eq. 2 (L_dis^f) in stage (b)."""
+    augmenter_bound: float = 0.5
+    """G's reach: ||G(x) - x|| <= augmenter_bound * ||x|| (G is a bounded residual, the identity at
+    init; gendet.method.networks.Augmenter). The paper does not bound G."""
+    classifier_input: Literal["raw", "augmented", "both"] = "raw"
+    """What N_c trains on (Eq. 4): discrepancies of the raw features of both classes (``raw``); of
+    reals and G(fakes) (``augmented``, the paper's z^f = N(G(x^f)) read literally); or of reals,
+    raw fakes and G(fakes) (``both``). The paper is ambiguous; see benchmarks/results/ for the measurement."""
+    student_optimizer: Literal["per_stage", "shared"] = "per_stage"
+    """``per_stage``: each student has one AdamW for stage (a) and another for stage (b), so Adam's
+    moments of Eq. 1 never shrink Eq. 2's steps (with one shared AdamW, stage (b) moved the student
+    ~100x less). Under a per-stage Adam, alpha only rescales a loss trained alone and has no effect
+    (Adam is scale-invariant); ``shared`` keeps one AdamW per student across (a) and (b), where
+    alpha sets Eq. 2's step size relative to Eq. 1's (the paper's Table 5 knob)."""
+    loss_reduction: Literal["mean", "sum"] = "mean"
+    """How Eq. 1 and Eq. 3 reduce (z_t - z_s)^2 over its elements: ``mean`` keeps them on Eq. 2's
+    scale; ``sum`` is the squared L2 distance (gendet.method.losses)."""
     rotations: int = 10
     """How many times stages (a) student-on-real, (b) student-on-G(fake), (c) augmenter run."""
     teacher_epochs: int = 1
@@ -92,6 +108,12 @@ class TrainConfig:
         check(self.mlp_ratio > 0, f"mlp_ratio: {self.mlp_ratio}; must be > 0")
         check(self.margin >= 0, f"margin: {self.margin}; M must be >= 0 (the paper uses 2.0)")
         check(self.alpha >= 0, f"alpha: {self.alpha}; must be >= 0")
+        check(self.augmenter_bound > 0, f"augmenter_bound: {self.augmenter_bound}; must be > 0")
+        check(self.classifier_input in ("raw", "augmented", "both"),
+              f"classifier_input: {self.classifier_input!r}; use raw, augmented or both")
+        check(self.student_optimizer in ("per_stage", "shared"),
+              f"student_optimizer: {self.student_optimizer!r}; use per_stage or shared")
+        check(self.loss_reduction in ("mean", "sum"), f"loss_reduction: {self.loss_reduction!r}; use mean or sum")
         for name in ("teacher_lr", "student_lr", "augmenter_lr", "classifier_lr", "probe_lr"):
             check(getattr(self, name) > 0, f"{name}: {getattr(self, name)}; must be > 0")
         check(self.weight_decay >= 0, f"weight_decay: {self.weight_decay}; must be >= 0")

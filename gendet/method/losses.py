@@ -1,8 +1,12 @@
-"""GenDet's losses, exactly as the paper writes them (Eqs. 1-3, 5).
+"""GenDet's losses (Eqs. 1-3, 5).
 
-Reduction: ``(z_t - z_s)^2`` in Eqs. 1 and 3 is a vector per sample; we sum it over the vector's
-elements (the squared L2 distance), then take the mean over the batch (the ``1/B sum_b``). Eq. 2 is
-per sample too (one hinge per sample), averaged over the batch, and weighted by ``alpha``.
+Reduction: ``(z_t - z_s)^2`` in Eqs. 1 and 3 is a vector per sample. The paper writes the sum over
+the batch of that square without saying how the vector is reduced. ``reduction="mean"`` (default)
+takes the mean over its elements (the mean squared error), so Eq. 1 and 3 sit on the scale of
+Eq. 2's hinge (in [0, M]) whatever the width z_dim; ``"sum"`` is the squared L2 distance (what
+this project did before: with z_dim = 784 its gradients were ~170x those of alpha * Eq. 2, and
+with one optimizer per student, stage (b) hardly moved). Then the mean over the batch (the
+``1/B sum_b``). Eq. 2 is one hinge per sample, averaged over the batch, weighted by ``alpha``.
 """
 
 from __future__ import annotations
@@ -11,14 +15,15 @@ import torch
 from torch.nn import functional as F
 
 
-def squared_distance(z_t: torch.Tensor, z_s: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``sum_i (z_t - z_s)_i^2``, shape [B]."""
-    return (z_t.float() - z_s.float()).pow(2).flatten(1).sum(dim=1)
+def squared_distance(z_t: torch.Tensor, z_s: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Per-sample ``sum_i (z_t - z_s)_i^2`` (or its mean over i), shape [B]."""
+    sq = (z_t.float() - z_s.float()).pow(2).flatten(1)
+    return sq.mean(dim=1) if reduction == "mean" else sq.sum(dim=1)
 
 
-def dis_real(z_t: torch.Tensor, z_s: torch.Tensor) -> torch.Tensor:
-    """Eq. 1, L_dis^r = 1/B sum_b ||z_t - z_s||^2: the student matches the teacher on reals."""
-    return squared_distance(z_t, z_s).mean()
+def dis_real(z_t: torch.Tensor, z_s: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Eq. 1, L_dis^r = 1/B sum_b (z_t - z_s)^2: the student matches the teacher on reals."""
+    return squared_distance(z_t, z_s, reduction).mean()
 
 
 def dis_fake(z_t: torch.Tensor, z_s: torch.Tensor, *, margin: float, alpha: float) -> torch.Tensor:
@@ -30,9 +35,9 @@ def dis_fake(z_t: torch.Tensor, z_s: torch.Tensor, *, margin: float, alpha: floa
     return alpha * torch.clamp(margin - gap, min=0).mean()
 
 
-def dis_augmenter(z_t: torch.Tensor, z_s: torch.Tensor) -> torch.Tensor:
+def dis_augmenter(z_t: torch.Tensor, z_s: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Eq. 3, L_dis^g: Eq. 1 on N_t(G(x^f)), N_s(G(x^f)); the augmenter minimises it."""
-    return dis_real(z_t, z_s)
+    return dis_real(z_t, z_s, reduction)
 
 
 def classification(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -137,14 +137,28 @@ class TeacherHead(nn.Module):
 
 
 class Augmenter(nn.Module):
-    """G: a feature [N, d] -> an augmented feature [N, d] (a block on the same tokens)."""
+    """G: a feature [N, d] -> an augmented feature [N, d], a bounded residual of a block on the
+    same tokens::
 
-    def __init__(self, arch: Arch):
+        G(x) = x + bound * rms(x) * tanh(gate * (T(x) - x)),   rms(x) = ||x|| / sqrt(d)
+
+    so ||G(x) - x|| <= bound * ||x|| for every x (G stays near the feature manifold: an unbounded G
+    drifted to ||G(x) - x|| ~ 54 ||x|| in two rotations, where every hinge sits at M whatever the
+    student learns), and ``gate`` starts at zero, so G is exactly the identity at init and stage
+    (b) of the first rotation trains on the real fakes. The paper does not specify G beyond "a
+    transformer block"; the bound is this project's (``TrainConfig.augmenter_bound``)."""
+
+    def __init__(self, arch: Arch, bound: float = 0.5):
         super().__init__()
         self.net = TokenNet(arch)
+        self.gate = nn.Parameter(torch.zeros(arch.feature_dim))
+        self.bound = float(bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)[:, : self.net.arch.feature_dim]
+        d = self.net.arch.feature_dim
+        rms = x.float().pow(2).mean(dim=1, keepdim=True).sqrt().to(x.dtype)
+        step = torch.tanh(self.gate * (self.net(x)[:, :d] - x))
+        return x + self.bound * rms * step
 
 
 class Classifier(nn.Module):

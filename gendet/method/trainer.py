@@ -13,7 +13,8 @@ for NN in 1..rotations. The rungs have separate students and classifiers but sha
 every data pass, and the frozen teacher's output on a batch is computed once for all students: a
 ladder costs far less than five runs, and each rung follows exactly the schedule it would follow
 alone. In every stage only the networks being trained have ``requires_grad`` on, and each has its
-own AdamW holding only its parameters.
+own AdamW holding only its parameters; a student has one for stage (a) and another for stage (b)
+(``TrainConfig.student_optimizer``), so the moments of Eq. 1 never scale Eq. 2's steps.
 
 State is small (torchtitan style): the index of the next stage. ``Trainer.train()`` loads the latest
 checkpoint (if any) and runs the remaining stages, saving a checkpoint after each and calling
@@ -95,8 +96,26 @@ def build_nets(cfg: TrainConfig, arch: Arch) -> dict[str, nn.Module]:
         nets[f"student.{m}"] = Student(arch)
         nets[f"classifier.{m}"] = Classifier(arch)
     if cfg.wants("gendet"):
-        nets["augmenter"] = Augmenter(arch)
+        nets["augmenter"] = Augmenter(arch, bound=cfg.augmenter_bound)
     return nets
+
+
+def optimizer_key(cfg: TrainConfig, job: str) -> str:
+    """The AdamW a job steps: its network's, or with per-stage student optimizers, the network's
+    for that stage (``student.M@real``, ``student.M@fake``)."""
+    what = job.partition(".")[0]
+    if what in ("real", "fake") and cfg.student_optimizer == "per_stage":
+        return f"{net_key(job)}@{what}"
+    return net_key(job)
+
+
+def optimizer_keys(cfg: TrainConfig, nets: dict[str, nn.Module]) -> dict[str, str]:
+    """{optimizer key: network key} for every optimizer the plan uses."""
+    keys = {}
+    for stage in plan(cfg):
+        for job in stage.jobs:
+            keys[optimizer_key(cfg, job)] = net_key(job)
+    return {k: keys[k] for k in sorted(keys) if keys[k] in nets}
 
 
 def learning_rate(cfg: TrainConfig, key: str) -> float:
@@ -154,8 +173,8 @@ class Trainer:
         # fused: one kernel per step instead of ~10 small ops per tensor, which on busy shared cores
         # spend more time synchronising threads than computing
         fused = self.device.type in ("cpu", "cuda")
-        self.opts = {k: torch.optim.AdamW(n.parameters(), lr=learning_rate(cfg, k), weight_decay=cfg.weight_decay,
-                                          fused=fused) for k, n in self.nets.items()}
+        self.opts = {k: torch.optim.AdamW(self.nets[n].parameters(), lr=learning_rate(cfg, n), weight_decay=cfg.weight_decay,
+                                          fused=fused) for k, n in optimizer_keys(cfg, self.nets).items()}
         self.stages = plan(cfg)
         self.next_stage = 0
         self.history: list[dict[str, Any]] = []
@@ -191,7 +210,8 @@ class Trainer:
             if self.checkpoint_dir:
                 ckpt.save_checkpoint(self.checkpoint_dir, self.next_stage, self.state_dict(), keep=self.cfg.keep_checkpoints)
             if self.report is not None:
-                self.report(stage.name, {f"{r['job']}/loss": r["mean_loss"] for r in rows}
+                diagnostics = {f"{r['job']}/{k}": r[k] for r in rows for k in ("discrepancy", "g_shift") if k in r}
+                self.report(stage.name, {f"{r['job']}/loss": r["mean_loss"] for r in rows} | diagnostics
                             | {"features_per_s": rows[0]["features_per_s"] if rows else 0.0}, self.checkpoint_dir)
         return self.history
 
@@ -208,6 +228,7 @@ class Trainer:
         live = self._set_trainable({net_key(j) for j in stage.jobs})
         # Losses are summed on the device: reading each one back would synchronise a GPU every step.
         totals = {j: torch.zeros((), device=self.device) for j in stage.jobs}
+        self._extras = {}  # diagnostics per job, summed over steps (see _diagnose)
         steps, rows_seen, start = 0, 0, time.perf_counter()
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.precision == "bf16"
                     else contextlib.nullcontext())
@@ -219,11 +240,12 @@ class Trainer:
                 for job in stage.jobs:
                     with autocast:
                         loss = self._loss(job, live, cache, y)
-                    opt = self.opts[net_key(job)]
+                    opt = self.opts[optimizer_key(self.cfg, job)]
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     totals[job] += loss.detach()
+                    self._diagnose(job, cache)
                 steps += 1
                 rows_seen += len(y)
         if self.device.type == "cuda":
@@ -232,8 +254,24 @@ class Trainer:
         self.nets_requires_grad_off()
         return [{"stage": stage.name, "kind": stage.kind, "job": job, "epochs": stage.epochs, "batches": steps,
                  "rows": rows_seen, "mean_loss": float(total) / max(steps, 1), "seconds": seconds,
-                 "features_per_s": rows_seen / seconds if seconds > 0 else 0.0}
+                 "features_per_s": rows_seen / seconds if seconds > 0 else 0.0,
+                 **{k: float(v) / max(steps, 1) for k, v in self._extras.get(job, {}).items()}}
                 for job, total in totals.items()]
+
+    def _diagnose(self, job: str, cache: _BatchCache) -> None:
+        """Per-step diagnostics, after the step (issue 11): the mean discrepancy of the student on
+        its stage's raw inputs (real.M: reals, fake.M: fakes; their gap is what N_c reads), and
+        for G the relative shift ||G(x) - x|| / ||x||. Summed on the device, read once per stage."""
+        what, _, method = job.partition(".")
+        extras = self._extras.setdefault(job, {})
+        with torch.no_grad():
+            if what in ("real", "fake"):
+                d = losses.squared_distance(cache.teacher_z(), self.nets[f"student.{method}"](cache.x), "mean").mean()
+                extras["discrepancy"] = extras.get("discrepancy", 0) + d
+            elif what == "augmenter":
+                g = self.nets["augmenter"](cache.x)
+                shift = ((g - cache.x).norm(dim=1) / cache.x.norm(dim=1).clamp_min(1e-12)).mean()
+                extras["g_shift"] = extras.get("g_shift", 0) + shift
 
     def nets_requires_grad_off(self) -> None:
         for net in self.nets.values():
@@ -245,19 +283,35 @@ class Trainer:
         if what in ("teacher", "probe"):
             return losses.classification(net(cache.x), y)
         if what == "real":
-            return losses.dis_real(cache.teacher_z(), net(cache.x))
+            return losses.dis_real(cache.teacher_z(), net(cache.x), self.cfg.loss_reduction)
         if what == "fake":
             augmented = method == "gendet"  # ts_fake: G is the identity
             inputs = cache.augmented() if augmented else cache.x
             return losses.dis_fake(cache.teacher_z(augmented), net(inputs), margin=self.cfg.margin, alpha=self.cfg.alpha)
         if what == "augmenter":
             g = net(cache.x)  # gradients flow through the frozen teacher and student into G
-            return losses.dis_augmenter(self.nets["teacher"].body(g), self.nets["student.gendet"](g))
+            return losses.dis_augmenter(self.nets["teacher"].body(g), self.nets["student.gendet"](g),
+                                        self.cfg.loss_reduction)
         if what == "classifier":
-            with torch.no_grad():  # Eq. 4, the teacher's output shared by every rung
-                d = (cache.teacher_z() - self.nets[f"student.{method}"](cache.x)).pow(2)
+            d, y = self._discrepancies(method, cache, y)
             return losses.classification(net(d), y)
         raise ValueError(f"unknown job {job!r}")
+
+    def _discrepancies(self, method: str, cache: _BatchCache, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 4's D and labels for N_c. ``classifier_input``: ``raw`` features of both classes;
+        ``augmented`` reals and G(fakes); ``both`` reals, raw fakes and G(fakes). G exists for the
+        gendet rung only (the others have no augmenter, so they always read raw features)."""
+        student = self.nets[f"student.{method}"]
+        with torch.no_grad():  # the teacher's output is shared by every rung
+            d = (cache.teacher_z() - student(cache.x)).pow(2)
+            choice = self.cfg.classifier_input if method == "gendet" else "raw"
+            if choice == "raw":
+                return d, y
+            fake = y == 1
+            d_aug = (cache.teacher_z(augmented=True) - student(cache.augmented())).pow(2)[fake]
+            if choice == "augmented":
+                return torch.cat([d[~fake], d_aug]), torch.cat([y[~fake], y[fake]])
+            return torch.cat([d, d_aug]), torch.cat([y, y[fake]])
 
     # -- results -----------------------------------------------------------------------------
     def detector(self, method: str, **info: Any) -> Detector:

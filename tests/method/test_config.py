@@ -54,3 +54,55 @@ def test_unknown_preset_and_field():
         preset("imagenet")
     with pytest.raises(ConfigError, match="rotation"):
         preset("genimage", rotation=3)
+
+
+def _train_args(*extra):
+    import argparse
+
+    from pipelines import train
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    return train, parser.parse_args(["store", "--train-subsets", "sd", *extra])
+
+
+def test_every_training_knob_is_settable_from_the_command_line(tmp_path):
+    import dataclasses
+
+    (tmp_path / "cfg.yaml").write_text("alpha: 0.3\nmargin: 1.5\nrotations: 4\nmethods: [gendet, teacher]\n")
+    train, args = _train_args("--config", str(tmp_path / "cfg.yaml"), "--rotations", "3", "--set", "alpha=0.7",
+                              "--set", "classifier_input=both", "--set", "student-lr=2e-4")
+    cfg = train.build_config(args)
+    assert (cfg.alpha, cfg.margin, cfg.rotations, cfg.classifier_input, cfg.student_lr) == (0.7, 1.5, 3, "both", 2e-4)
+    assert cfg.methods == ("linear_probe", "teacher", "ts_real", "ts_fake", "gendet")  # --methods' default wins over the file
+    train, args = _train_args("--set", "methods=gendet,teacher")
+    assert train.build_config(args).methods == ("gendet", "teacher")
+    for f in dataclasses.fields(cfg):  # every field has a --set spelling that parses its own default
+        value = getattr(cfg, f.name)
+        text = ",".join(value) if isinstance(value, tuple) else str(value)
+        if text:
+            _, args = _train_args("--set", f"{f.name}={text}")
+            assert getattr(train.build_config(args), f.name) == value or f.name == "train_subsets", f.name
+
+
+@pytest.mark.parametrize(("flag", "needle"), [
+    ("alpha=-1", "alpha: -1.0; must be >= 0"), ("alhpa=1", "unknown field 'alhpa'"), ("alpha", "expected KEY=VALUE"),
+    ("classifier_input=fakes", "choose from raw, augmented, both"),
+    ("rotations=two", "rotations=two: expected a value of type int"),
+])
+def test_bad_knobs_are_one_line_errors_before_work(flag, needle):
+    from gendet.config import ConfigError
+
+    train, args = _train_args("--set", flag)
+    with pytest.raises(ConfigError) as err:
+        train.build_config(args)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_config_file_with_unknown_fields_is_refused(tmp_path):
+    from gendet.config import ConfigError
+
+    (tmp_path / "c.json").write_text('{"alpha": 0.1, "learning_rate": 3}')
+    train, args = _train_args("--config", str(tmp_path / "c.json"))
+    with pytest.raises(ConfigError, match="unknown field"):
+        train.build_config(args)

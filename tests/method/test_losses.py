@@ -13,13 +13,15 @@ Z_T = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
 Z_S = torch.tensor([[0.0, 2.0, 2.0], [0.0, 1.0, 3.0]])
 
 
-def test_eq1_sums_over_elements_then_averages_over_batch():
-    # sample 1: 1 + 0 + 4 = 5; sample 2: 0 + 1 + 0 = 1; mean = 3
-    assert losses.dis_real(Z_T, Z_S).item() == pytest.approx(3.0)
+def test_eq1_reduces_over_elements_then_averages_over_batch():
+    # sample 1: 1 + 0 + 4 = 5; sample 2: 0 + 1 + 0 = 1; mean over the batch = 3 ("sum"), / 3 elements = 1 ("mean")
+    assert losses.dis_real(Z_T, Z_S, "sum").item() == pytest.approx(3.0)
+    assert losses.dis_real(Z_T, Z_S).item() == pytest.approx(1.0)  # the default: Eq. 2's scale
 
 
 def test_eq3_is_eq1_on_augmented_features():
-    assert losses.dis_augmenter(Z_T, Z_S).item() == pytest.approx(3.0)
+    assert losses.dis_augmenter(Z_T, Z_S).item() == pytest.approx(losses.dis_real(Z_T, Z_S).item())
+    assert losses.dis_augmenter(Z_T, Z_S, "sum").item() == pytest.approx(3.0)
 
 
 def test_eq2_margin_active():

@@ -46,3 +46,18 @@ def test_positional_embedding_tells_chunks_apart():
     swapped = torch.cat([x[:, 32:], x[:, :32]], dim=1)
     out, out_swapped = net(x), net(swapped)
     assert not torch.allclose(torch.cat([out_swapped[:, 32:], out_swapped[:, :32]], dim=1), out, atol=1e-4)
+
+
+def test_augmenter_starts_as_the_identity_and_stays_within_its_bound():
+    from gendet.method.networks import Arch, Augmenter
+
+    torch.manual_seed(0)
+    arch = Arch(feature_dim=40, width=16, heads=2)
+    x = torch.randn(64, 40) * 3
+    g = Augmenter(arch, bound=0.25)
+    assert torch.equal(g(x), x)  # the gate starts at zero
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(torch.randn_like(p) * 10)  # any weights at all
+    shift = (g(x) - x).norm(dim=1) / x.norm(dim=1)
+    assert shift.max() <= 0.25 + 1e-5 and shift.mean() > 0.05

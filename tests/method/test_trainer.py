@@ -48,8 +48,9 @@ def test_each_stage_changes_exactly_its_networks(source):
     seen = []
     trainer = Trainer(cfg, source, report=lambda stage, metrics, _: seen.append((stage, snapshot(trainer.nets))))
     before = snapshot(trainer.nets)
-    for key, opt in trainer.opts.items():  # each optimizer holds only its own network
-        assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in trainer.nets[key].parameters()}
+    for key, opt in trainer.opts.items():  # each optimizer holds only its own network (student.M@stage: student.M's)
+        net = trainer.nets[key.split("@")[0]]
+        assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in net.parameters()}
     trainer.train()
     assert [s for s, _ in seen] == [s.name for s in plan(cfg)]
     for stage, after in seen:
@@ -128,3 +129,77 @@ def test_ladder_trains_all_methods_and_reports_per_subset():
         assert seen["ap"] > 0.8 and seen["best_acc"] > 0.75, (method, seen)
         # the calibrated threshold keeps the false-positive rate near the target on new reals
         assert reports[method]["subsets"]["seen"]["real_acc_calibrated"] > 0.8
+
+
+# --- the method as the paper says (issue 11) ---
+
+def _hinge_on_fakes(trainer, method, source):
+    """Mean Eq. 2 hinge (without alpha) of ``method``'s student on every training fake."""
+    from gendet.method import losses
+
+    xs = torch.cat([x for x, _ in source.batches("fake", 0)])
+    with torch.no_grad():
+        g = trainer.nets["augmenter"](xs) if method == "gendet" else xs
+        return losses.dis_fake(trainer.nets["teacher"].body(g), trainer.nets[f"student.{method}"](g),
+                               margin=trainer.cfg.margin, alpha=1.0).item()
+
+
+def _run_through(trainer, last):
+    for stage in trainer.stages[: [s.name for s in trainer.stages].index(last) + 1]:
+        trainer.run_stage(stage, first_epoch=0)
+
+
+def test_one_stage_b_halves_the_training_fakes_hinge():
+    x, y = synthetic_clusters(256, DIM, seed=2)
+    source = TensorSource(x, y, batch_size=32, seed=3)
+    trainer = Trainer(tiny(rotations=1, stage_epochs=10, methods=("ts_fake",)), source)
+    _run_through(trainer, "r01.a")
+    before = _hinge_on_fakes(trainer, "ts_fake", source)
+    trainer.run_stage(trainer.stages[2], first_epoch=0)  # r01.b
+    after = _hinge_on_fakes(trainer, "ts_fake", source)
+    assert before > 0.1 and after <= 0.5 * before, (before, after)
+
+
+def _student_after_b(alpha, student_optimizer):
+    x, y = synthetic_clusters(128, DIM, seed=2)
+    source = TensorSource(x, y, batch_size=32, seed=3)
+    trainer = Trainer(tiny(rotations=1, methods=("ts_fake",), alpha=alpha, student_optimizer=student_optimizer), source)
+    _run_through(trainer, "r01.a")
+    start = torch.cat([p.detach().flatten() for p in trainer.nets["student.ts_fake"].parameters()])
+    trainer.run_stage(trainer.stages[2], first_epoch=0)
+    end = torch.cat([p.detach().flatten() for p in trainer.nets["student.ts_fake"].parameters()])
+    return end - start
+
+
+def test_alpha_is_a_pure_scale_under_a_per_stage_adam():
+    # documented in TrainConfig.student_optimizer: AdamW's step does not depend on a loss's scale,
+    # so alpha (which weighs Eq. 2 trained alone) barely changes what stage (b) learns
+    small, large = _student_after_b(0.01, "per_stage"), _student_after_b(1.0, "per_stage")
+    assert (small - large).norm() < 0.02 * large.norm() and large.norm() > 0
+
+
+def test_per_stage_student_optimizers_are_separate():
+    trainer = Trainer(tiny(rotations=1), TensorSource(*synthetic_clusters(64, DIM, seed=1), batch_size=32, seed=3))
+    assert {"student.gendet@real", "student.gendet@fake", "student.ts_real@real"} <= set(trainer.opts)
+    assert "student.ts_real@fake" not in trainer.opts  # ts_real has no stage (b)
+    shared = Trainer(tiny(rotations=1, student_optimizer="shared"),
+                     TensorSource(*synthetic_clusters(64, DIM, seed=1), batch_size=32, seed=3))
+    assert "student.gendet" in shared.opts and "student.gendet@fake" not in shared.opts
+
+
+@pytest.mark.parametrize("choice", ["raw", "augmented", "both"])
+def test_classifier_input_choice_trains_and_scores(choice):
+    x, y = synthetic_clusters(64, DIM, seed=1)
+    result = train_all(tiny(rotations=1, methods=("gendet",), classifier_input=choice), TensorSource(x, y, batch_size=32, seed=3))
+    scores = result.detectors["gendet"].score(x)
+    assert np.isfinite(scores).all() and scores.shape == (len(x),)
+
+
+def test_diagnostics_per_rotation_in_the_history():
+    x, y = synthetic_clusters(64, DIM, seed=1)
+    history = Trainer(tiny(rotations=2, methods=("gendet",)), TensorSource(x, y, batch_size=32, seed=3)).train()
+    rows = {(r["stage"], r["job"]): r for r in history}
+    for r in ("r01", "r02"):
+        assert rows[(f"{r}.a", "real.gendet")]["discrepancy"] >= 0
+        assert rows[(f"{r}.b", "fake.gendet")]["discrepancy"] > rows[(f"{r}.a", "real.gendet")]["discrepancy"]
+        assert 0 < rows[(f"{r}.c", "augmenter")]["g_shift"] <= 0.5 + 1e-6  # within TrainConfig.augmenter_bound
