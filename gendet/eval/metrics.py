@@ -75,7 +75,17 @@ def subset_metrics(scores: np.ndarray, labels: np.ndarray, *, threshold: float, 
         out["fake_acc" + suffix] = _rate(fake > t) if not math.isnan(t) else NAN
     out["ap"] = float(average_precision_score(labels, scores)) if both else NAN
     out["best_acc"] = best_accuracy(scores, labels) if both else NAN
+    for name, fpr in (("tpr_at_1fpr", 0.01), ("tpr_at_5fpr", 0.05)):
+        out[name] = tpr_at_fpr(scores, labels, fpr) if both else NAN
     return out
+
+
+def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr_max: float) -> float:
+    """The share of fakes caught at the best threshold whose false-positive rate on these reals
+    is at most ``fpr_max`` (the operating point trust-and-safety teams set)."""
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    ok = fpr <= fpr_max + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
 
 
 def nanmean(values: list[float | None]) -> float:

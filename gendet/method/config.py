@@ -89,6 +89,9 @@ class TrainConfig:
     float16 halves the buffer. Batches reach the networks as float32 (or bf16 under autocast)."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute precision; bf16 autocast helps on CPUs with AVX-512 BF16 and on GPUs."""
+    calibration: Literal["platt", "none"] = "platt"
+    """Scores as probabilities: Platt scaling fitted on the held-out calibration rows of both classes
+    (``platt``), or the networks' raw softmax (``none``); the threshold is then set on those reals."""
     target_fpr: float = 0.05
     """False-positive rate on held-out reals used to calibrate each detector's threshold."""
     keep_checkpoints: int = 2
@@ -119,6 +122,7 @@ class TrainConfig:
         check(self.weight_decay >= 0, f"weight_decay: {self.weight_decay}; must be >= 0")
         check(self.feature_dtype in ("float16", "float32"), f"feature_dtype: {self.feature_dtype!r}; use float16 or float32")
         check(self.precision in ("fp32", "bf16"), f"precision: {self.precision!r}; use fp32 or bf16")
+        check(self.calibration in ("platt", "none"), f"calibration: {self.calibration!r}; use platt or none")
         check(0 < self.target_fpr < 1, f"target_fpr: {self.target_fpr}; must be in (0, 1)")
 
     def wants(self, method: str) -> bool:

@@ -54,6 +54,9 @@ class Detector:
     threshold: float = 0.5
     """Decision threshold on P(fake); calibrated on held-out reals when ``target_fpr`` is set."""
     target_fpr: float | None = None
+    platt: tuple[float, float] | None = None
+    """(a, b) of Platt scaling fitted on held-out rows of both classes: P(fake) = sigmoid(a * m + b)
+    with m the logit margin (fake - real); None = the raw softmax (``calibrate``)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,7 +91,7 @@ class Detector:
         scores, discs = [], []
         for i in range(0, x.shape[0], batch_size):
             logits, d = method_forward(self.method, self.nets, x[i:i + batch_size])
-            scores.append(logits.float().softmax(dim=1)[:, 1].double())
+            scores.append(self.probability(logits))
             if d is not None:
                 discs.append(d.mean(dim=1).double())
         score = torch.cat(scores).numpy() if scores else np.zeros(0)
@@ -96,11 +99,30 @@ class Detector:
         disc = (torch.cat(discs).numpy() if discs else np.zeros(0)) if has_discrepancy else None
         return score, disc
 
+    def probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """P(fake) [N] (float64) from the networks' two logits: the Platt-scaled margin when
+        calibrated, the softmax otherwise (a saturated softmax gives scores like 1e-8 whose
+        thresholds transfer to nothing)."""
+        margin = (logits[:, 1].double() - logits[:, 0].double())
+        if self.platt is None:
+            return torch.sigmoid(margin)  # = softmax(logits)[:, 1]
+        a, b = self.platt
+        return torch.sigmoid(a * margin + b)
+
+    def margins(self, features: np.ndarray | torch.Tensor, *, batch_size: int = 4096) -> np.ndarray:
+        """The logit margin (fake - real) per row: what Platt scaling is fitted on."""
+        x = self._features(features)
+        with torch.no_grad():
+            out = [method_forward(self.method, self.nets, x[i:i + batch_size])[0].double()
+                   for i in range(0, x.shape[0], batch_size)]
+        logits = torch.cat(out) if out else torch.zeros(0, 2, dtype=torch.float64)
+        return (logits[:, 1] - logits[:, 0]).numpy()
+
     def args(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "method": self.method, "arch": asdict(self.arch),
                 "feature_dim": self.feature_dim, "encoder": self.encoder, "encoder_weights": self.encoder_weights,
                 "preprocess_hash": self.preprocess_hash, "threshold": float(self.threshold),
-                "target_fpr": self.target_fpr, "extra": self.extra}
+                "target_fpr": self.target_fpr, "platt": list(self.platt) if self.platt else None, "extra": self.extra}
 
     def save(self, dir_url: str) -> str:
         tensors = {f"{name}.{key}": t.detach().cpu().contiguous()
@@ -134,7 +156,8 @@ class Detector:
                               "save the detector again (Detector.save or `gendet train`)") from None
         return cls(method=args["method"], arch=arch, nets=nets, encoder=args["encoder"],
                    encoder_weights=args["encoder_weights"], preprocess_hash=args["preprocess_hash"],
-                   threshold=float(args["threshold"]), target_fpr=args["target_fpr"], extra=args.get("extra", {}))
+                   threshold=float(args["threshold"]), target_fpr=args["target_fpr"],
+                   platt=_checked_platt(args.get("platt"), args_url), extra=args.get("extra", {}))
 
 
 # Far above any network the method uses (width 196, a few layers), far below an allocation that
@@ -156,9 +179,34 @@ def _checked_arch(raw: Any, args_url: str) -> Arch:
     return arch
 
 
-def calibrate(detector: Detector, source: Any, target_fpr: float, *, epoch: int = 0) -> float:
-    """Set ``detector.threshold`` from its scores on ``source``'s real rows (a ``BatchSource`` of
-    held-out data) for ``target_fpr``; returns it. Leaves it unchanged when there are no reals."""
+def _checked_platt(raw: Any, args_url: str) -> tuple[float, float] | None:
+    if raw is None:
+        return None
+    if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in raw)):
+        raise GendetError(f"{args_url}: 'platt' must be [a, b], two finite numbers; save the detector again")
+    return float(raw[0]), float(raw[1])
+
+
+def fit_platt(margins: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Platt scaling (sklearn's logistic regression on the 1-D margin): (a, b)."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=1e4, max_iter=1000).fit(np.asarray(margins, dtype=np.float64).reshape(-1, 1),
+                                                        np.asarray(labels, dtype=np.int64))
+    return float(model.coef_[0, 0]), float(model.intercept_[0])
+
+
+def calibrate(detector: Detector, source: Any, target_fpr: float, *, epoch: int = 0, platt: bool = True) -> float:
+    """Calibrate on ``source`` (a ``BatchSource`` of held-out rows, never the split scored later):
+    with ``platt`` and rows of both classes, fit Platt scaling so scores are probabilities; then
+    set ``detector.threshold`` from the (scaled) scores of its reals for ``target_fpr``. Returns
+    the threshold; leaves it unchanged when there are no reals."""
+    if platt:
+        rows = [(detector.margins(x), np.asarray(y)) for x, y in source.batches("all", epoch)]
+        if rows:
+            m, y = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+            if 0 < y.sum() < len(y):
+                detector.platt = fit_platt(m, y)
     scores = [detector.score(x) for x, _ in source.batches("real", epoch)]
     if scores and sum(len(s) for s in scores):
         detector.threshold = calibrated_threshold(np.concatenate(scores), target_fpr)

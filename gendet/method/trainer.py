@@ -357,5 +357,5 @@ def train_all(cfg: TrainConfig, source: BatchSource, *, checkpoint_dir: str | No
     detectors = {m: trainer.detector(m, **info) for m in cfg.methods}
     if calibration is not None:
         for det in detectors.values():
-            calibrate(det, calibration, cfg.target_fpr)
+            calibrate(det, calibration, cfg.target_fpr, platt=cfg.calibration == "platt")
     return TrainResult(detectors=detectors, history=history, config=cfg)

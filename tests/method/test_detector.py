@@ -89,3 +89,27 @@ def test_an_arch_outside_what_gendet_writes_is_refused_before_building(detectors
     (saved / "detector.json").write_text(json.dumps(args))
     with pytest.raises(GendetError, match=f"detector.json: arch (heads|{field})"):
         Detector.load(str(saved))
+
+
+def test_platt_calibration_gives_probabilities_that_are_not_saturated(tmp_path):
+    from gendet.features.sources import TensorSource, synthetic_clusters
+    from gendet.method.config import preset
+    from gendet.method.detector import Detector, calibrate
+    from gendet.method.trainer import train_all
+
+    x, y = synthetic_clusters(128, 32, seed=1)
+    held_x, held_y = synthetic_clusters(128, 32, seed=7)
+    cfg = preset("debug", width=16, heads=2, batch_size=32, methods=("teacher",), teacher_epochs=20)
+    det = train_all(cfg, TensorSource(x, y, batch_size=32, seed=3)).detectors["teacher"]
+    raw = det.score(held_x)
+    threshold = calibrate(det, TensorSource(held_x, held_y, batch_size=32, seed=0), 0.05)
+    scaled = det.score(held_x)
+    assert det.platt is not None and det.platt[0] > 0  # a monotone map: the ranking is kept
+    assert np.array_equal(np.argsort(raw, kind="stable"), np.argsort(scaled, kind="stable")) or \
+        np.corrcoef(raw, scaled)[0, 1] > 0.99
+    # probabilities mean something: the mean P(fake) of the fakes is near the share caught
+    assert 0.2 < threshold < 0.99 and abs(scaled[held_y == 1].mean() - (scaled[held_y == 1] > 0.5).mean()) < 0.25
+    assert np.mean(scaled[held_y == 0] > threshold) <= 0.05 + 1e-9
+    det.save(str(tmp_path / "d"))
+    assert Detector.load(str(tmp_path / "d")).platt == det.platt
+    np.testing.assert_allclose(Detector.load(str(tmp_path / "d")).score(held_x), scaled)
