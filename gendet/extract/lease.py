@@ -4,8 +4,9 @@
 with an exclusive create (``open(..., "x")`` locally, a conditional PUT, ``If-None-Match: *``,
 through fsspec's ``pipe_file(mode="create")`` on s3) and read back, so of two runs starting together
 one gets it. A thread renews it while the run works; a run that dies stops renewing, and its lease
-expires after ``ttl`` seconds, so a crash never blocks the store for good. A second run is refused
-in one line that names the owner and when the lease runs out.
+expires after ``ttl`` seconds, so a crash never blocks the store for good; on the same machine a
+lease whose process is gone is taken over at once (a killed run, rerun by hand, resumes without
+waiting). A second run is refused in one line that names the owner and when the lease runs out.
 """
 
 from __future__ import annotations
@@ -29,6 +30,21 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
+def _owner_gone(held: dict[str, Any]) -> bool:
+    """True when the lease's owner ran on this machine and its process no longer exists."""
+    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
+        return False
+    if held["pid"] == os.getpid():
+        return False  # this process (another thread's run): alive
+    try:
+        os.kill(held["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, another user's
+        return False
+    return False
+
+
 class StoreLease:
     """``with StoreLease(variant_url): ...`` holds the variant folder for the block."""
 
@@ -42,7 +58,8 @@ class StoreLease:
 
     def _body(self) -> bytes:
         now = time.time()
-        return json.dumps({"owner": self.owner, "token": self.token, "renewed_at": _iso(now),
+        return json.dumps({"owner": self.owner, "token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+                           "renewed_at": _iso(now),
                            "expires": now + self.ttl, "expires_at": _iso(now + self.ttl)}).encode()
 
     def _read(self) -> dict[str, Any] | None:
@@ -73,7 +90,7 @@ class StoreLease:
                 self._thread.start()
                 return self
             held = self._read()
-            if held and float(held.get("expires", 0)) > time.time():
+            if held and float(held.get("expires", 0)) > time.time() and not _owner_gone(held):
                 raise GendetError(f"{self.url}: the store is being written by {held.get('owner', 'another run')} "
                                   f"(lease until {held.get('expires_at', '?')}); wait for that run to finish, or, if it "
                                   "died, wait for the lease to expire and run again")

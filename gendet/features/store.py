@@ -148,6 +148,8 @@ class Variant:
     degrade: str
     dim: int
     shards: tuple[str, ...]
+    rows: int = 0
+    """Feature rows of the finished shards, as the manifest counted them in the files."""
 
 
 def list_variants(store_url: str) -> list[Variant]:
@@ -157,7 +159,7 @@ def list_variants(store_url: str) -> list[Variant]:
         m = gio.read_json(manifest_url)
         out.append(Variant(url=manifest_url[: -len(MANIFEST) - 1], encoder=m["encoder"],
                            preprocess_hash=m["preprocess_hash"], degrade=m.get("degrade", ""),
-                           dim=int(m["dim"]), shards=tuple(m.get("shards", []))))
+                           dim=int(m["dim"]), shards=tuple(m.get("shards", [])), rows=int(m.get("rows") or 0)))
     return out
 
 

@@ -238,3 +238,21 @@ def test_two_concurrent_runs_leave_one_complete_store_without_duplicates(tmp_pat
     assert len(results) == 2 and len(done) >= 1 and all("being written by" in str(r) for r in refused)
     keys = [k for f in feature_files(resolve_variant(store).url) for k in pq.read_table(f, columns=["key"])["key"].to_pylist()]
     assert sorted(keys) == sorted(r["key"] for r in rows)  # every row once
+
+
+def test_a_lease_left_by_a_killed_process_on_this_machine_is_taken_over(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    folder, store = tmp_path / "shards", str(tmp_path / "store")
+    write_good_shards(str(folder), "k", n_shards=1, per_shard=3)
+    cfg = ExtractConfig(shards=str(folder), features=store, num_workers=0)
+    variant_url = prepare(cfg).info.url
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "store").joinpath(os.path.basename(variant_url), "_lease.json").write_text(json.dumps(
+        {"owner": "a killed run", "token": "x", "host": socket.gethostname(), "pid": int(dead.stdout),
+         "expires": time.time() + 3600}))
+    assert run_local(cfg)["store_rows"] == 3  # not refused for the hour the dead lease had left

@@ -38,7 +38,10 @@ def test_evaluate_writes_metrics_and_table4_and_logs_to_a_run(ray_local, tmp_pat
         pass
     out = tmp_path / "metrics.json"
     assert evaluate.main([store, "--model", detector_dir, "--out", str(out), "--degrade", "all",
-                          "--mlflow-run", run.info.run_id]) == 0
+                          "--mlflow-run", run.info.run_id, "--ray-min-rows", "0"]) == 0  # on Ray Data
+    in_process = tmp_path / "in-process.json"  # a store this small is scored in the driver by default: same numbers
+    assert evaluate.main([store, "--model", detector_dir, "--out", str(in_process), "--degrade", "all"]) == 0
+    assert json.loads(in_process.read_text()) == json.loads(out.read_text())
 
     metrics = json.loads(out.read_text())
     assert {"model", "encoder", "threshold", "calibrated_threshold", "target_fpr", "mean_acc", "mAP"} <= set(metrics)
