@@ -39,7 +39,8 @@ def run_fit(store: Path, workers: int, args: argparse.Namespace) -> dict:
     targs = verb_args(train, [str(store), "--train-subsets", "sdv14", "--out", out, "--preset", args.preset,
                                "--rotations", str(args.rotations), "--batch-size", str(args.batch_size),
                                "--num-workers", str(workers), "--cpus-per-worker", str(args.cpus_per_worker),
-                               "--name", f"bench-{workers}w", "--worker-cache-rows", str(args.cache_rows)])
+                               "--name", f"bench-{workers}w", "--worker-cache-rows", str(args.cache_rows),
+                               "--in-memory-rows", str(args.in_memory_rows)])
     cfg = train.build_config(targs)
     variant = resolve_variant(str(store))
     start = time.perf_counter()
@@ -64,6 +65,8 @@ def main() -> None:
     p.add_argument("--preset", default="genimage")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--cache-rows", type=int, default=200_000, help="--worker-cache-rows of gendet train")
+    p.add_argument("--in-memory-rows", type=int, default=0,
+                   help="--in-memory-rows of gendet train (0: stream from Parquet, as the committed rows did)")
     p.add_argument("--store-dir", default="/tmp/gendet-bench")
     args = p.parse_args()
 

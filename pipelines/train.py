@@ -33,6 +33,7 @@ from gendet.method.config import METHODS, TrainConfig, preset, preset_names
 from gendet.method.trainer import check_source
 
 DETECTORS = "detectors"
+IN_MEMORY_ROWS = 100_000  # ~300 MB of 768-d float32 features: read once by the driver (build_datasets)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-cache-rows", type=int, default=200_000,
                    help="rows of each data split a worker keeps in memory (as --feature-dtype of the preset) after "
                         "its first epoch; 0 = stream every epoch")
+    p.add_argument("--in-memory-rows", type=int, default=IN_MEMORY_ROWS,
+                   help="a store of at most this many rows is read once by the driver and handed to Ray Data in "
+                        "memory; larger ones stream from Parquet every pass (0 = always stream)")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="JSON or YAML file of TrainConfig fields (over the preset; flags and --set override it)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
@@ -158,11 +162,26 @@ def _maybe_fail(config: dict[str, Any], rank: int, stage: str) -> None:
 
 
 # --- on the driver ---------------------------------------------------------------------------------
-def build_datasets(variant_url: str, cfg: TrainConfig) -> dict[str, Any]:
-    """all / real / fake Ray datasets of the training rows (subsets x splits), features + label only."""
+def build_datasets(variant_url: str, cfg: TrainConfig, *, rows: int = 0, in_memory_rows: int = 0) -> dict[str, Any]:
+    """all / real / fake Ray datasets of the training rows (subsets x splits), features + label only.
+    A variant of at most ``in_memory_rows`` rows is read once here and handed to Ray Data as Arrow
+    tables (``from_arrow``): a Parquet read job per pass costs more than such a store weighs."""
+    import pyarrow.compute as pc
     import ray.data
     from ray.data.expressions import col
 
+    if 0 < rows <= in_memory_rows:
+        import pyarrow.dataset as pads
+
+        from gendet.features.store import open_dataset
+
+        where = pads.field("split").isin(list(cfg.train_splits))
+        if cfg.train_subsets:
+            where = where & pads.field("subset").isin(list(cfg.train_subsets))
+        table = open_dataset(variant_url).to_table(columns=["feature", "label"], filter=where)
+        real = pc.equal(table["label"], "real")
+        return {"all": ray.data.from_arrow(table), "real": ray.data.from_arrow(table.filter(real)),
+                "fake": ray.data.from_arrow(table.filter(pc.equal(table["label"], "fake")))}
     ds = ray.data.read_parquet(feature_files(variant_url)).select_columns(["feature", "label", "subset", "split"])
     where = col("split").is_in(list(cfg.train_splits))
     if cfg.train_subsets:
@@ -193,7 +212,7 @@ def fit(args: argparse.Namespace, cfg: TrainConfig, variant) -> str:
         run_config=ray.train.RunConfig(name=args.name, storage_path=storage,
                                        failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-        datasets=build_datasets(variant.url, cfg),
+        datasets=build_datasets(variant.url, cfg, rows=variant.rows, in_memory_rows=args.in_memory_rows),
     )
     trainer.fit()
     return gio.join(out_url, DETECTORS)

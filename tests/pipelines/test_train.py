@@ -128,7 +128,8 @@ def test_ray_job_submit_trains_on_a_cluster(ray_head, tmp_path):
     submit = subprocess.run(
         ["ray", "job", "submit", "--address", address, "--submission-id", "train-test", "--",
          "python", "-m", "pipelines.train", store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug",
-         "--rotations", "1", "--batch-size", "32", "--num-workers", "1", "--methods", "gendet"],  # DDP: the tests above
+         "--rotations", "1", "--batch-size", "32", "--num-workers", "1", "--methods", "gendet",  # DDP: the tests above
+         "--in-memory-rows", "0"],  # the production path: every pass streams from Parquet
         env=env, capture_output=True, text=True, timeout=600)
     status = subprocess.run(["ray", "job", "status", "--address", address, "train-test"],
                             env=env, capture_output=True, text=True, timeout=60)
