@@ -26,9 +26,10 @@ from pipelines import demo, train  # noqa: E402
 from pipelines._ray import verb_args  # noqa: E402
 
 
-def one_seed(features: str, out: str, seed: int) -> dict:
+def one_seed(features: str, out: str, seed: int, sets: tuple[str, ...] = ()) -> dict:
     args = verb_args(train, [features, "--train-subsets", demo.TRAIN_FAMILY, "--out", out, "--preset", "demo",
-                              "--seed", str(seed), "--name", f"seed-{seed}", "--eval-splits", "test"])
+                              "--seed", str(seed), "--name", f"seed-{seed}", "--eval-splits", "test",
+                              *[a for kv in sets for a in ("--set", kv)]])
     train.train(args)
     by_degrade = demo.degraded_reports(features, os.path.join(out, "detectors"), demo.DEGRADES, METHODS)
     seen = [demo.TRAIN_FAMILY]
@@ -49,16 +50,20 @@ def main() -> None:
     p.add_argument("--features", default="out/demo/features")
     p.add_argument("--out", default="out/demo-seeds")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a TrainConfig field for every seed (gendet train --set); the result file is named by them")
     args = p.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     started = time.perf_counter()
-    rows = [one_seed(os.path.abspath(args.features), os.path.abspath(f"{args.out}/seed{s}"), s) for s in args.seeds]
+    rows = [one_seed(os.path.abspath(args.features), os.path.abspath(f"{args.out}/seed{s}"), s, tuple(args.sets))
+            for s in args.seeds]
     columns = list(dict.fromkeys(k[1] for k in rows[0]))
     lines = [f"# The demo's training over seeds {args.seeds}", "",
              f"`python benchmarks/demo_seeds.py` on {os.cpu_count()} cores, torch {torch.__version__}, "
              f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s. Trained on {demo.TRAIN_FAMILY} "
              "(preset `demo`, 10 rotations), scored on the test split of the other families; mean ± sd over seeds "
-             "of the mean over unseen families, in %. Degradations: accuracy at 0.5.", ""]
+             "of the mean over unseen families, in %. Degradations: accuracy at 0.5."
+             + (f" Settings: {', '.join(args.sets)}." if args.sets else ""), ""]
     table_rows = []
     for method in METHODS:
         cells = []
@@ -68,7 +73,8 @@ def main() -> None:
             cells.append(f"{statistics.mean(values):.1f} ± {sd:.1f}")
         table_rows.append([method, *cells])
     lines.append(tables.markdown_table(["method", *columns], table_rows))
-    path = REPO / "benchmarks" / "results" / f"demo-seeds-cpu{os.cpu_count()}.md"
+    suffix = "".join("-" + kv.replace("=", "-").replace("_", "-") for kv in args.sets)
+    path = REPO / "benchmarks" / "results" / f"demo-seeds-cpu{os.cpu_count()}{suffix}.md"
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print("wrote", path)
