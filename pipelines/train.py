@@ -166,22 +166,12 @@ def build_datasets(variant_url: str, cfg: TrainConfig, *, rows: int = 0, in_memo
     """all / real / fake Ray datasets of the training rows (subsets x splits), features + label only.
     A variant of at most ``in_memory_rows`` rows is read once here and handed to Ray Data as Arrow
     tables (``from_arrow``): a Parquet read job per pass costs more than such a store weighs."""
-    import pyarrow.compute as pc
     import ray.data
     from ray.data.expressions import col
 
     if 0 < rows <= in_memory_rows:
-        import pyarrow.dataset as pads
-
-        from gendet.features.store import open_dataset
-
-        where = pads.field("split").isin(list(cfg.train_splits))
-        if cfg.train_subsets:
-            where = where & pads.field("subset").isin(list(cfg.train_subsets))
-        table = open_dataset(variant_url).to_table(columns=["feature", "label"], filter=where)
-        real = pc.equal(table["label"], "real")
-        return {"all": ray.data.from_arrow(table), "real": ray.data.from_arrow(table.filter(real)),
-                "fake": ray.data.from_arrow(table.filter(pc.equal(table["label"], "fake")))}
+        source = ParquetSource(variant_url, subsets=cfg.train_subsets, splits=cfg.train_splits)
+        return {kind: ray.data.from_arrow(source.table(None if kind == "all" else kind)) for kind in ("all", "real", "fake")}
     ds = ray.data.read_parquet(feature_files(variant_url)).select_columns(["feature", "label", "subset", "split"])
     where = col("split").is_in(list(cfg.train_splits))
     if cfg.train_subsets:

@@ -61,18 +61,13 @@ def quarantine_url(variant_url: str, stem: str) -> str:
     return gio.join(variant_url, stem + QUARANTINE_SUFFIX)
 
 
-def completed(variant_url: str) -> dict[str, dict[str, Any]]:
-    """stem -> stats of every finished shard in a variant folder."""
-    return done_shards(variant_url)
-
-
 def check_compatible(info: VariantInfo) -> None:
     """A variant folder holds one feature dtype and one set of encoder weights; refuse to mix,
     before any work. The finished shards are checked too, so a run started while another one has
     not yet written its manifest cannot mix either."""
     manifest_url = gio.join(info.url, MANIFEST)
     old = [gio.read_json(manifest_url)] if gio.exists(manifest_url) else []
-    old += list(completed(info.url).values())[:1]
+    old += list(done_shards(info.url).values())[:1]
     for seen in old:
         if seen.get("dtype", info.dtype) != info.dtype:
             raise GendetError(f"{info.url}: holds {seen['dtype']} features, this run makes {info.dtype}; "
@@ -88,7 +83,7 @@ def plan_shards(shards: list[str], info: VariantInfo, mode: str) -> tuple[list[s
     ETag/mtime differ from its stats' ``source``) or its outputs are damaged (missing or cut)."""
     if mode == "overwrite":
         return list(shards), [], {}
-    done = completed(info.url)
+    done = done_shards(info.url)
     redo = {stem: f"{problem}: redone" for stem, problem in damaged_shards(info.url, done).items()}
     now = gio.fingerprints([u for u in shards if shard_stem(u) in done])
     for url, current in now.items():
@@ -125,7 +120,7 @@ def file_rows(urls: list[str]) -> dict[str, int]:
 def rebuild_manifest(info: VariantInfo) -> dict[str, Any]:
     """Write ``manifest.json`` from the stats files present (all runs, not only this one). Rows are
     counted in the files themselves; shards whose files are damaged are listed, not counted."""
-    stats = completed(info.url)
+    stats = done_shards(info.url)
     damaged = damaged_shards(info.url, stats)
     good = {stem: s for stem, s in stats.items() if stem not in damaged}
     dims = {s["dim"] for s in good.values()}

@@ -114,6 +114,10 @@ class ParquetSource:
             expr &= pads.field("label") == label
         return expr
 
+    def table(self, label: str | None = None, columns: Sequence[str] = ("feature", "label")) -> pa.Table:
+        """The source's rows (of one label, or all) as one Arrow table: a small store in memory."""
+        return self.dataset.to_table(columns=list(columns), filter=self._filter(label))
+
     def counts(self) -> dict[str, int]:
         return {label: self.dataset.count_rows(filter=self._filter(label)) for label in ("real", "fake")}
 

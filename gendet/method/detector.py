@@ -87,10 +87,8 @@ class Detector:
                               batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray | None]:
         """P(fake) [N] and, for the teacher-student rungs, the mean discrepancy (Eq. 4) per row [N]
         (None for the others), from one forward pass."""
-        x = self._features(features)
         scores, discs = [], []
-        for i in range(0, x.shape[0], batch_size):
-            logits, d = method_forward(self.method, self.nets, x[i:i + batch_size])
+        for logits, d in self._forward(features, batch_size):
             scores.append(self.probability(logits))
             if d is not None:
                 discs.append(d.mean(dim=1).double())
@@ -103,20 +101,23 @@ class Detector:
         """P(fake) [N] (float64) from the networks' two logits: the Platt-scaled margin when
         calibrated, the softmax otherwise (a saturated softmax gives scores like 1e-8 whose
         thresholds transfer to nothing)."""
-        margin = (logits[:, 1].double() - logits[:, 0].double())
+        margin = _margin(logits)
         if self.platt is None:
             return torch.sigmoid(margin)  # = softmax(logits)[:, 1]
         a, b = self.platt
         return torch.sigmoid(a * margin + b)
 
+    def _forward(self, features: np.ndarray | torch.Tensor, batch_size: int):
+        """(logits, discrepancy or None) of each batch of ``features``: the one scoring loop."""
+        x = self._features(features)
+        for i in range(0, x.shape[0], batch_size):
+            yield method_forward(self.method, self.nets, x[i:i + batch_size])
+
+    @torch.no_grad()
     def margins(self, features: np.ndarray | torch.Tensor, *, batch_size: int = 4096) -> np.ndarray:
         """The logit margin (fake - real) per row: what Platt scaling is fitted on."""
-        x = self._features(features)
-        with torch.no_grad():
-            out = [method_forward(self.method, self.nets, x[i:i + batch_size])[0].double()
-                   for i in range(0, x.shape[0], batch_size)]
-        logits = torch.cat(out) if out else torch.zeros(0, 2, dtype=torch.float64)
-        return (logits[:, 1] - logits[:, 0]).numpy()
+        out = [_margin(logits) for logits, _ in self._forward(features, batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros(0)
 
     def args(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "method": self.method, "arch": asdict(self.arch),
@@ -177,6 +178,11 @@ def _checked_arch(raw: Any, args_url: str) -> Arch:
     if arch.width % arch.heads:
         raise GendetError(f"{args_url}: arch heads={arch.heads} does not divide width={arch.width}; save it again")
     return arch
+
+
+def _margin(logits: torch.Tensor) -> torch.Tensor:
+    """logit(fake) - logit(real) in float64: sigmoid of it is the softmax's P(fake)."""
+    return logits[:, 1].double() - logits[:, 0].double()
 
 
 def _checked_platt(raw: Any, args_url: str) -> tuple[float, float] | None:

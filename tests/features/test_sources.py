@@ -136,3 +136,9 @@ def test_caching_source_over_its_cap_streams_every_epoch():
     for epoch in range(3):
         assert sum(len(y) for _, y in source.batches("real", epoch)) == 5
     assert calls == [0, 1, 2] and source.cache == {}
+
+
+def test_parquet_source_table_holds_its_filtered_rows(store):
+    source = ParquetSource.from_store(str(store), subsets=["sdv14"], splits=["train"])
+    assert source.table("real").num_rows == source.counts()["real"] and set(source.table("real")["label"].to_pylist()) == {"real"}
+    assert source.table().num_rows == sum(source.counts().values()) and source.table().column_names == ["feature", "label"]
