@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -57,24 +56,14 @@ def main() -> None:
     started = time.perf_counter()
     rows = [one_seed(os.path.abspath(args.features), os.path.abspath(f"{args.out}/seed{s}"), s, tuple(args.sets))
             for s in args.seeds]
-    columns = list(dict.fromkeys(k[1] for k in rows[0]))
     lines = [f"# The demo's training over seeds {args.seeds}", "",
              f"`python benchmarks/demo_seeds.py` on {os.cpu_count()} cores, torch {torch.__version__}, "
              f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s. Trained on {demo.TRAIN_FAMILY} "
              "(preset `demo`, 10 rotations), scored on the test split of the other families; mean ± sd over seeds "
              "of the mean over unseen families, in %. Degradations: accuracy at 0.5."
              + (f" Settings: {', '.join(args.sets)}." if args.sets else ""), ""]
-    table_rows = []
-    for method in METHODS:
-        cells = []
-        for col in columns:
-            values = [100 * r[(method, col)] for r in rows if r[(method, col)] is not None]
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.1f} ± {sd:.1f}")
-        table_rows.append([method, *cells])
-    lines.append(tables.markdown_table(["method", *columns], table_rows))
-    suffix = "".join("-" + kv.replace("=", "-").replace("_", "-") for kv in args.sets)
-    path = REPO / "benchmarks" / "results" / f"demo-seeds-cpu{os.cpu_count()}{suffix}.md"
+    lines.append(tables.over_seeds_table(rows, METHODS))
+    path = REPO / "benchmarks" / "results" / f"demo-seeds-cpu{os.cpu_count()}{tables.settings_suffix(args.sets)}.md"
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print("wrote", path)

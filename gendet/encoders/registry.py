@@ -18,6 +18,9 @@ Names (``load_encoder(name)``, ``gendet extract --encoder NAME``):
     392-d (two 196-wide tokens), pure torch, deterministic. **Offline default:** everything runs
     without downloads and still means something.
 
+``spectrum:v2`` -- the same measurements on native pixels only: no image of 64 px or more is ever
+    resampled, so features do not depend on whether an image was upsampled; 344-d.
+
 Every encoder implements ``gendet.encoders.base.Encoder`` and is built from keyword arguments
 (``load_encoder``'s), so a Ray Data actor builds it inside the worker and no model is pickled.
 ``load_preprocess(name)`` gives the preprocessing alone, without loading weights, for decode workers
@@ -31,7 +34,7 @@ from gendet.encoders.base import Encoder, EncoderSpec, Preprocessor
 
 OFFLINE_DEFAULT = "spectrum:v1"
 PRODUCTION_DEFAULT = "open_clip:ViT-L-14/openai"
-SPECTRUM_VERSIONS = ("v1",)
+SPECTRUM_VERSIONS = ("v1", "v2")
 
 
 def _known_hint() -> str:
@@ -83,7 +86,7 @@ def load_preprocess(name: str) -> Preprocessor:
     if spec.family == "spectrum":
         from gendet.encoders.spectrum import spectrum_preprocessor
 
-        return spectrum_preprocessor()
+        return spectrum_preprocessor(spec.arch)
     from gendet.encoders.openclip import open_clip_preprocessor
 
     return open_clip_preprocessor(spec)

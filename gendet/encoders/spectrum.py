@@ -22,6 +22,17 @@ correlations between colour channels. This encoder measures exactly that, with n
 Width: 64 + 32 + 289 + 7 = 392 = 2 x 196, float32, not L2-normalised. Deterministic (fixed
 filters, no randomness); ``precision`` is accepted for interface parity but FFTs always run in
 float32.
+
+``spectrum:v2`` -- the same measurements on **native pixels only** (issue 11: v1 upsamples every
+image under 128 px with one bicubic filter, so small training images all carry that filter's
+spectrum and larger ones never do). Preprocess: a center crop of S x S native pixels, S the largest
+of 64, 128, 256 that fits (an image under 64 px is the one case still upscaled, to 64), tiled to
+a 256 x 256 canvas so batches keep one shape. The residual is taken inside each 64 x 64 block
+(reflect padding at the block's edges), patches never cross a block, gradients and parity
+contrasts stay inside blocks: every value comes from one native block and every distinct block
+of the crop counts equally, so the tiling changes nothing (tested against the crop alone).
+Blocks: azimuthal spectra of 64 px (32 bins) and 32 px patches (16 bins), the folded 17 x 17
+grid of 32 px patches, the seven statistics: 32 + 16 + 289 + 7 = 344-d.
 """
 
 from __future__ import annotations
@@ -61,8 +72,42 @@ def _center_crop(image: Image.Image, size: int = SIZE) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def spectrum_preprocessor() -> Preprocessor:
-    """Geometry ``_center_crop``; ``Preprocessor.finish`` scales to [0, 1] (mean 0, std 1)."""
+V2_CANVAS = 256
+V2_BLOCK = 64
+V2_CROPS = (256, 128, 64)
+V2_AZIMUTHAL = ((64, 32), (32, 16))
+V2_DIM = sum(bins for _, bins in V2_AZIMUTHAL) + (GRID_PATCH // 2 + 1) ** 2 + N_STATS
+V2_PREPROCESS_CFG = {
+    "family": "spectrum", "size": [V2_CANVAS, V2_CANVAS], "crop": "center-native-tiled", "native_crops": list(V2_CROPS),
+    "resize_mode": "upscale_below_64_only", "interpolation": "bicubic", "mean": [0.0, 0.0, 0.0],
+    "std": [1.0, 1.0, 1.0], "mode": "RGB", "version": "v2",
+}
+
+
+def _native_tiled(image: Image.Image) -> Image.Image:
+    """v2: the largest native center crop of 256/128/64 px, tiled to the 256 px canvas."""
+    w, h = image.size
+    if min(w, h) < V2_CROPS[-1]:  # the one resampling left: images smaller than a block
+        scale = V2_CROPS[-1] / min(w, h)
+        w, h = max(V2_CROPS[-1], round(w * scale)), max(V2_CROPS[-1], round(h * scale))
+        image = image.resize((w, h), Image.Resampling.BICUBIC)
+    size = next(s for s in V2_CROPS if s <= min(w, h))
+    left, top = (w - size) // 2, (h - size) // 2
+    crop = image.crop((left, top, left + size, top + size))
+    if size == V2_CANVAS:
+        return crop
+    canvas = Image.new("RGB", (V2_CANVAS, V2_CANVAS))
+    for y in range(0, V2_CANVAS, size):
+        for x in range(0, V2_CANVAS, size):
+            canvas.paste(crop, (x, y))
+    return canvas
+
+
+def spectrum_preprocessor(version: str = "v1") -> Preprocessor:
+    """Geometry ``_center_crop`` (v1) or ``_native_tiled`` (v2); ``Preprocessor.finish`` scales to
+    [0, 1] (mean 0, std 1)."""
+    if version == "v2":
+        return Preprocessor(V2_PREPROCESS_CFG, _native_tiled)
     return Preprocessor(PREPROCESS_CFG, functools.partial(_center_crop, size=SIZE))
 
 
@@ -141,19 +186,65 @@ def _residual_stats(rgb: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.log10(var + 1e-10) / 5, torch.log10(kurt + 1e-6), *corr, *contrast], 1)
 
 
+def _to_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """[B, H, W] -> [B*n, block, block] or [B, C, H, W] -> [B*n, C, block, block], n blocks per
+    image in row-major order."""
+    h, w = x.shape[-2:]
+    if x.dim() == 3:
+        x = x.reshape(x.shape[0], h // block, block, w // block, block).permute(0, 1, 3, 2, 4)
+    else:
+        x = x.reshape(*x.shape[:2], h // block, block, w // block, block).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(-1, *x.shape[3:])
+
+
+def _from_blocks(blocks: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of ``_to_blocks`` for [B, H, W]."""
+    block = blocks.shape[-1]
+    x = blocks.reshape(b, h // block, w // block, block, block).permute(0, 1, 3, 2, 4)
+    return x.reshape(b, h, w)
+
+
+def _blockwise_stats(rgb: torch.Tensor, residual: torch.Tensor, block: int) -> torch.Tensor:
+    """``_residual_stats`` with gradients taken inside each block: a canvas of tiled copies gives
+    the statistics of one copy (the parity grids align since blocks have even size)."""
+    b = rgb.shape[0]
+    per_block = _to_blocks(rgb, block)  # [B*n, 3, block, block]
+    grad = torch.diff(per_block[:, :, ::4], dim=-1)  # [B*n, 3, block/4, block-1]
+    grad = grad.reshape(b, -1, *grad.shape[1:]).movedim(2, 1).flatten(2)  # [B, 3, n * ...]
+    gram = grad @ grad.transpose(1, 2)
+    norm = gram.diagonal(dim1=1, dim2=2).sqrt() + 1e-12
+    corr = [gram[:, i, j] / (norm[:, i] * norm[:, j]) for i, j in ((0, 1), (0, 2), (1, 2))]
+    energy = residual.square()
+    var = energy.mean((1, 2))
+    kurt = energy.square().mean((1, 2)) / (var.square() + 1e-20)
+    rows = energy[:, 0::2].sum((1, 2)), energy[:, 1::2].sum((1, 2))
+    cols = energy[:, :, 0::2].sum((1, 2)), energy[:, :, 1::2].sum((1, 2))
+    contrast = [(a - b_) / (a + b_ + 1e-20) for a, b_ in (rows, cols)]
+    return torch.stack([torch.log10(var + 1e-10) / 5, torch.log10(kurt + 1e-6), *corr, *contrast], 1)
+
+
+_VERSIONS = {  # version -> (input side, azimuthal scales, dim)
+    "v1": (SIZE, AZIMUTHAL_SCALES, DIM),
+    "v2": (V2_CANVAS, V2_AZIMUTHAL, V2_DIM),
+}
+
+
 class SpectrumEncoder(Encoder):
     """Multi-scale high-pass residual power spectra (see the module docstring)."""
 
     def __init__(self, name: str = "spectrum:v1", *, device: str = "cpu", precision: str = "fp32"):
-        if name != "spectrum:v1":
-            raise GendetError(f"encoder {name!r}: SpectrumEncoder implements spectrum:v1 only")
+        version = name.removeprefix("spectrum:")
+        if not name.startswith("spectrum:") or version not in _VERSIONS:
+            raise GendetError(f"encoder {name!r}: SpectrumEncoder implements {', '.join('spectrum:' + v for v in _VERSIONS)}")
         check_device(device, precision)
-        self.name, self.dim, self.precision, self.weights_ref = name, DIM, precision, "none"
-        self.preprocessor = spectrum_preprocessor()
+        self.version = version
+        self.size, self.scales, dim = _VERSIONS[version]
+        self.name, self.dim, self.precision, self.weights_ref = name, dim, precision, "none"
+        self.preprocessor = spectrum_preprocessor(version)
         self._buffers = {
             "luma": torch.tensor(LUMA),
-            **{f"hann{p}": _hann2d(p) for p in {*(p for p, _ in AZIMUTHAL_SCALES), GRID_PATCH}},
-            **{f"azimuthal{p}": _azimuthal_matrix(p, bins) for p, bins in AZIMUTHAL_SCALES},
+            **{f"hann{p}": _hann2d(p) for p in {*(p for p, _ in self.scales), GRID_PATCH}},
+            **{f"azimuthal{p}": _azimuthal_matrix(p, bins) for p, bins in self.scales},
         }
         self.to(device)
 
@@ -165,17 +256,22 @@ class SpectrumEncoder(Encoder):
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dim() != 4 or tuple(images.shape[1:]) != (3, SIZE, SIZE):
-            raise ValueError(f"{self.name} expects [B, 3, {SIZE}, {SIZE}] from its preprocess, got {tuple(images.shape)}")
+        size = self.size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"{self.name} expects [B, 3, {size}, {size}] from its preprocess, got {tuple(images.shape)}")
         buf = self._buffers
         x = images.to(self._dev, torch.float32, non_blocking=True)
         # the Laplacian is linear: take the luma first and filter one channel instead of three
-        residual = _laplacian(torch.einsum("bchw,c->bhw", x, buf["luma"]))
+        grey = torch.einsum("bchw,c->bhw", x, buf["luma"])
+        if self.version == "v1":
+            residual = _laplacian(grey)
+        else:  # v2: inside each native block, so tiled copies never meet
+            residual = _from_blocks(_laplacian(_to_blocks(grey, V2_BLOCK)), x.shape[0], size, size)
         blocks = []
-        for p, _ in AZIMUTHAL_SCALES:
+        for p, _ in self.scales:
             power = _log_power(_patch_power(residual, p, buf[f"hann{p}"]))
             blocks.append(_standardise(power.flatten(1) @ buf[f"azimuthal{p}"]))
         grid = _fold_grid(_patch_power(residual, GRID_PATCH, buf[f"hann{GRID_PATCH}"]))
         blocks.append(_standardise(_log_power(grid)))
-        blocks.append(_residual_stats(x, residual))
+        blocks.append(_residual_stats(x, residual) if self.version == "v1" else _blockwise_stats(x, residual, V2_BLOCK))
         return torch.cat(blocks, 1)

@@ -75,3 +75,26 @@ def degradation_by_method(by_degrade: Mapping[str, Mapping[str, Mapping[str, Any
                  for m in methods]
         rows.append([degrade or "none", *cells])
     return markdown_table(["degradation", *methods], rows)
+
+
+def over_seeds_table(runs: Sequence[Mapping[tuple[str, str], float | None]], methods: Sequence[str]) -> str:
+    """Rows ``methods``, one column per number of the runs (keys ``(method, column)``), each cell
+    mean ± sd over the runs (seeds) in %, runs where the number is None left out."""
+    import statistics
+
+    columns = list(dict.fromkeys(k[1] for k in runs[0]))
+    body = []
+    for method in methods:
+        cells = []
+        for col in columns:
+            values = [100 * r[(method, col)] for r in runs if r.get((method, col)) is not None]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.1f} ± {sd:.1f}" if values else "–")
+        body.append([method, *cells])
+    return markdown_table(["method", *columns], body)
+
+
+def settings_suffix(assignments: Sequence[str]) -> str:
+    """``["alpha=0.5", "classifier_input=both"]`` -> ``"-alpha-0.5-classifier-input-both"``: a result
+    file named by the settings it ran with."""
+    return "".join("-" + kv.replace("=", "-").replace("_", "-") for kv in assignments)

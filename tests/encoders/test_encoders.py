@@ -18,7 +18,7 @@ from gendet import GendetError
 from gendet.encoders.base import canonical_json
 from gendet.encoders.openclip import open_clip_preprocess_cfg
 from gendet.encoders.registry import OFFLINE_DEFAULT, list_encoders, load_encoder, load_preprocess, parse_encoder_name
-from gendet.encoders.spectrum import DIM, SIZE
+from gendet.encoders.spectrum import DIM, SIZE, V2_DIM
 
 DEBUG_CLIP = "open_clip:GenDet-Debug-ViT/none"
 
@@ -107,12 +107,33 @@ def _upsample_transposed_conv(crop: np.ndarray, rng) -> np.ndarray:
     return (y[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
 
 
-def test_spectrum_separates_upsampled_from_natural_crops():
+def test_spectrum_v2_takes_native_pixels_only_and_tiling_changes_nothing():
+    enc = load_encoder("spectrum:v2")
+    assert enc.dim == V2_DIM == 344 and "spectrum:v2" in list_encoders()
+    assert enc.preprocess_hash != load_encoder(OFFLINE_DEFAULT).preprocess_hash
+    # 300 x 200: the largest native crop that fits is 128 px; the canvas is that crop tiled 2 x 2
+    image = _noise_image(300, 200, 1)
+    pixels = enc.preprocessor.pixels(image)
+    crop = np.asarray(image)[36:164, 86:214].transpose(2, 0, 1)
+    assert pixels.shape == (3, 256, 256) and np.array_equal(pixels, np.tile(crop, (1, 2, 2)))
+    # a 64 px image, and the same pixels tiled to 128 and 256 px, are one measurement
+    small = np.asarray(_noise_image(64, 64, 2))
+    images = [Image.fromarray(np.tile(small, (k, k, 1))) for k in (1, 2, 4)]
+    features = enc(torch.stack([enc.preprocess(im) for im in images]))
+    assert torch.isfinite(features).all() and torch.equal(features[0], features[1]) and torch.equal(features[0], features[2])
+    assert not torch.allclose(features[0], enc(enc.preprocess(_noise_image(64, 64, 3))[None])[0])
+    # only an image under 64 px is resampled (up, to 64)
+    tiny = enc.preprocessor.pixels(_noise_image(40, 90, 4))
+    assert tiny.shape == (3, 256, 256) and np.array_equal(tiny[:, :64, :64], tiny[:, 64:128, 64:128])
+
+
+@pytest.mark.parametrize("name", [OFFLINE_DEFAULT, "spectrum:v2"])
+def test_spectrum_separates_upsampled_from_natural_crops(name):
     """A linear probe on spectrum features tells generator-style upsampling from natural crops,
     on held-out photos (train on some photos, test on others); chance is 0.5."""
     from sklearn.linear_model import LogisticRegression
 
-    enc, rng = load_encoder(OFFLINE_DEFAULT), np.random.default_rng(0)
+    enc, rng = load_encoder(name), np.random.default_rng(0)
     photos = {"train": ["astronaut", "coffee", "chelsea", "rocket"], "test": ["motorcycle_left", "ihc", "brick", "grass"]}
     features = {}
     for part, names in photos.items():

@@ -162,3 +162,43 @@ def test_zoo_shards_are_deterministic_and_format_unbiased(tmp_path, monkeypatch)
     assert seen["real"] == seen["fake"] > 0
     assert signatures["real"] == signatures["fake"] and len(signatures["real"]) == 1
     assert all(f["real"] == f["fake"] for f in first["families"].values())
+
+
+def test_zoo_several_sizes_and_formats_alike_for_both_labels(tmp_path, monkeypatch):
+    """Several native crop sizes (fewer crops at larger ones) and JPEG/PNG drawn alike for reals
+    and fakes; ``zoo_index.parquet`` describes every sample written."""
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("GENDET_ZOO_CACHE", str(tmp_path / "cache"))
+    cfg = ZooShardsConfig(families=("ae_shuffle_f8",), photos_per_split=1, crops_per_photo=4, crop_sizes=(64, 128),
+                          jpeg_fraction=0.5, jpeg_quality=(80, 90), train_steps=2, shard_size=200)
+    build_zoo_shards(str(tmp_path / "w"), cfg)
+    index = pq.read_table(tmp_path / "w" / "zoo_index.parquet").to_pylist()
+    by_key = {(r["key"], r["family"]): r for r in index}
+    seen = []
+    for shard in list_shards(str(tmp_path / "w")):
+        members = dict(iter_tar_members(open(shard, "rb").read()))
+        for name, data in members.items():
+            if name.endswith(".json"):
+                continue
+            key, ext = name.rsplit(".", 1)
+            row = by_key[(key, "ae_shuffle_f8")]
+            meta = json.loads(members[key + ".json"])
+            with Image.open(io.BytesIO(data)) as im:
+                assert im.size == (row["size"], row["size"]) and im.format == {"jpg": "JPEG", "png": "PNG"}[ext]
+            assert ext == row["format"] and meta["label"] == row["label"] and meta["source"] == row["source"]
+            assert row["format"] == "png" or 80 <= row["quality"] <= 90
+            seen.append(row)
+    assert len(seen) == len(index) > 0
+    per_size = {s: sum(r["size"] == s for r in seen) for s in (64, 128)}
+    assert per_size[64] == 2 * per_size[128] > 0  # 4 crops at 64 px, 2 at 128 px, per photo and label
+    for label in ("real", "fake"):
+        assert {r["format"] for r in seen if r["label"] == label} == {"jpg", "png"}
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    (dict(crop_sizes=(64, 520)), "16..512"), (dict(jpeg_fraction=1.5), "jpeg_fraction"),
+    (dict(jpeg_quality=(90, 80)), "jpeg_quality"), (dict(jpeg_quality=(90,)), "LOW,HIGH")])
+def test_zoo_shards_config_refuses_bad_sizes_and_formats(bad, fragment):
+    with pytest.raises(GendetError, match=fragment):
+        ZooShardsConfig(**bad)
