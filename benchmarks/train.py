@@ -4,7 +4,10 @@ For each ``--rows`` size, writes (once, cached under ``--store-dir``) a feature 
 random 768-d features (reals ~ N(0, I), fakes shifted on 64 coordinates, rows L2-normalised like
 CLIP features, float16), then trains in a fresh subprocess and records one flat row: wall time,
 features/s per stage type, peak RSS of that subprocess (``resource.getrusage``), validation AP of
-each method, and the conditions (threads, batch, precision, device, load average, versions).
+each method, and the conditions (threads, batch, precision, device, load average, versions, and
+``code``: the git short hash of the tree the ``gendet`` package is imported from, ``+dirty`` when
+it has uncommitted changes, so two code versions can be timed side by side with one harness:
+``PYTHONPATH=/path/to/other/worktree python benchmarks/train.py ...``).
 Rows are appended to ``benchmarks/results/train-<machine>-pt<torch>.csv`` and the Markdown table
 beside it is rewritten from the CSV.
 
@@ -32,7 +35,7 @@ import pyarrow.parquet as pq
 
 from gendet import io as gio
 from gendet.eval.tables import markdown_table
-from gendet.features.store import MANIFEST, feature_schema, variant_name
+from gendet.features.store import MANIFEST, PARQUET_SUFFIX, STATS_SUFFIX, feature_schema, variant_name
 
 ENCODER, PREPROCESS, DIM, SHARD_ROWS = "synthetic:separable-768", "bench0001", 768, 25_000
 STAGE_TYPES = ("pretrain", "a", "b", "c", "classifier")
@@ -40,9 +43,10 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def write_store(store: Path, rows: int, seed: int = 0) -> Path:
-    """The benchmark's feature store (skipped when already complete); 2 % of rows are split=val."""
+    """The benchmark's feature store (skipped when already complete); 2 % of rows are split=val.
+    Each shard gets its stats file (the done marker readers require since issue 15)."""
     variant = store / variant_name(ENCODER, PREPROCESS)
-    if (variant / MANIFEST).exists():
+    if (variant / MANIFEST).exists() and any(variant.glob("*" + STATS_SUFFIX)):
         return variant
     variant.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -62,10 +66,13 @@ def write_store(store: Path, rows: int, seed: int = 0) -> Path:
             "preprocess_hash": [PREPROCESS] * n, "degrade": [""] * n,
             "feature": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float16).ravel()), DIM),
         }, schema=feature_schema(DIM, "float16"))
-        pq.write_table(table, variant / f"{index:06d}.parquet", row_group_size=5_000)
-        shards.append(f"{index:06d}")
+        stem = f"{index:06d}"
+        pq.write_table(table, variant / f"{stem}{PARQUET_SUFFIX}", row_group_size=5_000)
+        gio.write_json_atomic(str(variant / f"{stem}{STATS_SUFFIX}"), {
+            "shard": stem, "rows": n, "files": {"parquet": (variant / f"{stem}{PARQUET_SUFFIX}").stat().st_size}})
+        shards.append(stem)
     gio.write_json_atomic(str(variant / MANIFEST), {"encoder": ENCODER, "preprocess_hash": PREPROCESS,
-                                                     "dim": DIM, "degrade": "", "shards": shards})
+                                                     "dim": DIM, "degrade": "", "shards": shards, "rows": rows})
     return variant
 
 
@@ -86,10 +93,13 @@ def worker(args: argparse.Namespace) -> dict:
     warm = TensorSource(*synthetic_clusters(2 * args.batch_size, DIM), batch_size=args.batch_size)
     train_all(preset(args.preset, **{**overrides, "rotations": 1}), warm, device=args.device)
     source = ParquetSource.from_store(args.store, batch_size=args.batch_size, seed=0)
+    cpu_marks = [("start", time.process_time())]  # CPU seconds at the end of each stage (report)
     start = time.perf_counter()
-    result = train_all(cfg, source, device=args.device)
+    result = train_all(cfg, source, device=args.device,
+                       report=lambda stage, _metrics, _ckpt: cpu_marks.append((stage, time.process_time())))
     wall = time.perf_counter() - start
     row = {"rows": sum(source.counts().values()), "wall_s": round(wall, 1)}
+    row.update(stage_cpu_seconds(cpu_marks, args.rotations))
     per_stage = {h["stage"]: h["features_per_s"] for h in result.history}  # one rate per stage
     for stage_type in STAGE_TYPES:
         rates = [rate for stage, rate in per_stage.items() if stage.split(".")[-1] == stage_type]
@@ -117,10 +127,41 @@ def stage_seconds(history: list[dict], rotations: int) -> dict:
             "wall_s_10rot_from_stages": round(pretrain + 10 * rotation + classifier, 1)}
 
 
+def code_version() -> str:
+    """Short hash of the git tree ``gendet`` is imported from (``+dirty`` with uncommitted changes
+    under ``gendet/``), or ``unknown`` outside git."""
+    import gendet
+
+    tree = Path(gendet.__file__).resolve().parent.parent
+    try:
+        run = lambda *cmd: subprocess.run(["git", "-C", str(tree), *cmd], check=True, capture_output=True,  # noqa: E731
+                                          text=True).stdout.strip()
+        return run("rev-parse", "--short", "HEAD") + ("+dirty" if run("status", "--porcelain", "--", "gendet") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def stage_cpu_seconds(marks: list[tuple[str, float]], rotations: int) -> dict:
+    """This process's CPU seconds (user + system) per stage type, from the marks taken after each
+    stage. With ``--threads 1`` it is the work a stage costs whatever else runs on the machine
+    (wall time on a shared box is not: a neighbour's job stretches it several-fold), so two code
+    versions compare by it; with more threads it also counts the threads' spin-waits."""
+    spent: dict[str, float] = {}
+    for (_, before), (stage, after) in zip(marks, marks[1:]):
+        kind = stage.split(".")[-1]
+        spent[kind] = spent.get(kind, 0.0) + after - before
+    per_rotation = sum(spent.get(k, 0.0) for k in ("a", "b", "c")) / max(rotations, 1)
+    return {"cpu_s": round(marks[-1][1] - marks[0][1], 1), "pretrain_cpu_s": round(spent.get("pretrain", 0.0), 1),
+            **{f"{k}_cpu_s": round(spent.get(k, 0.0) / max(rotations, 1), 1) for k in ("a", "b", "c")},
+            "rotation_cpu_s": round(per_rotation, 1), "classifier_cpu_s": round(spent.get("classifier", 0.0), 1),
+            "cpu_s_10rot_from_stages": round(spent.get("pretrain", 0.0) + 10 * per_rotation
+                                             + spent.get("classifier", 0.0), 1)}
+
+
 def conditions(args: argparse.Namespace) -> dict:
     import torch
 
-    return {"device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
+    return {"code": code_version(), "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
             "cpu_cores": os.cpu_count(), "threads": args.threads, "batch_size": args.batch_size,
             "precision": args.precision, "methods": "+".join(args.methods), "rotations": args.rotations,
             "preset": args.preset, "adamw": "fused", "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
@@ -172,6 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--store-dir", default="/tmp/gendet-bench", help="where the generated stores are cached")
     p.add_argument("--no-save", action="store_true", help="print rows only, write no result files")
+    p.add_argument("--note", default="", help="free text kept in the row's note column (what the run compares)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -189,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         load_start = round(os.getloadavg()[0], 2)  # other jobs on the machine slow the run down
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         row = {**conditions(args), "load_avg_1m_start": load_start, **json.loads(out.split("RESULT ", 1)[1])}
+        if args.note:
+            row["note"] = args.note
         print(json.dumps(row), flush=True)
         rows.append(row)
     if not args.no_save:

@@ -29,8 +29,8 @@ from gendet import io as gio
 from gendet.config import ConfigError, csv_tuple, from_dict, parse_assignments, read_config_file, to_dict
 from gendet.features.sources import CachingSource, ParquetSource, epoch_seed
 from gendet.features.store import feature_files, feature_matrix, resolve_variant
-from gendet.method.config import METHODS, TrainConfig, preset, preset_names
-from gendet.method.trainer import check_source
+from gendet.method.config import METHODS, VAL, TrainConfig, preset, preset_names, resolve_calibration_split
+from gendet.method.trainer import check_calibration, check_source
 
 DETECTORS = "detectors"
 IN_MEMORY_ROWS = 100_000  # ~300 MB of 768-d float32 features: read once by the driver (build_datasets)
@@ -49,7 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="rows per step per worker")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--target-fpr", type=float, default=None, help="FPR on held-out reals for the calibrated threshold")
-    p.add_argument("--eval-splits", type=csv_tuple, default=("test",), help="splits scored for the per-subset table")
+    p.add_argument("--eval-splits", type=csv_tuple, default=("test",),
+                   help="splits scored for the per-subset table (GenImage: val). Calibration is never fitted "
+                        "on them: with val scored (or no val rows) it uses a held-out part of the training rows "
+                        "(TrainConfig calibration_split, calibration_holdout)")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP when > 1)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per worker (fractions allowed)")
@@ -138,9 +141,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _maybe_fail(config, rank, stage)
 
     source = ray_shard_source(config["dim"], cfg, config.get("cache_rows", 0))
-    # Thresholds are calibrated on the held-out (val) real images of every subset: reals are
-    # reals whatever generator they are paired with, and more of them make the FPR quantile firmer.
-    calibration = ParquetSource(config["variant_url"], splits=("val",), dtype=cfg.feature_dtype) if rank == 0 else None
+    # Thresholds and Platt scaling are fitted on rows never trained on nor scored (the driver
+    # resolved cfg.calibration_split): the val rows of every subset (reals are reals whatever
+    # generator they are paired with, and more of them make the FPR quantile firmer), or the
+    # training subsets' held-out content_ids when val is scored or absent.
+    calibration = (ParquetSource(config["variant_url"], dtype=cfg.feature_dtype, **cfg.calibration_rows())
+                   if rank == 0 else None)
     device = "cuda" if config["use_gpu"] else "cpu"
     result = train_all(cfg, source, checkpoint_dir=ckpt_dir, report=report, device=device,
                        prepare_model=ray.train.torch.prepare_model if world > 1 else None,
@@ -163,19 +169,25 @@ def _maybe_fail(config: dict[str, Any], rank: int, stage: str) -> None:
 
 # --- on the driver ---------------------------------------------------------------------------------
 def build_datasets(variant_url: str, cfg: TrainConfig, *, rows: int = 0, in_memory_rows: int = 0) -> dict[str, Any]:
-    """all / real / fake Ray datasets of the training rows (subsets x splits), features + label only.
+    """all / real / fake Ray datasets of the training rows (``cfg.training_rows()``: subsets x
+    splits, less the calibration holdout under ``train_holdout``), features + label only.
     A variant of at most ``in_memory_rows`` rows is read once here and handed to Ray Data as Arrow
-    tables (``from_arrow``): a Parquet read job per pass costs more than such a store weighs."""
+    tables (``from_arrow``): a Parquet read job per pass costs more than such a store weighs.
+    Streamed, the holdout is the list of held-out content_ids the driver computes once
+    (``ParquetSource.held_out_ids``: Ray's expressions cannot hash), filtered with ``not_in``."""
     import ray.data
     from ray.data.expressions import col
 
+    source = ParquetSource(variant_url, **cfg.training_rows())
     if 0 < rows <= in_memory_rows:
-        source = ParquetSource(variant_url, subsets=cfg.train_subsets, splits=cfg.train_splits)
         return {kind: ray.data.from_arrow(source.table(None if kind == "all" else kind)) for kind in ("all", "real", "fake")}
-    ds = ray.data.read_parquet(feature_files(variant_url)).select_columns(["feature", "label", "subset", "split"])
+    columns = ["feature", "label", "subset", "split"] + (["content_id"] if source.holdout else [])
+    ds = ray.data.read_parquet(feature_files(variant_url)).select_columns(columns)
     where = col("split").is_in(list(cfg.train_splits))
     if cfg.train_subsets:
         where = where & col("subset").is_in(list(cfg.train_subsets))
+    if source.holdout == "exclude" and source.held_out_ids:
+        where = where & col("content_id").not_in(source.held_out_ids)
     train = ds.filter(expr=where).select_columns(["feature", "label"])
     return {"all": train, "real": train.filter(expr=col("label") == "real"),
             "fake": train.filter(expr=col("label") == "fake")}
@@ -215,7 +227,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     require_ray()
     cfg = build_config(args)  # validated before any work
     variant = resolve_variant(args.features, encoder=args.encoder)
-    check_source(cfg, ParquetSource(variant.url, subsets=cfg.train_subsets, splits=cfg.train_splits))
+    val_rows = sum(ParquetSource(variant.url, splits=(VAL,)).counts().values())
+    cfg = resolve_calibration_split(cfg, eval_splits=args.eval_splits, val_rows=val_rows)
+    check_source(cfg, ParquetSource(variant.url, **cfg.training_rows()))
+    check_calibration(cfg, ParquetSource(variant.url, **cfg.calibration_rows()))
+    print(f"calibration: {cfg.calibration_split}" + (f" ({cfg.calibration_holdout:.0%} of the training content_ids, "
+                                                      "left out of training)" if cfg.calibration_split != VAL else ""))
     detectors_url = fit(args, cfg, variant)
     from gendet.mlops.training_report import ReportOptions, report_training
     from pipelines.evaluate import evaluate_store

@@ -1,4 +1,4 @@
-"""The two figures a training run logs (matplotlib's object API: no pyplot, no backend to set,
+"""The figures a training run logs (matplotlib's object API: no pyplot, no backend to set,
 no display needed, and a figure is freed with its last reference).
 
 - ``accuracy_bars``: per-subset accuracy of every method side by side, from metrics.json dicts;
@@ -6,6 +6,9 @@ no display needed, and a figure is freed with its last reference).
 - ``score_histograms``: per subset, the distribution of a score (the teacher-student discrepancy
   or P(fake)) for real against fake images: how well-separated they are, and where a threshold
   falls, which a single accuracy number hides.
+- ``training_diagnostics``: the adversarial stages rotation by rotation, from the trainer's
+  history (Eq. 1, Eq. 2's hinge, Eq. 3, G's shift, the real/fake discrepancy gap): whether stage
+  (b) moves, whether G runs to its bound, whether the gap N_c reads opens.
 """
 
 from __future__ import annotations
@@ -82,6 +85,89 @@ def score_histograms(scores: Sequence[float], labels: Sequence[str], subsets: Se
         ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+DIAGNOSTIC_PANELS = ("Eq. 1 on reals (stage a)", "Eq. 2 hinge on fakes, G(x) for gendet (stage b)", "Eq. 3 (stage c)",
+                     "G shift ||G(x) - x|| / ||x|| (stage c)", "discrepancy gap: fake (b) - real (a)")
+RUNG_COLORS = {"ts_real": "tab:blue", "ts_fake": "tab:orange", "gendet": "tab:green"}
+
+
+def _rotation(stage: str) -> int | None:
+    """``r03.b`` -> 3; None for pretrain and classifier."""
+    head, _, _ = str(stage).partition(".")
+    return int(head[1:]) if head.startswith("r") and head[1:].isdigit() else None
+
+
+def diagnostic_series(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """{panel title: {line label: (rotations, values)}} of ``training_diagnostics``, from the trainer's
+    history rows (``gendet.method.trainer``: stage, job, mean_loss and the diagnostics).
+
+    - Eq. 1: ``mean_loss`` of ``real.M`` (one line per student rung);
+    - Eq. 2: the row's ``hinge`` (Eq. 2 without alpha, on G(x^f) for gendet, raw fakes for
+      ts_fake); rows written before the trainer recorded it fall back to ``mean_loss`` (alpha * Eq. 2);
+    - Eq. 3: ``mean_loss`` of ``augmenter``; G shift: its ``g_shift``;
+    - the gap: per rotation, ``discrepancy`` of ``fake.M`` minus that of ``real.M``. The history has
+      both sides on every rotation but one stage apart: the real side is the mean over stage (a)'s
+      reals, the fake side over stage (b)'s raw fakes (gendet's on every 8th batch), so the
+      student moved between the two; a rotation lacking either side is left out of the line.
+    """
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {p: {} for p in DIAGNOSTIC_PANELS}
+    disc: dict[tuple[str, str], dict[int, float]] = {}
+
+    def add(panel: str, label: str, rotation: int, value: Any) -> None:
+        if value is not None and np.isfinite(float(value)):
+            xs, ys = series[panel].setdefault(label, ([], []))
+            xs.append(rotation)
+            ys.append(float(value))
+
+    for row in history:
+        rotation = _rotation(row.get("stage", ""))
+        if rotation is None:
+            continue
+        what, _, method = str(row.get("job", "")).partition(".")
+        if what == "real":
+            add(DIAGNOSTIC_PANELS[0], method, rotation, row.get("mean_loss"))
+        elif what == "fake":
+            add(DIAGNOSTIC_PANELS[1], method, rotation, row.get("hinge", row.get("mean_loss")))
+        elif what == "augmenter":
+            add(DIAGNOSTIC_PANELS[2], "gendet", rotation, row.get("mean_loss"))
+            add(DIAGNOSTIC_PANELS[3], "gendet", rotation, row.get("g_shift"))
+        if what in ("real", "fake") and row.get("discrepancy") is not None:
+            disc.setdefault((what, method), {})[rotation] = float(row["discrepancy"])
+    for (what, method), fake in sorted(disc.items()):
+        real = disc.get(("real", method), {}) if what == "fake" else {}
+        for rotation in sorted(set(fake) & set(real)):
+            add(DIAGNOSTIC_PANELS[4], method, rotation, fake[rotation] - real[rotation])
+    return series
+
+
+def training_diagnostics(history: Sequence[Mapping[str, Any]], *, title: str = "GenDet training, per rotation") -> Figure:
+    """One figure, five panels (``DIAGNOSTIC_PANELS``), x = rotation, one line per rung with a
+    point per rotation; see ``diagnostic_series`` for what each line is. A panel no rung of the
+    run has (e.g. Eq. 3 without gendet) says so instead of staying blank."""
+    series = diagnostic_series(history)
+    fig = Figure(figsize=(15.0, 6.5))
+    axes = fig.subplots(2, 3, squeeze=False)
+    for ax, panel in zip(axes.flat, DIAGNOSTIC_PANELS):
+        for label, (xs, ys) in sorted(series[panel].items(), key=lambda item: list(RUNG_COLORS).index(item[0])
+                                      if item[0] in RUNG_COLORS else len(RUNG_COLORS)):
+            ax.plot(xs, ys, marker="o", label=label, color=RUNG_COLORS.get(label))
+        if series[panel]:
+            ax.legend(fontsize="small")
+            rotations = sorted({x for xs, _ in series[panel].values() for x in xs})
+            ax.set_xticks(rotations)
+        else:
+            ax.text(0.5, 0.5, "not in this run", ha="center", va="center", transform=ax.transAxes, color="gray")
+        if panel == DIAGNOSTIC_PANELS[4]:
+            ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_title(panel, fontsize="medium")
+        ax.set_xlabel("rotation")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(DIAGNOSTIC_PANELS):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 

@@ -26,6 +26,12 @@ def write(url: str, sections: Sequence[tuple[str, str]], title: str = "gendet de
     return url
 
 
+def plot_links(paths: Sequence[str], out: str) -> str:
+    """Markdown image links to the PNGs a training run saved (its summary's ``plots``: accuracy
+    bars, discrepancy histograms, ``training_diagnostics.png``), relative to the report's folder."""
+    return "\n".join(f"![{os.path.basename(p)}]({os.path.relpath(p, out)})" for p in paths)
+
+
 @dataclass(frozen=True, kw_only=True)
 class DemoReport:
     """What ``gendet demo`` gathered on its way: the inputs of its report."""
@@ -51,7 +57,7 @@ def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
     seen = [r.train_family]
     reports = {m: gio.read_json(gio.join(out, "metrics", f"{m}.json")) for m in r.by_degrade[""]}
     headline = tables.methods_table(reports, seen, metric="acc")
-    plots = "\n".join(f"![{os.path.basename(p)}]({os.path.relpath(p, out)})" for p in r.summary.get("plots", []))
+    plots = plot_links(r.summary.get("plots", []), out)
     gate = r.summary.get("gate", {})
     counts = {f: {k: v for k, v in s.items() if k in ("real", "fake", "masked")} for f, s in r.zoo["families"].items()}
     fresh = r.refresh

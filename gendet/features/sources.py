@@ -13,12 +13,14 @@ drop the extra batches.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
 
@@ -26,6 +28,21 @@ from gendet import GendetError
 from gendet.features import store as gfeatures
 
 Kind = Literal["all", "real", "fake"]
+Holdout = Literal["only", "exclude"]
+
+
+def in_holdout(content_id: str, fraction: float) -> bool:
+    """Whether rows of ``content_id`` belong to the held-out ``fraction``: a stable hash of the id
+    (64 bits of BLAKE2b, the same in every process, machine and run), so a photo, its crops and its
+    regenerations, which share a content_id (CONTRACTS.md), are held out together or not at all."""
+    digest = hashlib.blake2b(content_id.encode("utf-8"), digest_size=8, person=b"gendet-holdout").digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
+
+
+def held_out_ids(content_ids: Iterable[str | None], fraction: float) -> list[str]:
+    """The distinct ids of ``content_ids`` that ``in_holdout`` holds out, sorted (rows without a
+    content_id are never held out)."""
+    return sorted({c for c in content_ids if c is not None and in_holdout(c, fraction)})
 
 
 @runtime_checkable
@@ -79,7 +96,13 @@ class ParquetSource:
     """Streams one feature-store variant with ``pyarrow.dataset``; memory does not grow with rows.
 
     Only the ``feature`` and ``label`` columns are read, filtered by ``subset`` in ``subsets``
-    (all when empty) and ``split`` in ``splits``. Rows pass through a shuffle buffer of at most
+    (all when empty) and ``split`` in ``splits``. With ``holdout``, a ``holdout_fraction`` of the
+    content_ids of those rows is held out (``in_holdout``, a stable hash: every row of one content_id
+    falls on the same side): ``"exclude"`` drops them (the training rows), ``"only"`` keeps just
+    them (the calibration rows), so two sources with the same subsets, splits and fraction are
+    disjoint and together are the rows of one without ``holdout``. Arrow has no hash kernel, so
+    the ids are hashed once in Python (``held_out_ids``, ~1 s per million ids) and filtered with
+    ``content_id`` in that list. Rows pass through a shuffle buffer of at most
     ``buffer_rows`` rows (held as ``dtype``: float16 halves it), and files are visited in a per-epoch
     random order; batches come out as float32. For ``kind="all"`` the
     real and fake streams are interleaved at random in proportion to their sizes, so a store
@@ -88,7 +111,12 @@ class ParquetSource:
 
     def __init__(self, variant_url: str, *, subsets: Sequence[str] = (), splits: Sequence[str] = ("train",),
                  batch_size: int = 256, seed: int = 0, buffer_rows: int = 16384, read_rows: int = 2048,
-                 dtype: str = "float32", encoder: str = "", preprocess_hash: str = ""):
+                 dtype: str = "float32", encoder: str = "", preprocess_hash: str = "",
+                 holdout: Holdout | None = None, holdout_fraction: float = 0.1):
+        if holdout not in (None, "only", "exclude"):
+            raise GendetError(f"ParquetSource: holdout={holdout!r}; use None, 'only' or 'exclude'")
+        if holdout is not None and not 0 < holdout_fraction < 1:
+            raise GendetError(f"ParquetSource: holdout_fraction={holdout_fraction}; must be in (0, 1)")
         self.url, self.dataset = variant_url, gfeatures.open_dataset(variant_url)
         feature_type = self.dataset.schema.field("feature").type
         if not pa.types.is_fixed_size_list(feature_type):
@@ -99,6 +127,18 @@ class ParquetSource:
         self.buffer_rows, self.read_rows = max(buffer_rows, batch_size), read_rows
         self.encoder, self.preprocess_hash = encoder, preprocess_hash
         self.dtype = np.dtype(dtype)
+        self.holdout, self.holdout_fraction = holdout, holdout_fraction
+        self._held_out: list[str] | None = None
+
+    @property
+    def held_out_ids(self) -> list[str]:
+        """The content_ids of the subsets' and splits' rows that a holdout at ``holdout_fraction``
+        holds out (computed once; what ``holdout`` filters on, and what a Ray Data reader of the
+        same rows filters with: ``col("content_id").is_in(ids)``)."""
+        if self._held_out is None:
+            ids = self.dataset.to_table(columns=["content_id"], filter=self._filter(None, holdout=False)).column(0)
+            self._held_out = held_out_ids(pc.unique(ids).to_pylist(), self.holdout_fraction)
+        return self._held_out
 
     @classmethod
     def from_store(cls, store_url: str, *, encoder: str | None = None, degrade: str = "", **kwargs) -> ParquetSource:
@@ -106,12 +146,16 @@ class ParquetSource:
         variant = gfeatures.resolve_variant(store_url, encoder, degrade)
         return cls(variant.url, encoder=variant.encoder, preprocess_hash=variant.preprocess_hash, **kwargs)
 
-    def _filter(self, label: str | None) -> pads.Expression:
+    def _filter(self, label: str | None, *, holdout: bool = True) -> pads.Expression:
         expr = pads.field("split").isin(list(self.splits))
         if self.subsets:
             expr &= pads.field("subset").isin(list(self.subsets))
         if label is not None:
             expr &= pads.field("label") == label
+        if holdout and self.holdout is not None:
+            ids = pa.array(self.held_out_ids, type=self.dataset.schema.field("content_id").type)
+            held = pads.field("content_id").isin(ids)  # false for a null content_id
+            expr &= held if self.holdout == "only" else ~held
         return expr
 
     def table(self, label: str | None = None, columns: Sequence[str] = ("feature", "label")) -> pa.Table:

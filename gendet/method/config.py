@@ -15,6 +15,7 @@ its value in section 4.1, and 0.1 is this project's default.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -22,7 +23,8 @@ from gendet.config import ConfigError, check
 from gendet.config import replace as _replace
 from gendet.method.networks import METHODS, STUDENT_METHODS
 
-__all__ = ["METHODS", "STUDENT_METHODS", "TrainConfig", "preset", "preset_names", "replace"]
+__all__ = ["METHODS", "STUDENT_METHODS", "TrainConfig", "preset", "preset_names", "replace",
+           "resolve_calibration_split"]
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainConfig:
@@ -94,6 +96,16 @@ class TrainConfig:
     calibration: Literal["platt", "none"] = "platt"
     """Scores as probabilities: Platt scaling fitted on the held-out calibration rows of both classes
     (``platt``), or the networks' raw softmax (``none``); the threshold is then set on those reals."""
+    calibration_split: Literal["auto", "val", "train_holdout"] = "auto"
+    """The rows thresholds and Platt scaling are fitted on, never the rows scored: ``val`` (the
+    store's val split, every subset); ``train_holdout`` (``calibration_holdout`` of the training
+    rows' content_ids, chosen by a stable hash and left out of training; the training subsets
+    only); ``auto``: ``val`` unless val is among the scored splits (GenImage has only train and
+    val, so its users score val) or the store has no val rows, then ``train_holdout``. A run
+    records the resolved choice (``resolve_calibration_split``) in its params and detector.json."""
+    calibration_holdout: float = 0.1
+    """Fraction of the training content_ids held out for calibration under ``train_holdout``
+    (a photo and its crops are one content_id: they stay together)."""
     target_fpr: float = 0.05
     """False-positive rate on held-out reals used to calibrate each detector's threshold."""
     keep_checkpoints: int = 2
@@ -126,6 +138,10 @@ class TrainConfig:
         check(self.precision in ("fp32", "bf16"), f"precision: {self.precision!r}; use fp32 or bf16")
         check(self.calibration in ("platt", "none"), f"calibration: {self.calibration!r}; use platt or none")
         check(0 < self.target_fpr < 1, f"target_fpr: {self.target_fpr}; must be in (0, 1)")
+        check(self.calibration_split in ("auto", "val", "train_holdout"),
+              f"calibration_split: {self.calibration_split!r}; use auto, val or train_holdout")
+        check(isinstance(self.calibration_holdout, (int, float)) and 0 < self.calibration_holdout < 1,
+              f"calibration_holdout: {self.calibration_holdout!r}; must be a fraction in (0, 1), e.g. 0.1")
 
     def wants(self, method: str) -> bool:
         return method in self.methods
@@ -133,6 +149,52 @@ class TrainConfig:
     @property
     def student_methods(self) -> tuple[str, ...]:
         return tuple(m for m in STUDENT_METHODS if m in self.methods)
+
+    def training_rows(self) -> dict[str, Any]:
+        """``ParquetSource`` keyword arguments of the rows to train on: the training subsets and
+        splits, less the calibration holdout under ``train_holdout``."""
+        rows: dict[str, Any] = {"subsets": self.train_subsets, "splits": self.train_splits}
+        if self._resolved_calibration() == "train_holdout":
+            rows |= {"holdout": "exclude", "holdout_fraction": self.calibration_holdout}
+        return rows
+
+    def calibration_rows(self) -> dict[str, Any]:
+        """``ParquetSource`` keyword arguments of the rows to calibrate on: the val split of every
+        subset, or the held-out part of the training rows (disjoint from ``training_rows``)."""
+        if self._resolved_calibration() == "val":
+            return {"subsets": (), "splits": (VAL,)}
+        return {"subsets": self.train_subsets, "splits": self.train_splits, "holdout": "only",
+                "holdout_fraction": self.calibration_holdout}
+
+    def _resolved_calibration(self) -> str:
+        if self.calibration_split == "auto":
+            raise ConfigError("calibration_split: still auto; resolve it first (resolve_calibration_split), "
+                              "which needs the splits scored and whether the store has val rows")
+        return self.calibration_split
+
+
+VAL = "val"
+
+
+def resolve_calibration_split(cfg: TrainConfig, *, eval_splits: Sequence[str], val_rows: int) -> TrainConfig:
+    """``cfg`` with ``calibration_split`` resolved to ``val`` or ``train_holdout`` (``auto``: val
+    unless ``eval_splits`` has val or the store has no val rows, ``val_rows == 0``). A choice that
+    would fit calibration on rows that are scored, or on rows that do not exist, is refused."""
+    scored = set(eval_splits)
+    choice = cfg.calibration_split
+    if choice == "auto":
+        choice = VAL if VAL not in scored and val_rows > 0 else "train_holdout"
+    if choice == VAL:
+        check(VAL not in scored, "calibration_split=val, and val is among the scored splits (--eval-splits): "
+                                 "thresholds and Platt scaling would be fitted on the rows they are scored on; "
+                                 "use calibration_split=train_holdout (or auto)")
+        check(val_rows > 0, "calibration_split=val, but the store has no val rows; use calibration_split="
+                            "train_holdout (or auto), which holds out part of the training rows")
+    else:
+        overlap = sorted(scored & set(cfg.train_splits))
+        check(not overlap, f"calibration_split=train_holdout calibrates on held-out rows of {overlap}, which are "
+                           f"also scored (--eval-splits); score other splits")
+    return _replace(cfg, calibration_split=choice)
 
 
 _PRESETS: dict[str, dict[str, Any]] = {

@@ -4,7 +4,8 @@ On disk (``save(dir_url)``; each file written atomically through ``gendet.io``):
 
     DIR/model.safetensors   the networks' weights, keys prefixed by network (teacher., student., ...)
     DIR/detector.json       method, architecture, encoder name and weights reference,
-                            preprocess_hash, feature_dim, calibrated threshold, target FPR
+                            preprocess_hash, feature_dim, calibrated threshold, target FPR,
+                            Platt scaling and the rows both were fitted on (calibration_split)
 
 safetensors holds tensors only, so loading runs no pickled code; the networks are rebuilt from
 ``detector.json`` (like Ray's doggos ``args.json``). The linear probe is stored the same way (its
@@ -57,6 +58,9 @@ class Detector:
     platt: tuple[float, float] | None = None
     """(a, b) of Platt scaling fitted on held-out rows of both classes: P(fake) = sigmoid(a * m + b)
     with m the logit margin (fake - real); None = the raw softmax (``calibrate``)."""
+    calibration_split: str | None = None
+    """The rows threshold and Platt scaling were fitted on (``TrainConfig.calibration_split``:
+    ``val`` or ``train_holdout``); None when not calibrated or not recorded (detectors saved before)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -123,7 +127,8 @@ class Detector:
         return {"format_version": FORMAT_VERSION, "method": self.method, "arch": asdict(self.arch),
                 "feature_dim": self.feature_dim, "encoder": self.encoder, "encoder_weights": self.encoder_weights,
                 "preprocess_hash": self.preprocess_hash, "threshold": float(self.threshold),
-                "target_fpr": self.target_fpr, "platt": list(self.platt) if self.platt else None, "extra": self.extra}
+                "target_fpr": self.target_fpr, "platt": list(self.platt) if self.platt else None,
+                "calibration_split": self.calibration_split, "extra": self.extra}
 
     def save(self, dir_url: str) -> str:
         tensors = {f"{name}.{key}": t.detach().cpu().contiguous()
@@ -158,7 +163,8 @@ class Detector:
         return cls(method=args["method"], arch=arch, nets=nets, encoder=args["encoder"],
                    encoder_weights=args["encoder_weights"], preprocess_hash=args["preprocess_hash"],
                    threshold=float(args["threshold"]), target_fpr=args["target_fpr"],
-                   platt=_checked_platt(args.get("platt"), args_url), extra=args.get("extra", {}))
+                   platt=_checked_platt(args.get("platt"), args_url),
+                   calibration_split=_checked_split(args.get("calibration_split"), args_url), extra=args.get("extra", {}))
 
 
 # Far above any network the method uses (width 196, a few layers), far below an allocation that
@@ -191,6 +197,12 @@ def _checked_platt(raw: Any, args_url: str) -> tuple[float, float] | None:
     if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in raw)):
         raise GendetError(f"{args_url}: 'platt' must be [a, b], two finite numbers; save the detector again")
     return float(raw[0]), float(raw[1])
+
+
+def _checked_split(raw: Any, args_url: str) -> str | None:
+    if raw is not None and not isinstance(raw, str):
+        raise GendetError(f"{args_url}: 'calibration_split' must be a string or null; save the detector again")
+    return raw
 
 
 def fit_platt(margins: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

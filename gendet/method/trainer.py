@@ -149,11 +149,28 @@ class _BatchCache:
             return self.nets["augmenter"](self.x)
 
 
+DIAGNOSTIC_EVERY = 8
+"""gendet's raw-fake discrepancy in stage (b) is measured on every 8th batch (``Trainer._loss``)."""
+
+
+def _means(extras: tuple[dict[str, torch.Tensor], dict[str, int]] | None) -> dict[str, float]:
+    """One stage's diagnostics: each sum read back once and divided by its step count."""
+    if not extras:
+        return {}
+    sums, counts = extras
+    return {key: float(total) / counts[key] for key, total in sums.items()}
+
+
+DIAGNOSTICS = ("discrepancy", "hinge", "g_shift")
+"""The per-stage diagnostics a history row may carry besides ``mean_loss`` (``Trainer._loss``)."""
+
+
 @dataclass
 class TrainResult:
     detectors: dict[str, Detector]
     history: list[dict[str, Any]] = field(default_factory=list)
-    """One row per (stage, job): stage, job, epochs, batches, rows, mean_loss, seconds, features_per_s."""
+    """One row per (stage, job): stage, kind, job, epochs, batches, rows, mean_loss, seconds,
+    features_per_s, and the job's ``DIAGNOSTICS`` (discrepancy, hinge, g_shift) where it has them."""
     config: TrainConfig | None = None
 
 
@@ -210,7 +227,7 @@ class Trainer:
             if self.checkpoint_dir:
                 ckpt.save_checkpoint(self.checkpoint_dir, self.next_stage, self.state_dict(), keep=self.cfg.keep_checkpoints)
             if self.report is not None:
-                diagnostics = {f"{r['job']}/{k}": r[k] for r in rows for k in ("discrepancy", "g_shift") if k in r}
+                diagnostics = {f"{r['job']}/{k}": r[k] for r in rows for k in DIAGNOSTICS if k in r}
                 self.report(stage.name, {f"{r['job']}/loss": r["mean_loss"] for r in rows} | diagnostics
                             | {"features_per_s": rows[0]["features_per_s"] if rows else 0.0}, self.checkpoint_dir)
         return self.history
@@ -228,7 +245,8 @@ class Trainer:
         live = self._set_trainable({net_key(j) for j in stage.jobs})
         # Losses are summed on the device: reading each one back would synchronise a GPU every step.
         totals = {j: torch.zeros((), device=self.device) for j in stage.jobs}
-        self._extras = {}  # diagnostics per job, summed over steps (see _diagnose)
+        # diagnostics per job (see _loss): {job: ({name: sum on the device}, {name: steps summed})}
+        extras: dict[str, tuple[dict[str, torch.Tensor], dict[str, int]]] = {}
         steps, rows_seen, start = 0, 0, time.perf_counter()
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.precision == "bf16"
                     else contextlib.nullcontext())
@@ -239,13 +257,16 @@ class Trainer:
                 cache = _BatchCache(self.nets, x)
                 for job in stage.jobs:
                     with autocast:
-                        loss = self._loss(job, live, cache, y)
+                        loss, diagnostics = self._loss(job, live, cache, y, step=steps)
                     opt = self.opts[optimizer_key(self.cfg, job)]
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     totals[job] += loss.detach()
-                    self._diagnose(job, cache)
+                    for key, value in diagnostics.items():
+                        sums, counts = extras.setdefault(job, ({}, {}))
+                        sums[key] = sums.get(key, 0) + value
+                        counts[key] = counts.get(key, 0) + 1
                 steps += 1
                 rows_seen += len(y)
         if self.device.type == "cuda":
@@ -255,46 +276,60 @@ class Trainer:
         return [{"stage": stage.name, "kind": stage.kind, "job": job, "epochs": stage.epochs, "batches": steps,
                  "rows": rows_seen, "mean_loss": float(total) / max(steps, 1), "seconds": seconds,
                  "features_per_s": rows_seen / seconds if seconds > 0 else 0.0,
-                 **{k: float(v) / max(steps, 1) for k, v in self._extras.get(job, {}).items()}}
+                 **_means(extras.get(job))}
                 for job, total in totals.items()]
-
-    def _diagnose(self, job: str, cache: _BatchCache) -> None:
-        """Per-step diagnostics, after the step (issue 11): the mean discrepancy of the student on
-        its stage's raw inputs (real.M: reals, fake.M: fakes; their gap is what N_c reads), and
-        for G the relative shift ||G(x) - x|| / ||x||. Summed on the device, read once per stage."""
-        what, _, method = job.partition(".")
-        extras = self._extras.setdefault(job, {})
-        with torch.no_grad():
-            if what in ("real", "fake"):
-                d = losses.squared_distance(cache.teacher_z(), self.nets[f"student.{method}"](cache.x), "mean").mean()
-                extras["discrepancy"] = extras.get("discrepancy", 0) + d
-            elif what == "augmenter":
-                g = self.nets["augmenter"](cache.x)
-                shift = ((g - cache.x).norm(dim=1) / cache.x.norm(dim=1).clamp_min(1e-12)).mean()
-                extras["g_shift"] = extras.get("g_shift", 0) + shift
 
     def nets_requires_grad_off(self) -> None:
         for net in self.nets.values():
             net.requires_grad_(False)
 
-    def _loss(self, job: str, live: dict[str, nn.Module], cache: _BatchCache, y: torch.Tensor) -> torch.Tensor:
+    def _loss(self, job: str, live: dict[str, nn.Module], cache: _BatchCache, y: torch.Tensor, *,
+              step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The job's loss on the batch, and its diagnostics (issue 11; 0-d tensors on the device,
+        summed over the stage and read once at its end, so no step waits for a GPU):
+
+        - real.M: ``discrepancy``, the student's mean (z_t - z_s)^2 on the reals;
+        - fake.M: ``hinge``, Eq. 2 without alpha, on what the student trains on (G(x^f) for gendet);
+          ``discrepancy`` on the raw fakes (its gap to stage a's is what N_c reads);
+        - augmenter: ``g_shift`` = mean ||G(x) - x|| / ||x||.
+
+        Each is taken from the step's own forward, before its update, except gendet's raw-fake
+        discrepancy: its student trains on G(x^f), so that one costs two more forwards and is
+        measured on every ``DIAGNOSTIC_EVERY``-th batch only. (Diagnostics from extra forwards after
+        every step made a rotation ~25 % and stage (b) ~40 % longer at 323 k rows:
+        benchmarks/results/train-cpu2-pt214.md.)"""
         what, _, method = job.partition(".")
         net = live[net_key(job)]
         if what in ("teacher", "probe"):
-            return losses.classification(net(cache.x), y)
+            return losses.classification(net(cache.x), y), {}
         if what == "real":
-            return losses.dis_real(cache.teacher_z(), net(cache.x), self.cfg.loss_reduction)
+            z_t, z_s = cache.teacher_z(), net(cache.x)
+            with torch.no_grad():
+                diagnostics = {"discrepancy": losses.squared_distance(z_t, z_s.detach(), "mean").mean()}
+            return losses.dis_real(z_t, z_s, self.cfg.loss_reduction), diagnostics
         if what == "fake":
             augmented = method == "gendet"  # ts_fake: G is the identity
-            inputs = cache.augmented() if augmented else cache.x
-            return losses.dis_fake(cache.teacher_z(augmented), net(inputs), margin=self.cfg.margin, alpha=self.cfg.alpha)
+            z_t, z_s = cache.teacher_z(augmented), net(cache.augmented() if augmented else cache.x)
+            with torch.no_grad():
+                diagnostics = {"hinge": losses.dis_fake(z_t, z_s.detach(), margin=self.cfg.margin, alpha=1.0)}
+                if not augmented:
+                    diagnostics["discrepancy"] = losses.squared_distance(z_t, z_s.detach(), "mean").mean()
+                elif step % DIAGNOSTIC_EVERY == 0:
+                    student = self.nets[f"student.{method}"]  # not DDP's wrapper: no collective for a diagnostic
+                    diagnostics["discrepancy"] = losses.squared_distance(cache.teacher_z(), student(cache.x), "mean").mean()
+            loss = losses.dis_fake(z_t, z_s, margin=self.cfg.margin, alpha=self.cfg.alpha)
+            return loss, diagnostics
         if what == "augmenter":
             g = net(cache.x)  # gradients flow through the frozen teacher and student into G
-            return losses.dis_augmenter(self.nets["teacher"].body(g), self.nets["student.gendet"](g),
+            with torch.no_grad():
+                x = cache.x.float()
+                diagnostics = {"g_shift": ((g.detach().float() - x).norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)).mean()}
+            loss = losses.dis_augmenter(self.nets["teacher"].body(g), self.nets["student.gendet"](g),
                                         self.cfg.loss_reduction)
+            return loss, diagnostics
         if what == "classifier":
             d, y = self._discrepancies(method, cache, y)
-            return losses.classification(net(d), y)
+            return losses.classification(net(d), y), {}
         raise ValueError(f"unknown job {job!r}")
 
     def _discrepancies(self, method: str, cache: _BatchCache, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -338,15 +373,32 @@ def check_source(cfg: TrainConfig, source: BatchSource) -> None:
             raise ConfigError(f"training data: no {label} rows in {where}; every method needs both real and fake rows")
 
 
+def check_calibration(cfg: TrainConfig, source: BatchSource) -> None:
+    """Fail before any work when the calibration rows (``cfg.calibration_rows()``) cannot set a
+    threshold: no reals (nor, with Platt scaling, no fakes)."""
+    counts = source.counts() if hasattr(source, "counts") else None
+    if counts is None:
+        return
+    needed = ("real", "fake") if cfg.calibration == "platt" else ("real",)
+    missing = [label for label in needed if counts.get(label, 0) == 0]
+    if missing:
+        fix = ("raise calibration_holdout (--set calibration_holdout=0.2)" if cfg.calibration_split == "train_holdout"
+               else "use --set calibration_split=train_holdout")
+        raise ConfigError(f"calibration data ({cfg.calibration_split}): no {' or '.join(missing)} rows; {fix}")
+
+
 def train_all(cfg: TrainConfig, source: BatchSource, *, checkpoint_dir: str | None = None,
               report: Report | None = None, prepare_model: PrepareModel | None = None, device: str = "cpu",
               calibration: BatchSource | None = None, encoder: str | None = None, encoder_weights: str = "",
               preprocess_hash: str | None = None, resume_from: str | None = None) -> TrainResult:
     """Train every method of ``cfg.methods`` on ``source``; one ``Detector`` per method.
 
-    When ``calibration`` is given (held-out rows, e.g. the val split), each detector's threshold
-    is set from its scores on those reals for ``cfg.target_fpr`` (``gendet.eval.metrics``); otherwise
-    it stays 0.5. ``encoder`` and ``preprocess_hash`` default to the source's attributes."""
+    When ``calibration`` is given (held-out rows: ``ParquetSource(url, **cfg.calibration_rows())``,
+    never rows that are scored later), each detector's threshold is set from its scores on those
+    reals for ``cfg.target_fpr`` (``gendet.eval.metrics``), after Platt scaling fitted on its rows
+    (``cfg.calibration``), and ``cfg.calibration_split`` is recorded as the detector's (None while
+    it is ``auto``: the caller chose the rows); otherwise the threshold stays 0.5. ``encoder`` and
+    ``preprocess_hash`` default to the source's attributes."""
     check_source(cfg, source)
     trainer = Trainer(cfg, source, checkpoint_dir=checkpoint_dir, report=report, prepare_model=prepare_model,
                       device=device, resume_from=resume_from)
@@ -358,4 +410,5 @@ def train_all(cfg: TrainConfig, source: BatchSource, *, checkpoint_dir: str | No
     if calibration is not None:
         for det in detectors.values():
             calibrate(det, calibration, cfg.target_fpr, platt=cfg.calibration == "platt")
+            det.calibration_split = None if cfg.calibration_split == "auto" else cfg.calibration_split
     return TrainResult(detectors=detectors, history=history, config=cfg)

@@ -21,6 +21,7 @@ from gendet.eval.tables import table
 from gendet.features.store import Variant
 from gendet.method.config import TrainConfig
 from gendet.method.detector import Detector
+from gendet.method.trainer import DIAGNOSTICS
 
 REPORTED = "gendet"  # the method whose metrics.json is the run's headline and whose model is registered
 
@@ -48,7 +49,9 @@ def headline_method(detectors: dict[str, Detector]) -> str:
 
 
 def log_history(history: list[dict[str, Any]]) -> None:
-    """Per-stage mean loss of every job as ``loss/<job>`` (step = stage index) and features/s."""
+    """Per-stage mean loss of every job as ``loss/<job>`` (step = stage index), features/s, and
+    the trainer's diagnostics as ``<name>/<job>`` (``discrepancy/real.gendet``, ``hinge/fake.gendet``,
+    ``g_shift/augmenter``) on the same steps."""
     import mlflow
 
     from gendet.mlops import tracking
@@ -58,17 +61,23 @@ def log_history(history: list[dict[str, Any]]) -> None:
     for row in history:
         step = stage_index.setdefault(row["stage"], len(stage_index))
         mlflow.log_metric(f"features_per_s/{row['kind']}", float(row["features_per_s"]), step=step)
+        for name in DIAGNOSTICS:
+            if row.get(name) is not None:
+                mlflow.log_metric(tracking.metric_key(name, row["job"]), float(row[name]), step=step)
 
 
 def log_plots(reports: dict[str, dict], scored: dict[str, np.ndarray], detectors: dict[str, Detector],
-              out: str) -> list[str]:
-    """Accuracy bars and discrepancy histograms as PNGs under ``OUT/plots/`` and as MLflow
+              out: str, history: list[dict[str, Any]] | None = None) -> list[str]:
+    """Accuracy bars, discrepancy histograms and, given the trainer's ``history``, the per-rotation
+    training diagnostics (``training_diagnostics.png``) as PNGs under ``OUT/plots/`` and as MLflow
     artifacts (``plots/``); returns the local paths."""
     from gendet.eval import plots
     from gendet.mlops import tracking
 
     figures = {f"{metric}_by_method": plots.accuracy_bars(reports, metric=metric, title=f"{metric} per subset, every method")
                for metric in ("acc", "ap", "acc_calibrated")}
+    if any(str(row.get("job", "")).startswith("real.") for row in history or ()):  # a teacher-student rung trained
+        figures["training_diagnostics"] = plots.training_diagnostics(history)
     for method in detectors:
         key = f"discrepancy_{method}"
         if key in scored:
@@ -128,11 +137,11 @@ def report_training(cfg: TrainConfig, variant: Variant, detectors_url: str, opts
         log_history(history)
         tracking.log_reports(reports)
         mlflow.log_text(text, "table.md")
-        plot_paths = log_plots(reports, scored, detectors, out)
+        plot_paths = log_plots(reports, scored, detectors, out, history)
         info = log_detector(detectors[head], name="detector")
         summary = {"run_id": run.info.run_id, "model_uri": info.model_uri, "metrics": gio.join(out, "metrics.json"),
                    "tracking_uri": mlflow.get_tracking_uri(), "headline": head, "plots": plot_paths,
-                   "reports": gio.join(out, "metrics")}
+                   "reports": gio.join(out, "metrics"), "calibration_split": detectors[head].calibration_split}
         if opts.register:
             summary["gate"] = gate(opts, variant, info.model_uri, reports[head], evaluate)
         mlflow.log_dict(summary, "summary.json")

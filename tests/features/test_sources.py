@@ -142,3 +142,50 @@ def test_parquet_source_table_holds_its_filtered_rows(store):
     source = ParquetSource.from_store(str(store), subsets=["sdv14"], splits=["train"])
     assert source.table("real").num_rows == source.counts()["real"] and set(source.table("real")["label"].to_pylist()) == {"real"}
     assert source.table().num_rows == sum(source.counts().values()) and source.table().column_names == ["feature", "label"]
+
+
+# --- the calibration holdout ---------------------------------------------------------------------
+def test_held_out_ids_are_a_stable_hash_of_the_content_id():
+    from gendet.features.sources import held_out_ids, in_holdout
+
+    ids = [f"photo-{i}" for i in range(40)]
+    # pinned: a change of hash would silently move rows between training and calibration
+    assert held_out_ids(ids, 0.25) == ['photo-1', 'photo-12', 'photo-17', 'photo-18', 'photo-24', 'photo-25',
+                                       'photo-26', 'photo-27', 'photo-29', 'photo-3', 'photo-33', 'photo-37',
+                                       'photo-39', 'photo-6', 'photo-7', 'photo-9']
+    assert held_out_ids([*ids, None, "photo-1"], 0.25) == held_out_ids(ids, 0.25)  # distinct, nulls never held
+    assert set(held_out_ids(ids, 0.1)) <= set(held_out_ids(ids, 0.25))  # a larger fraction only adds ids
+    share = sum(in_holdout(f"x{i}", 0.1) for i in range(20_000)) / 20_000
+    assert 0.09 < share < 0.11
+
+
+def test_holdout_rows_are_disjoint_from_training_rows_and_keep_a_content_id_together(tmp_path):
+    from helpers.synthetic_store import write_synthetic_store
+
+    # content_id is shared by a real and a fake row (subset-split-i//2): a group of two
+    variant = write_synthetic_store(str(tmp_path), dim=8, per_split={"train": 400, "val": 40})
+    selection = dict(subsets=("seen",), splits=("train",), holdout_fraction=0.2)
+    columns = ("key", "content_id", "split", "subset", "label")
+    train = ParquetSource(variant, holdout="exclude", **selection).table(columns=columns).to_pylist()
+    held = ParquetSource(variant, holdout="only", **selection).table(columns=columns).to_pylist()
+    everything = ParquetSource(variant, subsets=("seen",), splits=("train",)).table(columns=columns).to_pylist()
+    assert {r["key"] for r in train}.isdisjoint(r["key"] for r in held)
+    assert sorted(r["key"] for r in train + held) == sorted(r["key"] for r in everything)
+    assert {r["content_id"] for r in train}.isdisjoint(r["content_id"] for r in held)  # groups are never cut
+    assert {(r["split"], r["subset"]) for r in held} == {("train", "seen")}
+    assert {r["label"] for r in held} == {"real", "fake"}
+    assert 0.1 < len(held) / len(everything) < 0.3
+    source = ParquetSource(variant, holdout="only", batch_size=16, **selection)
+    assert source.counts() == {"real": sum(r["label"] == "real" for r in held), "fake": sum(r["label"] == "fake" for r in held)}
+    assert sum(len(y) for _, y in source.batches("all", 0)) == len(held)  # the streaming reader filters the same
+    assert ParquetSource(variant, holdout="only", **selection).held_out_ids == source.held_out_ids  # deterministic
+
+
+def test_holdout_arguments_are_checked(tmp_path):
+    from helpers.synthetic_store import write_synthetic_store
+
+    variant = write_synthetic_store(str(tmp_path), dim=8, per_split={"train": 10})
+    with pytest.raises(GendetError, match="holdout="):
+        ParquetSource(variant, holdout="some")
+    with pytest.raises(GendetError, match="holdout_fraction"):
+        ParquetSource(variant, holdout="only", holdout_fraction=1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gendet.config import ConfigError, from_dict, to_dict
-from gendet.method.config import METHODS, TrainConfig, preset, replace
+from gendet.method.config import METHODS, TrainConfig, preset, replace, resolve_calibration_split
 
 
 def test_defaults_are_the_papers():
@@ -41,6 +41,10 @@ def test_round_trip_through_dict():
     ({"target_fpr": 1.5}, "target_fpr"),
     ({"precision": "fp8"}, "precision"),
     ({"train_splits": ()}, "train_splits"),
+    ({"calibration_split": "test"}, "calibration_split"),
+    ({"calibration_holdout": 0.0}, "calibration_holdout"),
+    ({"calibration_holdout": 1.0}, "calibration_holdout"),
+    ({"calibration_holdout": -0.1}, "calibration_holdout"),
 ])
 def test_invalid_values_fail_with_one_line(changes, words):
     with pytest.raises(ConfigError) as err:
@@ -106,3 +110,39 @@ def test_a_config_file_with_unknown_fields_is_refused(tmp_path):
     train, args = _train_args("--config", str(tmp_path / "c.json"))
     with pytest.raises(ConfigError, match="unknown field"):
         train.build_config(args)
+
+
+@pytest.mark.parametrize(("choice", "eval_splits", "val_rows", "resolved"), [
+    ("auto", ("test",), 100, "val"),                # the store's val split, as before
+    ("auto", ("val",), 100, "train_holdout"),       # GenImage: val is what is scored
+    ("auto", ("test", "val"), 100, "train_holdout"),
+    ("auto", ("test",), 0, "train_holdout"),        # no val rows at all
+    ("val", ("test",), 100, "val"),
+    ("train_holdout", ("test",), 100, "train_holdout"),
+])
+def test_calibration_split_resolves_to_rows_that_are_not_scored(choice, eval_splits, val_rows, resolved):
+    cfg = resolve_calibration_split(TrainConfig(calibration_split=choice), eval_splits=eval_splits, val_rows=val_rows)
+    assert cfg.calibration_split == resolved
+    rows = cfg.calibration_rows()
+    assert not set(rows["splits"]) & set(eval_splits)
+    if resolved == "train_holdout":  # the same rows as training, the complementary side of the holdout
+        assert rows == {**cfg.training_rows(), "holdout": "only"} and cfg.training_rows()["holdout"] == "exclude"
+    else:
+        assert "holdout" not in cfg.training_rows()
+
+
+@pytest.mark.parametrize(("choice", "eval_splits", "val_rows", "needle"), [
+    ("val", ("val",), 100, "fitted on the rows they are scored on"),
+    ("val", ("test",), 0, "no val rows"),
+    ("train_holdout", ("train",), 100, "also scored"),
+    ("auto", ("train", "val"), 100, "also scored"),
+])
+def test_calibration_on_scored_or_missing_rows_is_refused(choice, eval_splits, val_rows, needle):
+    with pytest.raises(ConfigError, match=needle) as err:
+        resolve_calibration_split(TrainConfig(calibration_split=choice), eval_splits=eval_splits, val_rows=val_rows)
+    assert "\n" not in str(err.value)
+
+
+def test_rows_are_not_chosen_before_the_calibration_split_is_resolved():
+    with pytest.raises(ConfigError, match="still auto"):
+        TrainConfig().training_rows()

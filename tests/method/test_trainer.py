@@ -196,10 +196,62 @@ def test_classifier_input_choice_trains_and_scores(choice):
 
 
 def test_diagnostics_per_rotation_in_the_history():
-    x, y = synthetic_clusters(64, DIM, seed=1)
-    history = Trainer(tiny(rotations=2, methods=("gendet",)), TensorSource(x, y, batch_size=32, seed=3)).train()
+    x, y = synthetic_clusters(256, DIM, seed=1)
+    cfg = tiny(rotations=3, methods=("gendet",))
+    history = Trainer(cfg, TensorSource(x, y, batch_size=32, seed=3)).train()
     rows = {(r["stage"], r["job"]): r for r in history}
-    for r in ("r01", "r02"):
-        assert rows[(f"{r}.a", "real.gendet")]["discrepancy"] >= 0
-        assert rows[(f"{r}.b", "fake.gendet")]["discrepancy"] > rows[(f"{r}.a", "real.gendet")]["discrepancy"]
+    for r in ("r01", "r02", "r03"):
+        real, fake = rows[(f"{r}.a", "real.gendet")], rows[(f"{r}.b", "fake.gendet")]
+        assert real["discrepancy"] == pytest.approx(real["mean_loss"])  # Eq. 1 mean-reduced is the discrepancy
+        assert fake["mean_loss"] == pytest.approx(cfg.alpha * fake["hinge"]) and 0 < fake["hinge"] <= cfg.margin
+        if r != "r01":  # once stage (b) has pushed: the fakes' discrepancy is above the reals' (what N_c reads)
+            assert fake["discrepancy"] > real["discrepancy"]
         assert 0 < rows[(f"{r}.c", "augmenter")]["g_shift"] <= 0.5 + 1e-6  # within TrainConfig.augmenter_bound
+
+
+def test_diagnostics_read_no_extra_forward_but_gendets_raw_fakes_every_few_batches(monkeypatch):
+    """The diagnostics come from each step's own forward: a stage of real.M or the augmenter runs
+    the student / G once per batch, as its loss needs; only gendet's raw-fake discrepancy costs a
+    student forward more, on every DIAGNOSTIC_EVERY-th batch (issue 11: training speed)."""
+    from gendet.method import trainer as trainer_module
+
+    x, y = synthetic_clusters(256, DIM, seed=1)  # 256 fakes: 8 batches per fake stage
+    trainer = Trainer(tiny(rotations=1, methods=("gendet",)), TensorSource(x, y, batch_size=32, seed=3))
+    calls: dict[str, int] = {}
+    for key in ("student.gendet", "augmenter"):
+        trainer.nets[key].register_forward_hook(lambda *_, k=key: calls.__setitem__(k, calls.get(k, 0) + 1))
+    stages = {s.name: s for s in trainer.stages}
+    trainer.train()  # warm the networks: counts below are per stage
+    for name, expected in (("r01.a", {"student.gendet": 8}),
+                           ("r01.b", {"student.gendet": 8 + 8 // trainer_module.DIAGNOSTIC_EVERY, "augmenter": 8}),
+                           ("r01.c", {"student.gendet": 8, "augmenter": 8})):
+        calls.clear()
+        trainer.run_stage(stages[name], first_epoch=0)
+        assert calls == expected, name
+
+
+def test_with_val_scored_calibration_is_fitted_on_held_out_training_rows_never_on_val(tmp_path):
+    """GenImage has train and val only, so val is scored: the rows thresholds and Platt scaling are
+    fitted on are a held-out part of the training rows, none of them val, none trained on."""
+    from gendet.features.sources import ParquetSource
+    from gendet.method.config import resolve_calibration_split
+    from gendet.method.detector import Detector
+    from helpers.synthetic_store import write_synthetic_store
+
+    variant = write_synthetic_store(str(tmp_path / "store"), dim=DIM, per_split={"train": 200, "val": 40})
+    cfg = resolve_calibration_split(tiny(rotations=1, methods=("gendet",), train_subsets=("seen",)),
+                                    eval_splits=("val",), val_rows=160)
+    assert cfg.calibration_split == "train_holdout"
+    columns = ("key", "content_id", "split")
+    calibration = ParquetSource(variant, **cfg.calibration_rows()).table(columns=columns).to_pylist()
+    training = ParquetSource(variant, **cfg.training_rows()).table(columns=columns).to_pylist()
+    assert calibration and {r["split"] for r in calibration} == {"train"}  # none of val
+    assert {r["key"] for r in calibration}.isdisjoint(r["key"] for r in training)
+    assert {r["content_id"] for r in calibration}.isdisjoint(r["content_id"] for r in training)
+    result = train_all(cfg, ParquetSource(variant, batch_size=32, **cfg.training_rows()),
+                       calibration=ParquetSource(variant, **cfg.calibration_rows()))
+    det = result.detectors["gendet"]
+    assert det.calibration_split == "train_holdout" and det.platt is not None and det.target_fpr == cfg.target_fpr
+    det.save(str(tmp_path / "d"))
+    assert Detector.load(str(tmp_path / "d")).calibration_split == "train_holdout"  # recorded in detector.json
+    assert result.history[0]["rows"] == len(training)  # the held-out rows were not trained on

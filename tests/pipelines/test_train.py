@@ -6,6 +6,7 @@ import os
 import pytest
 from mlflow import MlflowClient
 
+from gendet.features.sources import ParquetSource
 from gendet.method.detector import Detector
 from helpers.synthetic_store import write_synthetic_store
 from pipelines import train as train_pipeline
@@ -22,9 +23,10 @@ def _args(store, out, *extra):
 def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store = str(tmp_path / "store")
-    write_synthetic_store(store)
+    variant = write_synthetic_store(store)
     out = tmp_path / "out"
-    assert train_pipeline.main(_args(store, out)) == 0
+    # val is scored (as on GenImage): calibration holds out part of the training rows instead
+    assert train_pipeline.main(_args(store, out, "--eval-splits", "val")) == 0
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["subsets"]) == {"seen", "unseen"}
@@ -38,9 +40,15 @@ def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monke
 
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["gate"]["promoted"] is True and summary["gate"]["version"] == "1"
+    assert summary["calibration_split"] == "train_holdout"
+    assert Detector.load(str(out / "detectors" / "gendet")).calibration_split == "train_holdout"
+    training_rows = sum(ParquetSource(variant, subsets=("seen",), holdout="exclude").counts().values())
+    pretrain = json.loads((out / "history.json").read_text())[0]  # rank 0's share of 2 workers
+    assert pretrain["stage"] == "pretrain" and 2 * pretrain["rows"] in (training_rows, training_rows - 1)
     client = MlflowClient(summary["tracking_uri"])
     run = client.get_run(summary["run_id"])
-    assert run.data.params["rotations"] == "1"
+    assert run.data.params["rotations"] == "1" and run.data.params["calibration_split"] == "train_holdout"
+    assert "plots/training_diagnostics.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "gendet/seen/acc" in run.data.metrics and "linear_probe/unseen/ap" in run.data.metrics
     assert any(k.startswith("loss/real.gendet") for k in run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -51,7 +59,11 @@ def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monke
     out2 = tmp_path / "out2"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
     # (the gate reads the gendet rung alone: the second run trains only it)
-    assert train_pipeline.main(_args(store, out2, "--gate-margin", "0.5", "--name", "second", "--methods", "gendet")) == 0
+    # (streamed from Parquet this time: Ray Data's filter leaves the same held-out rows out)
+    assert train_pipeline.main(_args(store, out2, "--gate-margin", "0.5", "--name", "second", "--methods", "gendet",
+                                     "--eval-splits", "val", "--in-memory-rows", "0")) == 0
+    pretrain = json.loads((out2 / "history.json").read_text())[0]
+    assert 2 * pretrain["rows"] in (training_rows, training_rows - 1)
     gate = json.loads((out2 / "train_summary.json").read_text())["gate"]
     assert gate["promoted"] is False and "margin" in gate["reason"]
     assert str(client.get_model_version_by_alias("gendet", "challenger").version) == "2"
@@ -68,6 +80,10 @@ def test_bad_training_request_fails_before_ray(tmp_path, capsys):
     assert "--train-subsets: empty" in capsys.readouterr().err  # not "every subset" by accident
     assert train_pipeline.main([store, "--train-subsets", "seen", "--num-workers", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--num-workers 0: must be >= 1" in capsys.readouterr().err
+    # calibration is never fitted on rows that are missing or scored
+    assert train_pipeline.main([store, "--train-subsets", "seen", "--set", "calibration_split=val",
+                                "--out", str(tmp_path / "o")]) == 2
+    assert "no val rows" in capsys.readouterr().err
 
 
 def _train_args(store, out, storage, name, *extra):

@@ -1,0 +1,123 @@
+"""A hyperparameter sweep's bookkeeping, without Ray or MLflow: the grid, each trial's numbers, the tables.
+
+* ``expand_grid``: every point of a grid ``{key: [values]}``, the last key varying fastest.
+* ``trial_numbers``: the numbers a trial reports from its ``metrics.json`` dicts (one per method):
+  the mean accuracy, AP and calibrated accuracy over the subsets it never trained on
+  (``unseen_*``) and over those it did (``seen_*``); the headline method's bare (``unseen_acc``:
+  what a sweep ranks trials by), every other method's as ``<method>/unseen_acc``.
+* ``grid_table`` (one row per grid point, seeds pooled) and ``pivot_table`` (rows one knob,
+  columns another: Table 5's M x alpha), cells mean ± sd over seeds in %; ``csv_text`` writes the
+  per-trial rows (``sweep.csv``).
+
+``pipelines.sweep`` runs the grid on Ray Tune; this module only does the arithmetic.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gendet import GendetError
+from gendet.eval.tables import markdown_table, mean_over
+
+SUMMARY = ("acc", "ap", "acc_calibrated")
+"""metrics.json per-subset numbers a trial averages over its seen and unseen subsets."""
+NUMBERS = tuple(f"{side}_{m}" for side in ("unseen", "seen") for m in SUMMARY)
+"""The bare keys of ``trial_numbers``: unseen_acc, unseen_ap, unseen_acc_calibrated, seen_acc, ..."""
+
+
+def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """``{"alpha": [0.1, 1], "margin": [2]}`` -> ``[{"alpha": 0.1, "margin": 2}, {"alpha": 1, "margin": 2}]``."""
+    for key, values in grid.items():
+        if not values:
+            raise GendetError(f"grid: {key} has no values")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def seen_unseen(report: Mapping[str, Any], seen: Sequence[str]) -> dict[str, float]:
+    """The ``NUMBERS`` of one metrics.json dict; NaN where a side has no subset (or no value)."""
+    subsets = list(report["subsets"])
+    sides = {"unseen": [s for s in subsets if s not in seen], "seen": [s for s in subsets if s in seen]}
+    out = {}
+    for side, names in sides.items():
+        for metric in SUMMARY:
+            value = mean_over(report, names, metric) if names else None
+            out[f"{side}_{metric}"] = math.nan if value is None else float(value)
+    return out
+
+
+def trial_numbers(reports: Mapping[str, Mapping[str, Any]], seen: Sequence[str], headline: str) -> dict[str, float]:
+    """The headline method's ``NUMBERS`` bare, every other method's as ``<method>/<number>``."""
+    if headline not in reports:
+        raise GendetError(f"sweep: the headline method {headline!r} was not trained; trained: {', '.join(reports)}")
+    out: dict[str, float] = {}
+    for method, report in reports.items():
+        numbers = seen_unseen(report, seen)
+        out.update(numbers if method == headline else {f"{method}/{k}": v for k, v in numbers.items()})
+    return out
+
+
+def _finite(values: Sequence[Any]) -> list[float]:
+    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
+def mean_sd(values: Sequence[Any]) -> str:
+    """Fractions as ``"88.5 ± 2.2"`` (%; sd over the values), ``"88.5"`` for one, ``"–"`` for none."""
+    finite = _finite(values)
+    if not finite:
+        return "–"
+    mean = 100 * statistics.mean(finite)
+    if len(finite) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {100 * statistics.stdev(finite):.1f}"
+
+
+def cell(value: Any) -> str:
+    """A knob's value as a table cell: tuples as ``a,b``, floats as Python writes them."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def group(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[tuple, list[Mapping[str, Any]]]:
+    """Rows grouped by their values of ``keys``, groups in order of first appearance."""
+    out: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(tuple(cell(row[k]) for k in keys), []).append(row)
+    return out
+
+
+def grid_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], numbers: Sequence[str] = NUMBERS) -> str:
+    """One row per distinct value of ``keys`` (seeds pooled): the knobs, the trial count, then
+    mean ± sd of each of ``numbers``."""
+    lines = [[*values, len(members), *(mean_sd([m.get(n) for m in members]) for n in numbers)]
+             for values, members in group(rows, keys).items()]
+    return markdown_table([*keys, "trials", *numbers], lines)
+
+
+def pivot_table(rows: Sequence[Mapping[str, Any]], row_key: str, col_key: str, number: str = "unseen_acc") -> str:
+    """Rows ``row_key``, columns ``col_key``, cells mean ± sd of ``number`` over the rows that
+    share both values (the seeds, and any other knob: pass only the rows to pool)."""
+    cols = list(group(rows, [col_key]))
+    lines = []
+    for (row_value,), members in group(rows, [row_key]).items():
+        by_col = group(members, [col_key])
+        lines.append([row_value, *(mean_sd([m.get(number) for m in by_col.get(c, [])]) for c in cols)])
+    return markdown_table([f"{row_key} \\ {col_key}", *(c[0] for c in cols)], lines)
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """The rows as CSV with a header; knobs as ``cell`` writes them, missing values empty."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else (cell(row[c]) if not isinstance(row[c], float) else repr(row[c]))
+                         for c in columns])
+    return buf.getvalue()
