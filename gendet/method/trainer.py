@@ -149,20 +149,14 @@ class _BatchCache:
             return self.nets["augmenter"](self.x)
 
 
-DIAGNOSTIC_EVERY = 8
-"""gendet's raw-fake discrepancy in stage (b) is measured on every 8th batch (``Trainer._loss``)."""
+DIAGNOSTIC_EVERY = 8  # gendet's raw-fake discrepancy in stage (b): every 8th batch (Trainer._loss)
+DIAGNOSTICS = ("discrepancy", "hinge", "g_shift")  # what a history row may carry besides mean_loss
 
 
 def _means(extras: tuple[dict[str, torch.Tensor], dict[str, int]] | None) -> dict[str, float]:
     """One stage's diagnostics: each sum read back once and divided by its step count."""
-    if not extras:
-        return {}
-    sums, counts = extras
+    sums, counts = extras or ({}, {})
     return {key: float(total) / counts[key] for key, total in sums.items()}
-
-
-DIAGNOSTICS = ("discrepancy", "hinge", "g_shift")
-"""The per-stage diagnostics a history row may carry besides ``mean_loss`` (``Trainer._loss``)."""
 
 
 @dataclass
@@ -285,19 +279,10 @@ class Trainer:
 
     def _loss(self, job: str, live: dict[str, nn.Module], cache: _BatchCache, y: torch.Tensor, *,
               step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The job's loss on the batch, and its diagnostics (issue 11; 0-d tensors on the device,
-        summed over the stage and read once at its end, so no step waits for a GPU):
-
-        - real.M: ``discrepancy``, the student's mean (z_t - z_s)^2 on the reals;
-        - fake.M: ``hinge``, Eq. 2 without alpha, on what the student trains on (G(x^f) for gendet);
-          ``discrepancy`` on the raw fakes (its gap to stage a's is what N_c reads);
-        - augmenter: ``g_shift`` = mean ||G(x) - x|| / ||x||.
-
-        Each is taken from the step's own forward, before its update, except gendet's raw-fake
-        discrepancy: its student trains on G(x^f), so that one costs two more forwards and is
-        measured on every ``DIAGNOSTIC_EVERY``-th batch only. (Diagnostics from extra forwards after
-        every step made a rotation ~25 % and stage (b) ~40 % longer at 323 k rows:
-        benchmarks/results/train-cpu2-pt214.md.)"""
+        """The job's loss and its diagnostics (0-d device tensors, read once per stage): real.M
+        ``discrepancy`` on reals; fake.M ``hinge`` (Eq. 2 without alpha) and raw-fake ``discrepancy``
+        (gendet: every ``DIAGNOSTIC_EVERY``-th batch, two extra forwards); augmenter ``g_shift``.
+        All from the step's own forward: extra forwards per step cost ~25 % (train-cpu2-pt214.md)."""
         what, _, method = job.partition(".")
         net = live[net_key(job)]
         if what in ("teacher", "probe"):

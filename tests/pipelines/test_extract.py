@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from gendet.extract.config import ExtractConfig
 from gendet.extract.runner import run_local
-from gendet.features.store import resolve_variant
+from gendet.features.store import feature_matrix, resolve_variant
 from helpers.bad_shards import write_bad_shard, write_good_shards
 from pipelines.extract import build_dataset, extract
 
@@ -44,7 +45,13 @@ def test_ray_pipeline_writes_the_same_store_as_the_plain_runner(ray_local, tmp_p
     ray_tables, plain_tables = store_tables(cfg.features), store_tables(str(tmp_path / "plain"))
     assert list(ray_tables) == list(plain_tables) and len(ray_tables) == 8  # features + quarantine per shard
     for name, table in ray_tables.items():
-        assert table.equals(plain_tables[name]), name
+        # equal but for float rounding: torch 2.14's FFT/einsum results depend on the batch's size
+        # (batch 4 here, 7 there), by ~1e-7, which a float16 store can round either way
+        other = plain_tables[name]
+        meta = [c for c in table.column_names if c != "feature"]
+        assert table.select(meta).equals(other.select(meta)), name
+        if "feature" in table.column_names:
+            assert np.allclose(feature_matrix(table["feature"]), feature_matrix(other["feature"]), rtol=1e-3, atol=1e-3), name
     assert extract(cfg)["shards_done"] == 0  # incremental: nothing left to do
 
 

@@ -193,4 +193,6 @@ def test_predict_sees_the_features_the_extraction_job_stored(scorer, tiny_images
     stored = np.stack(pq.read_table(f"{variant.url}/files-000000.parquet")["feature"].to_numpy(zero_copy_only=False))
     served = scorer.features([scorer_mod.decode_image(Path(p).read_bytes()) for p in tiny_images])
     assert stored.shape == served.shape == (len(tiny_images), scorer.encoder.dim)
-    assert np.array_equal(stored, served)
+    # the same decode and preprocessing; only the encoder's float rounding depends on the batch's
+    # size with torch 2.14 (batch 4 there, 6 here): ~1e-7
+    assert np.allclose(stored, served, rtol=1e-5, atol=1e-5)
