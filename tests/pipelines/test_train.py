@@ -119,12 +119,23 @@ def test_driver_killed_then_same_command_resumes(ray_local, tmp_path, monkeypatc
     args = _train_args(store, out, storage, "killed-driver", "--batch-size", "8")
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", *args], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Kill only once Ray Train has *registered* a checkpoint (its manager snapshot names one): a
+    # checkpoint_* folder appears before its upload ends, and a run killed then has nothing to
+    # restore (the race this test lost once under CI's load).
+    snapshot = storage / "killed-driver" / "checkpoint_manager_snapshot.json"
+
+    def registered() -> bool:
+        try:
+            return "checkpoint_" in snapshot.read_text()
+        except OSError:
+            return False
+
     deadline = time.time() + 240
     try:
-        while time.time() < deadline and not list(storage.glob("killed-driver/checkpoint_*")):
+        while time.time() < deadline and not registered():
             assert proc.poll() is None, "training ended before it could be killed"
             time.sleep(0.5)
-        assert list(storage.glob("killed-driver/checkpoint_*")), "no checkpoint was persisted in time"
+        assert registered(), "no checkpoint was registered in time"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
