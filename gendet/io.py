@@ -124,3 +124,51 @@ def fingerprints(urls: list[str]) -> dict[str, dict[str, Any]]:
             if entry is not None and entry.get("type", "file") == "file":
                 out[url] = fingerprint(entry)
     return out
+
+
+# --- preflight: where a job's inputs and outputs live, checked before any work -----------------------
+SHARED_FS_ENV = "GENDET_SHARED_FS"
+_NODE_LOCAL_PROTOCOLS = {"file", "local", "memory"}
+
+
+def is_node_local(url: str) -> bool:
+    """Whether ``url`` names this machine's own storage (a path, ``file://``, ``memory://``)."""
+    from fsspec.utils import get_protocol
+
+    return get_protocol(str(url).split("::")[-1]) in _NODE_LOCAL_PROTOCOLS
+
+
+def on_cluster() -> bool:
+    """Whether this process joins a Ray cluster (``RAY_ADDRESS`` set, as ``ray job submit`` sets it)."""
+    return os.environ.get("RAY_ADDRESS", "").strip() not in ("", "local")
+
+
+def require_reachable(url: str, what: str, flag_hint: str = "--shared-fs", *, shared: bool = False) -> None:
+    """Refuse, in one line, a node-local ``url`` for something every node of a Ray cluster reads
+    or writes (features, checkpoints, detectors) when ``RAY_ADDRESS`` is set: another node would
+    read an empty folder or write where nobody looks. ``shared`` (the verb's ``flag_hint`` flag)
+    or ``GENDET_SHARED_FS=1`` says the path is a mount every node sees at the same place (NFS)."""
+    if not on_cluster() or not is_node_local(url):
+        return
+    if shared or os.environ.get(SHARED_FS_ENV, "").strip().lower() in ("1", "true", "yes"):
+        return
+    raise GendetError(f"{what} {url}: a path on this node's disk, but RAY_ADDRESS={os.environ['RAY_ADDRESS'].strip()} "
+                      "is a cluster whose other nodes do not see it; use a URL every node reaches (s3://..., gs://...), "
+                      f"or pass {flag_hint} (or set {SHARED_FS_ENV}=1) if it is a mount every node shares (NFS)")
+
+
+def check_writable(url: str, what: str) -> None:
+    """Write and delete a small probe object under the folder ``url`` (created when local), so a
+    missing bucket, wrong credentials or a read-only disk fail now, naming ``url``, not after the work."""
+    from gendet import first_line
+
+    fs, path = fs_and_path(url)
+    probe = path.rstrip("/") + f"/.gendet-write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        if is_local(fs):
+            os.makedirs(path, exist_ok=True)
+        fs.pipe_file(probe, b"gendet")
+        fs.rm_file(probe)
+    except Exception as exc:  # noqa: BLE001 - each backend raises its own types (PermissionError, ClientError, ...)
+        raise GendetError(f"{what} {url}: cannot write here ({first_line(exc, 200)}); give a {what} location this job can "
+                          "write to (check the path, the bucket, the credentials)") from None

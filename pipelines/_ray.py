@@ -1,7 +1,10 @@
 """Ray helpers shared by every pipeline: one way to get a Ray to run on.
 
 With ``RAY_ADDRESS`` set (a cluster, or the job a ``ray job submit`` started) the pipeline joins
-it; otherwise it starts a private local Ray on 127.0.0.1, every port of it: on Linux Ray swaps a
+it. Without it, on a machine where ``ray start`` runs a node (a ``ray up`` head, a worker node) it
+joins that node's cluster, as Ray records it (``<RAY_TMPDIR|TMPDIR|/tmp>/ray/ray_current_cluster``,
+what ``ray.init(address="auto")`` reads) when its GCS answers; ``RAY_ADDRESS=local`` opts out.
+Otherwise it starts a private local Ray on 127.0.0.1, every port of it: on Linux Ray swaps a
 127.0.0.1 node address for the machine's reachable one and its gRPC servers then listen on all
 interfaces, unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (set below, before Ray is imported:
 despite its name it is the switch for "this node is alone"; it only refuses ``ray start`` of a
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Callable
 
@@ -21,7 +25,47 @@ from gendet import GendetError
 
 LOCAL_CPUS_MIN = 8
 
-if not os.environ.get("RAY_ADDRESS", "").strip():
+
+def ray_address_file() -> str:
+    """Where ``ray start`` records its cluster's GCS address (Ray's own rule for its temp dir)."""
+    tmp = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+    return os.path.join(tmp or "/tmp", "ray", "ray_current_cluster")
+
+
+def running_node_address(timeout: float = 1.0) -> str | None:
+    """The GCS address of the Ray cluster a ``ray start`` node on this machine belongs to, when
+    its GCS accepts a connection; None when there is none (never started, or stopped and stale)."""
+    try:
+        with open(ray_address_file()) as f:
+            address = f.read().strip()
+        host, _, port = address.rpartition(":")
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return address
+    except (OSError, ValueError):
+        return None
+
+
+def on_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def cluster_address() -> str:
+    """The Ray this process joins (``RAY_ADDRESS``); empty: a private local Ray."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    return "" if address == "local" else address
+
+
+# A machine where `ray start` runs a node (a `ray up` head) is on that node's cluster, as if
+# RAY_ADDRESS were set (so every check of RAY_ADDRESS agrees); decided before Ray is imported,
+# which reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once.
+_RUNNING_NODE = None if os.environ.get("RAY_ADDRESS", "").strip() else running_node_address()
+JOINED_RUNNING_NODE = _RUNNING_NODE is not None
+if _RUNNING_NODE:
+    os.environ["RAY_ADDRESS"] = _RUNNING_NODE
+# A private Ray, or a cluster on loopback (a one-machine `ray start --node-ip-address 127.0.0.1`):
+# this driver's node address must be 127.0.0.1 too, or it waits for a raylet on the machine's IP.
+if not cluster_address() or on_loopback(cluster_address()):
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
@@ -34,8 +78,9 @@ def default_read_tasks() -> int | None:
     logical CPUs above are inflated, and Ray would run that many decoders against the encoder's
     threads on the same few cores (measured on 2 cores, ViT-B-32: 0.66x of a bare loop, 0.87x
     with one decoder; benchmarks/results/extract-*). So: one per physical core but one. On a
-    cluster (``RAY_ADDRESS`` set) the nodes' CPU counts are real and Ray decides."""
-    if os.environ.get("RAY_ADDRESS", "").strip():
+    cluster (``RAY_ADDRESS`` set, or a ``ray start`` node here) the nodes' CPU counts are real and
+    Ray decides."""
+    if cluster_address():
         return None
     return max(1, (os.cpu_count() or 2) - 1)
 
@@ -53,13 +98,17 @@ def require_ray() -> None:
 
 
 def init_ray(*, num_cpus: int | None = None, progress: bool = True) -> None:
-    """Join ``RAY_ADDRESS`` when set, else start a local Ray (no-op when Ray is already up)."""
+    """Join ``RAY_ADDRESS`` when set, else the cluster of a ``ray start`` node on this machine, else
+    start a private local Ray (no-op when Ray is already up)."""
     require_ray()
     import ray
     import ray.data
 
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS", "").strip()
+        address = cluster_address()
+        if JOINED_RUNNING_NODE and address == _RUNNING_NODE:
+            print(f"gendet: joining the Ray cluster at {address} (this machine runs a `ray start` node: "
+                  f"{ray_address_file()}); set RAY_ADDRESS=local for a private Ray", file=sys.stderr)
         if address.startswith(("http://", "https://")):
             raise GendetError(f"RAY_ADDRESS={address} is a dashboard (job submission) address; submit with "
                               "`ray job submit --address ADDRESS -- python -m pipelines.<name> ...` or set RAY_ADDRESS to "

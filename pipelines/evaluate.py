@@ -7,21 +7,28 @@ builds ``metrics.json`` with ``gendet.eval.metrics``. ``--degrade all`` adds Tab
 every degraded variant of the store (``gendet extract --degrade SPEC``), one row each.
 
 The scoring itself is the library's (``gendet.eval.scoring``); this module runs it on Ray Data.
+Before any scoring (``preflight``): the model loads, the MLflow server answers (for ``models:/``,
+``runs:/`` and ``--mlflow-run``, which must exist), every variant has rows of the eval splits, and
+``--out`` can be written; with ``RAY_ADDRESS`` set, FEATURES and ``--out`` must be URLs every node
+reaches unless ``--shared-fs``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
 
+from gendet import GendetError
 from gendet import io as gio
 from gendet.config import csv_tuple
 from gendet.eval import scoring
 from gendet.eval.metrics import json_safe
 from gendet.eval.tables import degradation_table, table
+from gendet.features.contents import check_rows
 from gendet.features.store import Variant, feature_files, list_variants, resolve_variant
 from gendet.method.detector import Detector
 from gendet.serve.loading import load_detector
@@ -82,19 +89,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow-run", default=None, help="log metrics.json and the table into this MLflow run id")
     p.add_argument("--ray-min-rows", type=int, default=RAY_MIN_ROWS,
                    help="score on Ray Data when the variant has more rows than this, else in this process (0 = always Ray)")
+    p.add_argument("--shared-fs", action="store_true",
+                   help="with RAY_ADDRESS set, allow local paths for FEATURES and --out: a mount every node sees (NFS); "
+                        "env GENDET_SHARED_FS=1 does the same")
+
+
+def preflight(args: argparse.Namespace) -> tuple[Detector, dict[str, Variant]]:
+    """Everything the run needs, before any scoring, each failure one line; returns the model and
+    {degrade: variant} to score."""
+    for url, what in ((args.features, "FEATURES"), (args.out, "--out")):
+        gio.require_reachable(url, what, "--shared-fs", shared=args.shared_fs)
+    if args.model.startswith(("models:/", "runs:/")) or args.mlflow_run:
+        from gendet.mlops.tracking import check_server
+
+        check_server()  # seconds, not MLflow's minutes of retries
+    det = load_detector(args.model)
+    if args.mlflow_run:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        try:
+            MlflowClient().get_run(args.mlflow_run)
+        except MlflowException as exc:
+            raise GendetError(f"--mlflow-run {args.mlflow_run}: no such run in the tracking store ({exc.error_code}); "
+                              "pass a run id of MLFLOW_TRACKING_URI's store") from None
+    encoder = args.encoder or det.encoder or None
+    degrades = ([""] + sorted({v.degrade for v in list_variants(args.features) if v.degrade})
+                if args.degrade == "all" else [args.degrade])
+    variants = {degrade: resolve_variant(args.features, encoder=encoder, degrade=degrade) for degrade in degrades}
+    for variant in variants.values():
+        scoring.check_matches({det.method: det}, variant)
+        check_rows(variant.url, eval_splits=args.eval_splits)
+    gio.check_writable(os.path.dirname(args.out) or ".", "--out")
+    return det, variants
 
 
 def run(args: argparse.Namespace) -> int:
     from pipelines._ray import require_ray
 
     require_ray()
-    det = load_detector(args.model)
-    encoder = args.encoder or det.encoder or None
-    degrades = ([""] + sorted({v.degrade for v in list_variants(args.features) if v.degrade})
-                if args.degrade == "all" else [args.degrade])
+    det, variants = preflight(args)
+    degrades = list(variants)
     by_degrade = {}
-    for degrade in degrades:
-        variant = resolve_variant(args.features, encoder=encoder, degrade=degrade)
+    for degrade, variant in variants.items():
         by_degrade[degrade] = evaluate_store({det.method: det}, variant, args.eval_splits, model_uris={det.method: args.model},
                                              ray_min_rows=args.ray_min_rows)[0][det.method]
     main_report = by_degrade[degrades[0]]

@@ -4,14 +4,16 @@ Plan (``gendet.extract.prepare``, before Ray starts: every bad input fails here 
 take the store's lease, list the shards, skip those whose stats file exists unless the shard
 changed or its outputs are damaged (``--mode overwrite`` redoes all).
 Run: one CPU task per shard decodes, degrades and preprocesses it to uint8 pixels (``ShardReader``;
-a quarter of float32's bytes through the object store and PCIe) -> an actor pool of encoders
-(``FeatureMapper``, built inside each actor, ``--concurrency`` actors with ``--num-gpus`` each,
-finishing the pixels to float on their device) -> the driver. The shard is the unit of the write:
-Ray's ``write_parquet`` picks its own file names and can split or merge shards, so the driver
-consumes ``iter_batches`` (features only, ~1 KB a row) and writes a shard's Parquet, quarantine
-table and stats file as soon as the shard's end row and all the rows it announced have arrived.
-Shards finish independently, so a job killed at any moment loses only shards without a stats file,
-and a rerun does exactly those.
+a quarter of float32's bytes through the object store and PCIe) -> an autoscaling pool of encoder
+actors (``PartWritingMapper``, 1..``--concurrency`` actors with ``--num-gpus`` each) that encode
+and write what they encoded as part files where they run (``gendet.extract.parts``) -> the driver,
+which only counts rows: when a shard has all its rows, a small task (``finalize_shard``, 0 CPUs, so
+it never waits behind decode or encode) writes the shard's Parquet, quarantine table and, last,
+its stats file, named by the input shard. No feature passes through the driver.
+Lost nodes: Ray retries a lost node's decode tasks and restarts its actors; the pool starts at one
+actor and grows as resources allow, so the survivors still decode and encode; a batch run twice
+counts once (rows are keyed by their index in the shard). A job killed at any moment loses only
+shards without a stats file, and a rerun does exactly those.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from gendet.config import add_config_arguments, config_from_args
 from gendet.extract.config import ExtractConfig
 
+FINALIZERS = 2  # actors that write finished shards (I/O: a shard's parts in, three files out)
 READER_MEMORY_BYTES = 3 << 29  # the worker process (0.6-1.2 GiB measured), a shard (<= 256 MiB) and its decoded batch
 
 
@@ -41,13 +44,15 @@ HELPS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, ExtractConfig, positional=("shards", "features"), helps=HELPS)
     parser.add_argument("--local", action="store_true", help="run without Ray: one process, DataLoader workers decode (--device)")
+    parser.add_argument("--shared-fs", action="store_true",
+                        help="on a cluster (RAY_ADDRESS set), local SHARDS/FEATURES paths are a mount every node sees (NFS)")
 
 
 def build_dataset(plan: Any) -> Any:
     """shard URLs -> reader tasks -> encoder actor pool (a lazy Ray Dataset)."""
     import ray.data
 
-    from gendet.extract.mapper import FeatureMapper
+    from gendet.extract.parts import PartWritingMapper
     from pipelines._ray import default_read_tasks
 
     cfg = plan.cfg
@@ -60,15 +65,66 @@ def build_dataset(plan: Any) -> Any:
     images = shards.map_batches(plan.reader, batch_size=1, num_cpus=1, memory=READER_MEMORY_BYTES, compute=readers)
     mapper_args = {"encoder": plan.info.encoder, "weights": cfg.weights, "precision": cfg.precision,
                    "device": "cuda" if cfg.num_gpus > 0 else "cpu", "feature_dtype": cfg.feature_dtype,
-                   "threads": max(1, int(cfg.cpus_per_actor))}
-    return images.map_batches(FeatureMapper, fn_constructor_kwargs=mapper_args, batch_size=cfg.batch_size,
-                              compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
-                              num_gpus=cfg.num_gpus or None, num_cpus=cfg.cpus_per_actor, batch_format="numpy")
+                   "threads": max(1, int(cfg.cpus_per_actor)), "variant_url": plan.info.url}
+    # Autoscaling, not fixed: a fixed pool whose lost actors restart on the surviving nodes can take
+    # every CPU there and leave none for decoding (measured: a stall until Ray Data's timeout).
+    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.concurrency)
+    return images.map_batches(PartWritingMapper, fn_constructor_kwargs=mapper_args, batch_size=cfg.batch_size,
+                              compute=pool, num_gpus=cfg.num_gpus or None, num_cpus=cfg.cpus_per_actor,
+                              batch_format="numpy")
+
+
+def write_shards(plan: Any, summaries: Any) -> tuple[list, dict]:
+    """Count the actors' summaries; finalize each shard on a worker as soon as all its rows are
+    written. Returns (stats of written shards, {stem: error} of failed ones)."""
+    import ray
+    from tqdm import tqdm
+
+    from gendet import GendetError
+    from gendet.config import to_dict
+    from gendet.extract.parts import PartTracker, ShardFinalizer
+
+    # A few threaded finalizer actors, started before the first rows arrive: 0 CPUs (never queued
+    # behind decode or encode), restarted elsewhere if their node is lost, and a retried finalize
+    # of a shard already written returns its stats.
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=8)(ShardFinalizer)
+    finalizers = [actor.options(scheduling_strategy="SPREAD").remote() for _ in range(FINALIZERS)]
+    tracker, running, done, failed = PartTracker(), {}, [], {}
+    config = to_dict(plan.cfg)
+
+    def collect(bar, block: bool) -> None:
+        ready, _ = ray.wait(list(running), num_returns=len(running) if block else 1, timeout=None if block else 0)
+        for ref in ready:
+            stem = running.pop(ref)
+            try:
+                done.append(ray.get(ref))
+            except (GendetError, OSError, ray.exceptions.RayTaskError) as exc:
+                cause = getattr(exc, "cause", None) or exc
+                failed[stem] = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            bar.update(1)
+            bar.set_postfix(images=sum(s["written"] for s in done), failed=len(failed))
+
+    with tqdm(total=len(plan.todo), unit="shard", desc="extract", dynamic_ncols=True) as bar:
+        for summary in summaries:
+            for stem in tracker.add(summary):
+                if plan.lease is not None and plan.lease.lost:  # never two writers: stop rather than mix
+                    raise GendetError(f"{plan.lease.lost}; this run stopped writing")
+                finalizer = finalizers[len(running) % len(finalizers)]
+                running[finalizer.finalize.remote(plan.info, stem, plan.url_of(stem), config)] = stem
+            if running:
+                collect(bar, block=False)
+        if running:
+            collect(bar, block=True)
+    for stem in tracker.pending:  # rows came but the shard never finished: report, never half-write
+        failed.setdefault(stem, f"{stem}: incomplete (rows missing); run again to redo it")
+    return done, failed
 
 
 def extract(cfg: ExtractConfig) -> dict[str, Any]:
     """Run one extraction on Ray; returns the summary (``gendet.extract.runner.finish``)."""
-    from gendet.extract.runner import consume, finish, prepare
+    from gendet.data.shards import shard_stem
+    from gendet.extract.parts import clear_parts
+    from gendet.extract.runner import finish, prepare
     from pipelines._ray import init_ray
 
     plan = prepare(cfg, lease=True)  # validates everything before Ray starts; holds the store's lease
@@ -76,19 +132,25 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
         if not plan.todo:
             return finish(plan, [], {})
         init_ray()
-        batches = build_dataset(plan).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
-        done, failed = consume(plan, batches)
+        clear_parts(plan.info.url, [shard_stem(url) for url in plan.todo])  # a killed run's leftovers
+        summaries = build_dataset(plan).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+        done, failed = write_shards(plan, summaries)
         return finish(plan, done, failed)
     finally:
         plan.release()
 
 
 def run(args: argparse.Namespace) -> int:
+    from gendet import io as gio
     from gendet.extract.runner import format_summary, run_local
     from pipelines._ray import require_ray
 
     if not args.local:
         require_ray()
+        # Decode tasks read SHARDS and encoder actors write FEATURES on every node: a path on this
+        # node's disk would be an empty folder there (refused before any work).
+        for url, what in ((args.shards, "SHARDS"), (args.features, "FEATURES")):
+            gio.require_reachable(url, what, "--shared-fs", shared=args.shared_fs)
     cfg = config_from_args(ExtractConfig, args)
     summary = run_local(cfg) if args.local else extract(cfg)
     print(format_summary(summary))

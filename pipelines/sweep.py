@@ -3,7 +3,9 @@
 The paper's Table 5 varies M (``margin``) and alpha; the default grid is theirs, alpha in
 {0.01, 0.1, 1} x M in {1, 2, 4}, and ``--grid KEY=v1,v2`` sweeps any TrainConfig field (repeat it
 for more dimensions; ``--seeds`` adds the seed as one more). Every point is built into a
-TrainConfig, and so checked, before Ray starts: a bad key or value is one line, exit 2.
+TrainConfig, and so checked, before Ray starts: a bad key or value is one line, exit 2. So are the
+store's rows (training subsets, eval splits), the MLflow server, ``--out`` and ``--storage``
+(writable; with ``RAY_ADDRESS`` set, URLs every node reaches unless ``--shared-fs``).
 
 Each Tune trial trains in its own process with the library: ``train_all`` on the training rows
 held in memory (``ParquetSource.table`` into a ``TensorSource``), Platt scaling and thresholds
@@ -39,6 +41,7 @@ from gendet import GendetError
 from gendet import io as gio
 from gendet.config import ConfigError, csv_tuple, from_dict, parse_assignments, to_dict
 from gendet.eval import sweep as gsweep
+from gendet.features.contents import check_rows, row_counts
 from gendet.features.sources import ParquetSource, TensorSource
 from gendet.features.store import Variant, feature_matrix, resolve_variant
 from gendet.method.config import METHODS, VAL, TrainConfig, preset, preset_names, resolve_calibration_split
@@ -78,7 +81,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-splits", type=csv_tuple, default=("test",), help="splits each trial is scored on")
     p.add_argument("--name", default="gendet-sweep", help="MLflow parent run name; Tune's records go to "
                                                           "STORAGE/NAME-<time>")
-    p.add_argument("--storage", default=None, help="Tune's storage URL (default: OUT/ray_results)")
+    p.add_argument("--storage", default=None, help="Tune's storage URL, reached by every node (default: OUT/ray_results)")
+    p.add_argument("--shared-fs", action="store_true",
+                   help="with RAY_ADDRESS set, allow local paths for FEATURES, --out and --storage: a mount every node sees "
+                        "(NFS); env GENDET_SHARED_FS=1 does the same")
     p.add_argument("--max-concurrent", type=int, default=0,
                    help="trials at once (0: one per core on a local Ray, as many as fit on a cluster)")
     p.add_argument("--cpus-per-trial", type=float, default=0.5, help="logical CPUs per trial (fractions allowed)")
@@ -142,20 +148,40 @@ def resolve_data(configs: list[TrainConfig], variant: Variant, eval_splits: tupl
     """The configs with their calibration rows resolved as ``gendet train`` resolves them (val,
     unless val is scored or absent: then a held-out part of the training rows); every distinct
     training and calibration selection checked for rows of both classes, the eval splits for rows."""
-    from gendet.eval.scoring import no_rows_error
-
-    val_rows = sum(ParquetSource(variant.url, splits=(VAL,)).counts().values())
+    counts = row_counts(variant.url)
+    val_rows = sum(n for (split, _), n in counts.items() if split == VAL)
     resolved = [resolve_calibration_split(c, eval_splits=eval_splits, val_rows=val_rows) for c in configs]
     checked = set()
     for cfg in resolved:
         rows = (cfg.train_subsets, cfg.train_splits, cfg.calibration_split, cfg.calibration_holdout)
         if rows not in checked:
             checked.add(rows)
+            check_rows(variant.url, eval_splits=eval_splits, train_subsets=cfg.train_subsets,
+                       train_splits=cfg.train_splits, counts=counts)
             check_source(cfg, ParquetSource(variant.url, **cfg.training_rows()))
             check_calibration(cfg, ParquetSource(variant.url, **cfg.calibration_rows()))
-    if sum(ParquetSource(variant.url, splits=eval_splits).counts().values()) == 0:
-        raise no_rows_error(variant, eval_splits, ())
     return resolved
+
+
+def output_urls(args: argparse.Namespace) -> tuple[str, str]:
+    """(OUT, Tune storage) URLs, checked to be reachable: with RAY_ADDRESS no node-local FEATURES,
+    --out or --storage (unless --shared-fs)."""
+    out = os.path.abspath(args.out) if "://" not in args.out else args.out
+    storage = args.storage or gio.join(out, "ray_results")
+    storage = os.path.abspath(storage) if "://" not in storage else storage
+    for url, what in ((args.features, "FEATURES"), (out, "--out"), (storage, "--storage")):
+        gio.require_reachable(url, what, "--shared-fs", shared=args.shared_fs)
+    return out, storage
+
+
+def check_outputs(out: str, storage: str) -> None:
+    """Before Ray starts: the MLflow store usable (a remote --out needs a tracking server, which
+    must answer), --out and --storage writable."""
+    from gendet.mlops import tracking
+
+    tracking.check_tracking(out)
+    gio.check_writable(out, "--out")
+    gio.check_writable(storage, "--storage")
 
 
 # --- inside a Tune trial --------------------------------------------------------------------------
@@ -177,8 +203,7 @@ def run_trial(point: dict[str, Any], *, configs: dict[str, dict[str, Any]], vari
                           batch_size=cfg.batch_size, seed=cfg.seed)
     calibration = ParquetSource(variant.url, dtype=cfg.feature_dtype, **cfg.calibration_rows())  # as gendet train
     started = time.perf_counter()
-    result = train_all(cfg, source, calibration=calibration, encoder=variant.encoder,
-                       preprocess_hash=variant.preprocess_hash)
+    result = train_all(cfg, source, calibration=calibration, **variant.detector_fields())
     train_seconds = time.perf_counter() - started
     reports = evaluate_store(result.detectors, variant, eval_splits)[0]
     numbers = gsweep.trial_numbers(reports, cfg.train_subsets, headline_method(result.detectors))
@@ -261,16 +286,16 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
 
     require_ray()
     grid, points, configs = build_sweep(args)  # every point checked before any work
+    out, storage = output_urls(args)
     variant = resolve_variant(args.features, encoder=args.encoder)
     configs = resolve_data(configs, variant, tuple(args.eval_splits))
+    check_outputs(out, storage)
 
     import mlflow
     from ray import tune
 
     from gendet.mlops import tracking
 
-    out = os.path.abspath(args.out) if "://" not in args.out else args.out
-    storage = args.storage or os.path.join(out, "ray_results")
     run_name = f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     local = not os.environ.get("RAY_ADDRESS", "").strip()
     # A local Ray's workers inherit this environment: without the trials' progress bars, which would

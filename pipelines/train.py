@@ -8,7 +8,15 @@ per stage and no worker loads the whole store. After every stage each worker rep
 attaches its checkpoint, which Ray Train persists to ``--storage`` (any fsspec/pyarrow URL). A run
 whose worker dies restarts from the last checkpoint (``FailureConfig``); a run whose driver dies is
 resumed by running the same command again (same ``--storage`` and ``--name``): Ray Train restores
-the run from its storage.
+the run from its storage. The trained detectors come back the same way: rank 0 puts them in its
+last checkpoint and the driver copies them from ``result.checkpoint`` to ``--out``, so no process
+assumes it shares a disk with another. With ``RAY_ADDRESS`` set, FEATURES, ``--out`` and
+``--storage`` must be URLs every node reaches (s3://, gs://) unless ``--shared-fs`` says they are a
+mount every node shares.
+
+Everything the run needs is checked before Ray starts (``preflight``): the config, the training
+subsets and eval splits in the store, the calibration rows, the MLflow tracking server, and that
+``--out`` and ``--storage`` can be written.
 
 Then the driver evaluates every method (``pipelines.evaluate``), logs everything to MLflow (rank 0
 only ever writes; the workers never touch MLflow), and with ``--register NAME`` registers the GenDet
@@ -25,14 +33,18 @@ import tempfile
 from dataclasses import fields
 from typing import Any
 
+from gendet import GendetError
 from gendet import io as gio
 from gendet.config import ConfigError, csv_tuple, from_dict, parse_assignments, read_config_file, to_dict
+from gendet.features.contents import check_rows, row_counts
 from gendet.features.sources import CachingSource, ParquetSource, epoch_seed
-from gendet.features.store import feature_files, feature_matrix, resolve_variant
+from gendet.features.store import Variant, feature_files, feature_matrix, resolve_variant
 from gendet.method.config import METHODS, VAL, TrainConfig, preset, preset_names, resolve_calibration_split
 from gendet.method.trainer import check_calibration, check_source
 
 DETECTORS = "detectors"
+HISTORY = "history.json"
+FINAL = "final"  # the stage name of the last report, whose checkpoint carries the detectors
 IN_MEMORY_ROWS = 100_000  # ~300 MB of 768-d float32 features: read once by the driver (build_datasets)
 
 
@@ -54,9 +66,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "on them: with val scored (or no val rows) it uses a held-out part of the training rows "
                         "(TrainConfig calibration_split, calibration_holdout)")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP when > 1)")
+    p.add_argument("--placement-strategy", default="PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+                   help="where Ray Train places its workers (SPREAD: across nodes, so one lost node stops one worker)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per worker (fractions allowed)")
-    p.add_argument("--storage", default=None, help="checkpoint storage URL (default: OUT/ray_results)")
+    p.add_argument("--storage", default=None, help="checkpoint storage URL, reached by every node (default: OUT/ray_results)")
+    p.add_argument("--shared-fs", action="store_true",
+                   help="with RAY_ADDRESS set, allow local paths for FEATURES, --out and --storage: they are on a mount "
+                        "every node sees at the same path (NFS); env GENDET_SHARED_FS=1 does the same")
     p.add_argument("--name", default="gendet-train", help="run name under --storage; rerun the same name to resume")
     p.add_argument("--max-failures", type=int, default=2, help="worker failures Ray Train recovers from")
     p.add_argument("--register", default=None, metavar="NAME", help="register the GenDet detector under NAME (alias "
@@ -150,12 +167,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = "cuda" if config["use_gpu"] else "cpu"
     result = train_all(cfg, source, checkpoint_dir=ckpt_dir, report=report, device=device,
                        prepare_model=ray.train.torch.prepare_model if world > 1 else None,
-                       calibration=calibration, encoder=config["encoder"], preprocess_hash=config["preprocess_hash"],
-                       encoder_weights=config.get("encoder_weights", ""))
+                       calibration=calibration, **config["detector_fields"])  # the store's variant key
+    # The detectors leave through Ray Train's storage: rank 0's node may share no disk with the driver.
+    # Its last checkpoint keeps the stage files too, so a run restored from it resumes as finished.
     if rank == 0:
         for method, det in result.detectors.items():
-            det.save(gio.join(config["out_url"], DETECTORS, method))
-        gio.write_json_atomic(gio.join(config["out_url"], "history.json"), result.history)
+            det.save(os.path.join(ckpt_dir, DETECTORS, method))
+        gio.write_json_atomic(os.path.join(ckpt_dir, HISTORY), result.history)
+        ray.train.report({"stage": FINAL}, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir))
+    else:
+        ray.train.report({"stage": FINAL})  # a barrier: every worker reports as often as rank 0
     shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
@@ -193,31 +214,80 @@ def build_datasets(variant_url: str, cfg: TrainConfig, *, rows: int = 0, in_memo
             "fake": train.filter(expr=col("label") == "fake")}
 
 
-def fit(args: argparse.Namespace, cfg: TrainConfig, variant) -> str:
-    """Run the TorchTrainer; returns the URL holding the trained detectors."""
+def output_urls(args: argparse.Namespace) -> tuple[str, str]:
+    """(--out, --storage) as URLs: local paths made absolute, storage defaulting to OUT/ray_results."""
+    out_url = os.path.abspath(args.out) if "://" not in args.out else args.out
+    storage = args.storage or gio.join(out_url, "ray_results")
+    return out_url, (os.path.abspath(storage) if "://" not in storage else storage)
+
+
+def collect_detectors(checkpoint, out_url: str, methods: tuple[str, ...]) -> str:
+    """Copy the detectors and rank 0's history from the run's last checkpoint (on ``--storage``,
+    wherever rank 0 ran) to ``OUT``; returns ``OUT/detectors``."""
+    from gendet.method.detector import Detector
+
+    if checkpoint is None:
+        raise GendetError("the training run ended without a checkpoint: no detectors to collect; rerun the same command "
+                          "to resume it")
+    with checkpoint.as_directory() as local:
+        for method in methods:
+            Detector.load(os.path.join(local, DETECTORS, method)).save(gio.join(out_url, DETECTORS, method))
+        with open(os.path.join(local, HISTORY), "rb") as f:
+            gio.write_bytes_atomic(gio.join(out_url, HISTORY), f.read())
+    return gio.join(out_url, DETECTORS)
+
+
+def fit(args: argparse.Namespace, cfg: TrainConfig, variant, out_url: str | None = None, storage: str | None = None) -> str:
+    """Run the TorchTrainer; returns the URL holding the trained detectors (``collect_detectors``)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from pipelines._ray import init_ray
 
+    if out_url is None or storage is None:
+        out_url, storage = output_urls(args)
     init_ray()
-    out_url = os.path.abspath(args.out) if "://" not in args.out else args.out
-    storage = args.storage or os.path.join(out_url, "ray_results")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train_config": to_dict(cfg), "dim": variant.dim, "variant_url": variant.url,
-                           "encoder": variant.encoder, "preprocess_hash": variant.preprocess_hash,
-                           "out_url": out_url, "use_gpu": args.use_gpu, "fault_after_stage": args.fault_after_stage,
-                           "cache_rows": args.worker_cache_rows},
+                           "detector_fields": variant.detector_fields(), "out_url": out_url, "use_gpu": args.use_gpu,
+                           "fault_after_stage": args.fault_after_stage, "cache_rows": args.worker_cache_rows},
         scaling_config=ray.train.ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,
-                                               resources_per_worker={"CPU": args.cpus_per_worker}),
+                                               resources_per_worker={"CPU": args.cpus_per_worker},
+                                               placement_strategy=args.placement_strategy),
         run_config=ray.train.RunConfig(name=args.name, storage_path=storage,
                                        failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=build_datasets(variant.url, cfg, rows=variant.rows, in_memory_rows=args.in_memory_rows),
     )
-    trainer.fit()
-    return gio.join(out_url, DETECTORS)
+    result = trainer.fit()
+    return collect_detectors(result.checkpoint, out_url, cfg.methods)
+
+
+def preflight(args: argparse.Namespace) -> tuple[TrainConfig, Variant, str, str]:
+    """Everything the run needs, checked before Ray starts, each failure one line: the config; with
+    RAY_ADDRESS, no node-local FEATURES, --out or --storage (unless --shared-fs); the training
+    subsets and eval splits in the store; the calibration rows; the MLflow store (a tracking server
+    that answers; a remote --out needs one); --out and --storage writable.
+    Returns (config with its calibration split resolved, variant, OUT URL, storage URL)."""
+    from gendet.mlops import tracking
+
+    cfg = build_config(args)
+    out_url, storage = output_urls(args)
+    for url, what in ((args.features, "FEATURES"), (out_url, "--out"), (storage, "--storage")):
+        gio.require_reachable(url, what, "--shared-fs", shared=args.shared_fs)
+    variant = resolve_variant(args.features, encoder=args.encoder)
+    counts = row_counts(variant.url)
+    check_rows(variant.url, eval_splits=args.eval_splits, train_subsets=cfg.train_subsets, train_splits=cfg.train_splits,
+               counts=counts)
+    val_rows = sum(n for (split, _), n in counts.items() if split == VAL)
+    cfg = resolve_calibration_split(cfg, eval_splits=args.eval_splits, val_rows=val_rows)
+    check_source(cfg, ParquetSource(variant.url, **cfg.training_rows()))
+    check_calibration(cfg, ParquetSource(variant.url, **cfg.calibration_rows()))
+    tracking.check_tracking(out_url)
+    gio.check_writable(out_url, "--out")
+    gio.check_writable(storage, "--storage")
+    return cfg, variant, out_url, storage
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -225,19 +295,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines._ray import require_ray
 
     require_ray()
-    cfg = build_config(args)  # validated before any work
-    variant = resolve_variant(args.features, encoder=args.encoder)
-    val_rows = sum(ParquetSource(variant.url, splits=(VAL,)).counts().values())
-    cfg = resolve_calibration_split(cfg, eval_splits=args.eval_splits, val_rows=val_rows)
-    check_source(cfg, ParquetSource(variant.url, **cfg.training_rows()))
-    check_calibration(cfg, ParquetSource(variant.url, **cfg.calibration_rows()))
+    cfg, variant, out_url, storage = preflight(args)
     print(f"calibration: {cfg.calibration_split}" + (f" ({cfg.calibration_holdout:.0%} of the training content_ids, "
                                                       "left out of training)" if cfg.calibration_split != VAL else ""))
-    detectors_url = fit(args, cfg, variant)
+    detectors_url = fit(args, cfg, variant, out_url, storage)
     from gendet.mlops.training_report import ReportOptions, report_training
     from pipelines.evaluate import evaluate_store
 
-    opts = ReportOptions(out=args.out, eval_splits=tuple(args.eval_splits), run_name=args.name,
+    opts = ReportOptions(out=out_url, eval_splits=tuple(args.eval_splits), run_name=args.name,
                          params={"num_workers": args.num_workers, "use_gpu": args.use_gpu},
                          register=args.register, gate_margin=args.gate_margin, gate_real_floor=args.gate_real_floor)
     return report_training(cfg, variant, detectors_url, opts, evaluate_store)

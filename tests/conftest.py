@@ -41,44 +41,7 @@ def ray_local():
 # ---------------------------------------------------------------------------------------------- MLflow
 # (added for tests/test_tracking.py, test_registry.py, test_pyfunc.py, test_predict.py)
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc, timeout: float = 120.0) -> None:
-    """Poll ``url`` until it answers 200; fail with the process's log if it exits or times out."""
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
-
-
-def stop_process(proc) -> None:
-    """Terminate a process started with ``start_new_session=True`` and its workers (its group)."""
-    import signal
-    import subprocess
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=3)  # uvicorn waits for idle keep-alive clients
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+from helpers.processes import free_port, stop_process, wait_http  # noqa: E402 (shared with tests/pipelines)
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +61,32 @@ def mlflow_server(tmp_path_factory):
         wait_http(f"http://127.0.0.1:{port}/health", proc)
         yield f"http://127.0.0.1:{port}"
     finally:
+        stop_process(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory):
+    """A real S3 server (moto) on 127.0.0.1 with one bucket; this process's environment points
+    s3fs, boto3 and MLflow at it for the session (and so every Ray worker and job started after).
+    Yields {"endpoint": URL, "bucket": NAME, "env": the variables set}."""
+    from helpers.s3 import make_bucket, s3_env, start_moto
+
+    root = tmp_path_factory.mktemp("moto")
+    port = free_port()
+    log = open(root / "moto.log", "wb")
+    proc = start_moto(port, log)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = dict(os.environ)
+    try:
+        wait_http(f"{endpoint}/moto-api/", proc, timeout=60)
+        env = s3_env(endpoint)
+        os.environ.update(env)
+        make_bucket(endpoint, "gendet-test")
+        yield {"endpoint": endpoint, "bucket": "gendet-test", "env": env}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
         stop_process(proc)
         log.close()
 
@@ -223,22 +212,27 @@ def wait_job_agent(address: str, env: dict, timeout: float = 240) -> None:
 @pytest.fixture(scope="session")
 def ray_head():
     """A real ``ray start --head`` on 127.0.0.1 for ``ray job submit`` tests; yields (dashboard
-    address, environment for the ``ray`` CLI). Stopped through its own process group, since
-    ``ray stop`` would stop every Ray on the machine."""
+    address, environment for the ``ray`` CLI; its ``GENDET_TEST_METRICS_PORT`` is the head's metrics
+    port). Stopped through its own process group, since ``ray stop`` would stop every Ray on the machine."""
+    import secrets
     import shutil
     import subprocess
     import tempfile
 
-    port, dash, client, agent = (free_port() for _ in range(4))
+    port, dash, client, agent, metrics = (free_port() for _ in range(5))
     temp_dir = tempfile.mkdtemp(prefix="gdrj", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     # Ray >= 2.5x starts clusters with token auth; the `ray job` CLI must be told to send the token.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "CUDA_VISIBLE_DEVICES": "", "RAY_AUTH_MODE": "token"}
+    if not os.path.exists(os.path.expanduser("~/.ray/auth_token")):  # a fresh machine: a token for this test cluster
+        env.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
+    env["GENDET_TEST_METRICS_PORT"] = str(metrics)  # the head's Prometheus endpoint: http://127.0.0.1:PORT/metrics
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "8",
          "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-         "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent), "--temp-dir", temp_dir],
+         "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent), "--temp-dir", temp_dir,
+         "--metrics-export-port", str(metrics)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         address = f"http://127.0.0.1:{dash}"

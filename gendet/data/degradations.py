@@ -18,12 +18,20 @@ The protocol (GenImage Table 5, GenDet Table 4) trains on clean images and tests
     to 224 and center-crops; ``spectrum:v1`` upscales to 128). The detail lost is what is measured.
 
 Other values of the same kinds are accepted (``jpeg:1..100``, ``blur:<sigma>``, ``resize:<px>``).
+
+``aug:0.5`` is not a test degradation but the augmentation a detector trains with (the feature store
+holds features, so it is applied at extraction, into its own variant): with that probability an
+image gets one of JPEG at a quality in 60-95, a bicubic downscale by 0.5-1, or a crop of 0.6-1 of
+each side, drawn from a hash of its pixels (a rerun writes the same store). Its output is never
+under 64 px on a side that was not already (``spectrum:v2`` upscales below 64, and an upsampler's
+trace is what v2 avoids), so an image of 64 px or less can only be re-encoded as JPEG.
 Every degradation is deterministic, and ``Degradation.spec`` is the canonical spec string stored in
 the feature store's ``degrade`` column (``""`` for none).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 
@@ -33,7 +41,7 @@ from PIL import Image
 from gendet import GendetError
 
 PROTOCOL = ("jpeg:65", "jpeg:30", "blur:3", "blur:5", "resize:112", "resize:64")
-KINDS = ("jpeg", "blur", "resize")
+KINDS = ("jpeg", "blur", "resize", "aug")
 
 
 def jpeg_bytes(image: Image.Image, quality: int) -> bytes:
@@ -64,7 +72,41 @@ def _resize(image: Image.Image, shorter: float) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
-_APPLY = {"jpeg": _jpeg, "blur": _blur, "resize": _resize}
+# aug:P, a training augmentation (not a test degradation): with probability P one of JPEG, downscale or
+# crop, drawn per image. Never below AUG_MIN_SIDE px, which spectrum:v2 would upscale (an upsampler's
+# trace is what v2 exists to avoid); images at that size or under can only be re-encoded as JPEG.
+AUG_MIN_SIDE = 64
+AUG_JPEG_QUALITY = (60, 95)
+AUG_DOWNSCALE = (0.5, 1.0)
+AUG_CROP_MIN = 0.6
+
+
+def _augment(image: Image.Image, probability: float) -> Image.Image:
+    """The seed is a hash of the decoded pixels: the same image gets the same draw in every run,
+    shard layout and runner (a rerun writes the same store), different images independent ones."""
+    image = image.convert("RGB")
+    digest = hashlib.blake2b(image.tobytes(), digest_size=8, person=b"gendet-aug")
+    digest.update(f"{image.size}:{probability:g}".encode())
+    rng = np.random.default_rng(int.from_bytes(digest.digest(), "little"))
+    if rng.random() >= probability:
+        return image
+    w, h = image.size
+    ops = ("jpeg", "downscale", "crop") if min(w, h) > AUG_MIN_SIDE else ("jpeg",)
+    op = ops[int(rng.integers(len(ops)))]
+    if op == "jpeg":
+        return _jpeg(image, int(rng.integers(AUG_JPEG_QUALITY[0], AUG_JPEG_QUALITY[1] + 1)))
+    # each side shrinks by at least a pixel (an augmentation drawn is never a no-op) and stays >= 64
+    if op == "downscale":
+        factor = max(rng.uniform(*AUG_DOWNSCALE), AUG_MIN_SIDE / min(w, h))  # keeps the aspect ratio
+        size = [min(n - 1, max(AUG_MIN_SIDE, round(n * factor))) for n in (w, h)]
+        return image.resize(size, Image.Resampling.BICUBIC)  # Pillow widens the kernel when shrinking: antialiased
+    side = max(rng.uniform(AUG_CROP_MIN, 1.0), AUG_MIN_SIDE / min(w, h))
+    cw, ch = (min(n - 1, max(AUG_MIN_SIDE, round(n * side))) for n in (w, h))
+    x, y = int(rng.integers(w - cw + 1)), int(rng.integers(h - ch + 1))
+    return image.crop((x, y, x + cw, y + ch))
+
+
+_APPLY = {"jpeg": _jpeg, "blur": _blur, "resize": _resize, "aug": _augment}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +118,13 @@ class Degradation:
 
     @property
     def spec(self) -> str:
-        return f"{self.kind}:{self.value:g}" if self.kind else ""
+        """``kind:value``, the value as short as it stays exact (``blur:1.5``, ``jpeg:65``): one
+        spec per value applied, so two values never share a store variant (``:g`` alone rounds
+        ``blur:1.2345678`` to ``blur:1.23457``)."""
+        if not self.kind:
+            return ""
+        short = f"{self.value:g}"
+        return f"{self.kind}:{short if float(short) == self.value else repr(self.value)}"
 
     def __call__(self, image: Image.Image) -> Image.Image:
         if not self.kind:
@@ -86,7 +134,8 @@ class Degradation:
 
 def _invalid(spec: str, why: str) -> GendetError:
     return GendetError(f"--degrade {spec!r}: {why}; valid: {', '.join(PROTOCOL)} (GenImage protocol), "
-                       f"or jpeg:<quality 1-100>, blur:<sigma>, resize:<shorter side px>, or empty for none")
+                       "or jpeg:<quality 1-100>, blur:<sigma>, resize:<shorter side px>, aug:<probability> (training "
+                       "augmentation), or empty for none")
 
 
 def parse_degrade(spec: str | None) -> Degradation:
@@ -107,4 +156,6 @@ def parse_degrade(spec: str | None) -> Degradation:
         raise _invalid(spec, "blur sigma must be in (0, 50]")
     if kind == "resize" and not (8 <= value <= 4096 and value.is_integer()):
         raise _invalid(spec, "resize must be a whole number of pixels from 8 to 4096")
+    if kind == "aug" and not 0 < value <= 1:
+        raise _invalid(spec, "aug takes the probability of augmenting an image, in (0, 1]")
     return Degradation(kind, value)

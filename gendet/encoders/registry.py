@@ -29,7 +29,12 @@ that never run the model.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+
 from gendet import GendetError
+from gendet import io as gio
 from gendet.encoders.base import Encoder, EncoderSpec, Preprocessor
 
 OFFLINE_DEFAULT = "spectrum:v1"
@@ -98,3 +103,50 @@ def encoder_weights_arg(weights_ref: str | None) -> str | None:
     if not weights_ref or weights_ref == "none" or weights_ref.startswith("open_clip-hub:"):
         return None
     return weights_ref
+
+
+# A local weights file up to this size is identified by its bytes (sha256, well under a second);
+# a larger or remote one by its storage fingerprint: hashing 1.7 GB on s3 would read it all.
+SMALL_WEIGHTS_BYTES = 64 << 20
+
+
+def weights_identity(name: str, weights: str | None) -> tuple[str, str]:
+    """(reference, digest) of the weights encoder ``name`` computes with: what a feature store's
+    variant key and a detector record, so features of other weights are never mixed or scored.
+
+    Without ``weights`` the name fixes them: ``builtin`` (``spectrum``: no weights),
+    ``random-init`` (``open_clip:<arch>/none``), ``open_clip-hub:<arch>/<tag>``; the reference is
+    empty. With a file or URL: the reference is a local file's absolute path or the URL as given,
+    the digest ``sha256:<hex>`` of a local file up to ``SMALL_WEIGHTS_BYTES``, else
+    ``fingerprint:<hex>``, a hash of the storage's size and version (ETag, generation or mtime:
+    ``gendet.io.fingerprint``), one metadata request."""
+    spec = parse_encoder_name(name)
+    if not weights:
+        if spec.family == "spectrum":
+            return "", "builtin"
+        return "", "random-init" if spec.pretrained == "none" else f"open_clip-hub:{spec.arch}/{spec.pretrained}"
+    if spec.family == "spectrum":
+        raise GendetError(f"{spec.name} has no weights; drop --weights {weights}")
+    fs, path = gio.fs_and_path(weights)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        info = {"type": "missing"}
+    if info.get("type") != "file":
+        raise GendetError(f"{weights}: weights file not found; pass --weights a checkpoint file (local path or fsspec URL)")
+    stamp = gio.fingerprint(info)
+    local = gio.is_local(fs)
+    if local and stamp["size"] <= SMALL_WEIGHTS_BYTES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return os.path.abspath(path), f"sha256:{digest.hexdigest()}"
+    fingerprint = "fingerprint:" + hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:32]
+    return (os.path.abspath(path) if local else str(weights)), fingerprint
+
+
+def feature_precision(name: str, precision: str) -> str:
+    """The precision encoder ``name`` really computes in at ``precision``: ``spectrum`` runs its
+    FFTs in fp32 whatever it is asked, so its features do not depend on ``--precision``."""
+    return "fp32" if str(name).startswith("spectrum:") else precision

@@ -22,7 +22,7 @@ import pyarrow.dataset as pads
 
 from gendet import GendetError
 from gendet.eval.metrics import metrics_report
-from gendet.features.store import Variant, feature_matrix, open_dataset
+from gendet.features.store import Variant, check_variant, feature_matrix, open_dataset
 
 COLUMNS = ["feature", "label", "subset", "split", "shard"]
 
@@ -46,12 +46,14 @@ class DetectorScorer:
 
 
 def check_matches(detectors: Mapping[str, Any], variant: Variant) -> None:
-    """Every detector must score this variant's features (same width, same preprocessing)."""
+    """Every detector must score this variant's features (same width, same preprocessing; same
+    weights digest and precision where both recorded them: ``gendet.features.store.check_variant``)."""
     for method, det in detectors.items():
         if det.feature_dim != variant.dim or (det.preprocess_hash and det.preprocess_hash != variant.preprocess_hash):
             raise GendetError(f"{variant.url}: features of {variant.encoder} (dim {variant.dim}) do not match the "
                               f"{method} detector's encoder {det.encoder} (dim {det.feature_dim}); evaluate on a "
                               "store extracted with the detector's encoder")
+        check_variant(variant, det)
 
 
 def rows_to_score(splits: tuple[str, ...] = (), shards: tuple[str, ...] = ()) -> tuple[str, list[str]]:

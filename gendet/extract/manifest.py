@@ -18,20 +18,27 @@ from gendet import GendetError
 from gendet import io as gio
 from gendet.data.shards import shard_stem
 from gendet.features.store import (
+    KEY_FIELDS,
     MANIFEST,
     PARQUET_SUFFIX,
     QUARANTINE_SUFFIX,
     STATS_SUFFIX,
     damaged_shards,
+    describe_field,
     done_shards,
+    flag_for,
+    key_difference,
+    variant_key,
     variant_name,
 )
 
 
 @dataclass(frozen=True, slots=True)
 class VariantInfo:
-    """What one variant folder holds: the encoder, its preprocessing, the degradation, the stored
-    dtype. (The width comes with the first features: the driver never has to load the model.)"""
+    """What one variant folder holds: the variant key (encoder, weights digest, preprocessing,
+    precision, degradation; ``gendet.features.store.KEY_FIELDS``) and the stored dtype. (The
+    width comes with the first features: the driver never has to load the model.) Build it with
+    ``VariantInfo.of``, which resolves the weights digest and the precision that shapes features."""
 
     store: str
     encoder: str
@@ -39,14 +46,34 @@ class VariantInfo:
     degrade: str
     dtype: str
     weights: str = ""
+    weights_digest: str = ""
+    precision: str = ""
+
+    @classmethod
+    def of(cls, *, store: str, encoder: str, preprocess_hash: str, degrade: str, dtype: str,
+           weights: str | None, precision: str) -> VariantInfo:
+        """The info of a run: the weights' reference and digest (cheap: a storage fingerprint for a
+        large or remote file, ``gendet.encoders.registry.weights_identity``) and the precision the
+        encoder really computes in (``spectrum`` always fp32)."""
+        from gendet.encoders.registry import feature_precision, weights_identity
+
+        ref, digest = weights_identity(encoder, weights)
+        return cls(store=store, encoder=encoder, preprocess_hash=preprocess_hash, degrade=degrade, dtype=dtype,
+                   weights=ref, weights_digest=digest, precision=feature_precision(encoder, precision))
 
     @property
     def url(self) -> str:
         return gio.join(self.store, variant_name(self.encoder, self.preprocess_hash, self.degrade))
 
+    def key_fields(self) -> dict[str, str]:
+        return {"encoder": self.encoder, "weights": self.weights, "weights_digest": self.weights_digest,
+                "preprocess_hash": self.preprocess_hash, "precision": self.precision, "degrade": self.degrade,
+                "dtype": self.dtype}
+
     def describe(self) -> dict[str, Any]:
-        return {"encoder": self.encoder, "weights": self.weights, "preprocess_hash": self.preprocess_hash,
-                "degrade": self.degrade, "dtype": self.dtype}
+        """What the manifest and every stats file record of the variant (``variant_key``: the short
+        hash of its key)."""
+        return {**self.key_fields(), "variant_key": variant_key(self.key_fields())}
 
 
 def stats_url(variant_url: str, stem: str) -> str:
@@ -61,20 +88,41 @@ def quarantine_url(variant_url: str, stem: str) -> str:
     return gio.join(variant_url, stem + QUARANTINE_SUFFIX)
 
 
+def recorded_key(info: VariantInfo, seen: dict[str, Any]) -> dict[str, Any]:
+    """The key fields a manifest or stats file recorded. 0.3.0 files have no weights digest and
+    no precision field: their precision is the run's ``config`` one (fp32 when absent), as the
+    encoder computed it; their weights are compared by reference, as 0.3.0 did."""
+    from gendet.encoders.registry import feature_precision
+
+    key = {f: seen.get(f, "") for f in (*KEY_FIELDS, "weights", "dtype")}
+    if not key["precision"] and "variant_key" not in seen:
+        key["precision"] = feature_precision(str(seen.get("encoder") or info.encoder),
+                                             str((seen.get("config") or {}).get("precision") or "fp32"))
+    if not key["weights_digest"] and (seen.get("weights") or "") != info.weights:
+        key["weights_digest"] = "unrecorded"  # differs from any digest: the references differ
+    return key
+
+
 def check_compatible(info: VariantInfo) -> None:
-    """A variant folder holds one feature dtype and one set of encoder weights; refuse to mix,
-    before any work. The finished shards are checked too, so a run started while another one has
-    not yet written its manifest cannot mix either."""
+    """A variant folder holds one variant key and one feature dtype; a run that would mix is
+    refused in one line naming the folder and the flag to change, before any work. The finished
+    shards are checked too, so a run started while another one has not yet written its manifest
+    cannot mix either (and a 0.3.0 folder that held two degradations, ``blur:1.5`` and ``blur:15``,
+    is found by its shards' degrade)."""
     manifest_url = gio.join(info.url, MANIFEST)
     old = [gio.read_json(manifest_url)] if gio.exists(manifest_url) else []
     old += list(done_shards(info.url).values())[:1]
+    wanted = info.key_fields()
     for seen in old:
-        if seen.get("dtype", info.dtype) != info.dtype:
-            raise GendetError(f"{info.url}: holds {seen['dtype']} features, this run makes {info.dtype}; "
-                              f"pass --feature-dtype {seen['dtype']} or write to another FEATURES URL")
-        if seen.get("weights", info.weights) != info.weights:
-            raise GendetError(f"{info.url}: holds features of encoder weights {seen['weights'] or '(built in)'}, this run "
-                              f"uses {info.weights or '(built in)'}; pass the same --weights or write to another FEATURES URL")
+        recorded = recorded_key(info, seen)
+        field = key_difference(recorded, wanted, (*KEY_FIELDS, "dtype"))
+        if field == "degrade":
+            raise GendetError(f"{info.url}: holds {recorded['degrade']} features (gendet 0.3.0 put --degrade "
+                              f"{recorded['degrade']} and {info.degrade} in one folder); delete the folder and extract again")
+        if field:
+            raise GendetError(f"{info.url}: holds {describe_field(recorded, field)}, this run makes "
+                              f"{describe_field(wanted, field)}; pass {flag_for(recorded, field)} or write to another "
+                              "FEATURES URL")
 
 
 def plan_shards(shards: list[str], info: VariantInfo, mode: str) -> tuple[list[str], list[str], dict[str, str]]:

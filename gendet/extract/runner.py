@@ -64,8 +64,8 @@ def prepare(cfg: ExtractConfig, *, lease: bool = False) -> Plan:
     if cfg.weights and not gio.exists(cfg.weights):
         raise GendetError(f"{cfg.weights}: weights file not found; pass --weights a checkpoint (local path or fsspec URL)")
     preprocess = load_preprocess(name)
-    info = VariantInfo(store=str(cfg.features), encoder=name, preprocess_hash=preprocess.preprocess_hash,
-                       degrade=degrade.spec, dtype=cfg.feature_dtype, weights=cfg.weights or "")
+    info = VariantInfo.of(store=str(cfg.features), encoder=name, preprocess_hash=preprocess.preprocess_hash,
+                          degrade=degrade.spec, dtype=cfg.feature_dtype, weights=cfg.weights, precision=cfg.precision)
     try:
         gio.makedirs(info.url)
     except OSError as exc:
@@ -118,6 +118,8 @@ def consume(plan: Plan, batches: Iterator[dict[str, Any]], mapper: Callable | No
 def finish(plan: Plan, done: list[dict], failed: dict[str, str]) -> dict[str, Any]:
     """Rebuild the manifest and return this run's summary."""
     seconds = time.perf_counter() - plan.started
+    fs, path = gio.fs_and_path(plan.info.url)
+    fs.invalidate_cache(path)  # other processes wrote the shards: an object store's cached listing is stale
     manifest = rebuild_manifest(plan.info)
     images = sum(s["written"] for s in done)
     return {"output": plan.info.url, "encoder": plan.info.encoder, "degrade": plan.info.degrade,

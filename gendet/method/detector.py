@@ -3,8 +3,8 @@
 On disk (``save(dir_url)``; each file written atomically through ``gendet.io``)::
 
     DIR/model.safetensors   the networks' weights, keys prefixed by network (teacher., student., ...)
-    DIR/detector.json       method, architecture, encoder name and weights reference,
-                            preprocess_hash, feature_dim, calibrated threshold, target FPR,
+    DIR/detector.json       method, architecture, encoder name, weights reference and digest,
+                            preprocess_hash, encoder precision, feature_dim, calibrated threshold, target FPR,
                             Platt scaling and the rows both were fitted on (calibration_split)
 
 safetensors holds tensors only, so loading runs no pickled code; the networks are rebuilt from
@@ -52,6 +52,11 @@ class Detector:
     encoder_weights: str = ""
     """Reference to the encoder's weights (tag, file or sha) so the same features can be made."""
     preprocess_hash: str = ""
+    encoder_weights_digest: str = ""
+    """Digest of the weights the training features were made with (the store's variant key,
+    ``gendet.encoders.registry.weights_identity``); empty for detectors saved before 0.4.0."""
+    encoder_precision: str = ""
+    """The encoder precision of the training features (fp32/fp16/bf16); empty before 0.4.0."""
     threshold: float = 0.5
     """Decision threshold on P(fake); calibrated on held-out reals when ``target_fpr`` is set."""
     target_fpr: float | None = None
@@ -126,7 +131,8 @@ class Detector:
     def args(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "method": self.method, "arch": asdict(self.arch),
                 "feature_dim": self.feature_dim, "encoder": self.encoder, "encoder_weights": self.encoder_weights,
-                "preprocess_hash": self.preprocess_hash, "threshold": float(self.threshold),
+                "preprocess_hash": self.preprocess_hash, "encoder_weights_digest": self.encoder_weights_digest,
+                "encoder_precision": self.encoder_precision, "threshold": float(self.threshold),
                 "target_fpr": self.target_fpr, "platt": list(self.platt) if self.platt else None,
                 "calibration_split": self.calibration_split, "extra": self.extra}
 
@@ -162,6 +168,8 @@ class Detector:
                               "save the detector again (Detector.save or `gendet train`)") from None
         return cls(method=args["method"], arch=arch, nets=nets, encoder=args["encoder"],
                    encoder_weights=args["encoder_weights"], preprocess_hash=args["preprocess_hash"],
+                   encoder_weights_digest=str(args.get("encoder_weights_digest") or ""),
+                   encoder_precision=str(args.get("encoder_precision") or ""),
                    threshold=float(args["threshold"]), target_fpr=args["target_fpr"],
                    platt=_checked_platt(args.get("platt"), args_url),
                    calibration_split=_checked_split(args.get("calibration_split"), args_url), extra=args.get("extra", {}))

@@ -375,23 +375,24 @@ def check_calibration(cfg: TrainConfig, source: BatchSource) -> None:
 def train_all(cfg: TrainConfig, source: BatchSource, *, checkpoint_dir: str | None = None,
               report: Report | None = None, prepare_model: PrepareModel | None = None, device: str = "cpu",
               calibration: BatchSource | None = None, encoder: str | None = None, encoder_weights: str = "",
-              preprocess_hash: str | None = None, resume_from: str | None = None) -> TrainResult:
+              preprocess_hash: str | None = None, resume_from: str | None = None,
+              encoder_weights_digest: str = "", encoder_precision: str = "") -> TrainResult:
     """Train every method of ``cfg.methods`` on ``source``; one ``Detector`` per method.
 
     When ``calibration`` is given (held-out rows: ``ParquetSource(url, **cfg.calibration_rows())``,
     never rows that are scored later), each detector's threshold is set from its scores on those
     reals for ``cfg.target_fpr`` (``gendet.eval.metrics``), after Platt scaling fitted on its rows
     (``cfg.calibration``), and ``cfg.calibration_split`` is recorded as the detector's (None while
-    it is ``auto``: the caller chose the rows); otherwise the threshold stays 0.5. ``encoder`` and
-    ``preprocess_hash`` default to the source's attributes."""
+    it is ``auto``: the caller chose the rows); otherwise the threshold stays 0.5. Detectors record the
+    store variant's fields (``**Variant.detector_fields()``; encoder, preprocess_hash: else the source's)."""
     check_source(cfg, source)
     trainer = Trainer(cfg, source, checkpoint_dir=checkpoint_dir, report=report, prepare_model=prepare_model,
                       device=device, resume_from=resume_from)
     history = trainer.train()
     info = {"encoder": encoder if encoder is not None else getattr(source, "encoder", ""),
-            "encoder_weights": encoder_weights,
             "preprocess_hash": preprocess_hash if preprocess_hash is not None else getattr(source, "preprocess_hash", "")}
-    detectors = {m: trainer.detector(m, **info) for m in cfg.methods}
+    detectors = {m: trainer.detector(m, **info, encoder_weights=encoder_weights, encoder_precision=encoder_precision,
+                                     encoder_weights_digest=encoder_weights_digest) for m in cfg.methods}
     if calibration is not None:
         for det in detectors.values():
             calibrate(det, calibration, cfg.target_fpr, platt=cfg.calibration == "platt")

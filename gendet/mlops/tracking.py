@@ -39,8 +39,11 @@ SUMMARY_METRICS = ("mean_acc", "mAP", "mean_acc_calibrated", "calibrated_thresho
 
 def local_store(out_dir: str) -> tuple[str, str]:
     """(tracking URI, artifact location URI) of the SQLite store kept inside ``out_dir``."""
-    fs, path = gio.fs_and_path(out_dir)
-    if not gio.is_local(fs):
+    from fsspec.utils import get_protocol
+
+    # the protocol alone: a remote --out is refused here even where its fsspec backend is not installed
+    fs, path = gio.fs_and_path(out_dir) if get_protocol(str(out_dir)) in ("file", "local") else (None, "")
+    if fs is None or not gio.is_local(fs):
         raise GendetError(f"{out_dir}: a SQLite MLflow store needs a local output directory; "
                           "set MLFLOW_TRACKING_URI to a tracking server to log from here")
     root = Path(path).resolve()
@@ -56,6 +59,39 @@ def resolve_tracking_uri(out_dir: str | None) -> str:
     if out_dir is None:
         raise GendetError("no MLflow store: set MLFLOW_TRACKING_URI or give an output directory")
     return local_store(out_dir)[0]
+
+
+def check_server(uri: str | None = None, *, timeout: float = 3.0) -> None:
+    """Fail in one line, within ``timeout`` seconds, when an http(s) tracking URI does not answer:
+    MLflow's own client retries a refused connection for minutes, after the work is done. Any
+    HTTP answer below 500 from ``/health`` counts (a proxy may guard it); other schemes pass."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    uri = uri if uri is not None else os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urllib.parse.urlsplit(uri)
+    health = parts._replace(netloc=parts.netloc.rpartition("@")[2], path=parts.path.rstrip("/") + "/health").geturl()
+    try:
+        with urllib.request.urlopen(health, timeout=timeout) as resp:
+            status, reason = resp.status, ""
+    except urllib.error.HTTPError as exc:
+        status, reason = exc.code, f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:  # refused, timed out, no such host
+        status, reason = 0, str(getattr(exc, "reason", exc))
+    if status == 0 or status >= 500:
+        raise GendetError(f"MLflow tracking server {uri} does not answer ({reason}); start it or point "
+                          "MLFLOW_TRACKING_URI at one that answers (unset, runs go to a SQLite store under a local --out)")
+
+
+def check_tracking(out_dir: str | None, *, timeout: float = 3.0) -> str:
+    """The tracking URI a job will log to, checked before any work: a remote ``--out`` without
+    ``MLFLOW_TRACKING_URI`` is refused, and a tracking server must answer. Returns the URI."""
+    uri = resolve_tracking_uri(out_dir)
+    check_server(uri, timeout=timeout)
+    return uri
 
 
 def use_experiment(out_dir: str | None, experiment: str = DEFAULT_EXPERIMENT) -> str:

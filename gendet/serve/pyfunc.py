@@ -187,6 +187,7 @@ def _model_kwargs(detector_dir: str, tmp: str) -> dict[str, Any]:
 
     det = Detector.load(detector_dir)
     metadata = {"encoder": det.encoder, "encoder_weights": det.encoder_weights,
+                "encoder_weights_digest": det.encoder_weights_digest, "encoder_precision": det.encoder_precision,
                 "preprocess_hash": det.preprocess_hash, "threshold": det.threshold,
                 "target_fpr": det.target_fpr, "method": det.method, "feature_dim": det.feature_dim}
     return dict(python_model=str(MODEL_CODE), artifacts={ARTIFACT: detector_dir}, signature=SIGNATURE,

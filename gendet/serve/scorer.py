@@ -72,10 +72,14 @@ class ImageScorer:
     @classmethod
     def from_detector(cls, detector: Any, *, device: str = "cpu", threshold: float | None = None,
                       max_pixels: int | None = None) -> ImageScorer:
-        from gendet.encoders.registry import encoder_weights_arg, load_encoder
+        from gendet.encoders.registry import encoder_weights_arg, load_encoder, weights_identity
 
-        encoder = load_encoder(detector.encoder, weights=encoder_weights_arg(detector.encoder_weights),
-                               device=device)
+        weights = encoder_weights_arg(detector.encoder_weights)
+        recorded = getattr(detector, "encoder_weights_digest", "")  # empty: saved before 0.4.0
+        if recorded and (now := weights_identity(detector.encoder, weights)[1]) != recorded:
+            raise GendetError(f"{weights or detector.encoder}: not the encoder weights the detector was trained on (digest "
+                              f"{now[:24]}, the detector's {recorded[:24]}); restore those weights or retrain on these")
+        encoder = load_encoder(detector.encoder, weights=weights, device=device)
         return cls(detector, encoder, threshold, max_pixels)
 
     def pixels(self, image: Image.Image) -> np.ndarray:

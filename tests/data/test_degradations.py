@@ -41,6 +41,15 @@ def test_parse_canonical_specs():
     assert parse_degrade(None).spec == parse_degrade("").spec == parse_degrade("none").spec == ""
 
 
+def test_one_spec_per_value_applied():
+    """The spec names the store variant: two values applied never share one, one value has one spelling."""
+    assert parse_degrade("blur:1.50").spec == "blur:1.5" != parse_degrade("blur:15").spec
+    assert parse_degrade("blur:1.2345678").spec == "blur:1.2345678" != parse_degrade("blur:1.2345679").spec
+    for spec in ("blur:1.2345678", "blur:0.1", "jpeg:7", "resize:112"):
+        d = parse_degrade(spec)
+        assert parse_degrade(d.spec) == d
+
+
 @pytest.mark.parametrize("bad", ["sharpen:2", "jpeg:high", "jpeg:0", "jpeg:65.5", "blur:-1", "resize:2", "resize"])
 def test_invalid_specs_list_the_valid_ones(bad):
     with pytest.raises(GendetError) as err:
@@ -88,3 +97,44 @@ def test_deterministic_and_picklable(photo):
         d = parse_degrade(spec)
         again = pickle.loads(pickle.dumps(d))  # our own bytes: shipped to decode workers
         assert np.array_equal(np.asarray(d(photo)), np.asarray(again(photo)))
+
+
+def _crops(photo: Image.Image, size: int, count: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    w, h = photo.size
+    return [photo.crop((x, y, x + size, y + size)) for x, y in
+            zip(rng.integers(0, w - size, count), rng.integers(0, h - size, count))]
+
+
+def test_aug_spec_is_canonical_and_checked():
+    assert parse_degrade("AUG:0.50").spec == "aug:0.5" and parse_degrade("aug:1").spec == "aug:1"
+    for bad in ("aug:0", "aug:1.5", "aug:-0.2", "aug:often"):
+        with pytest.raises(GendetError, match="aug"):
+            parse_degrade(bad)
+
+
+def test_aug_is_a_function_of_the_pixels(photo):
+    aug = parse_degrade("aug:0.5")
+    again = pickle.loads(pickle.dumps(aug))  # a decode worker's copy draws the same
+    for crop in _crops(photo, 128, 20):
+        assert np.array_equal(np.asarray(aug(crop)), np.asarray(again(crop.copy())))
+
+
+def test_aug_changes_about_its_share_and_uses_every_kind(photo):
+    crops = _crops(photo, 128, 200)
+    outs = [parse_degrade("aug:0.5")(c) for c in crops]
+    changed = [o.size != c.size or not np.array_equal(np.asarray(o), np.asarray(c)) for o, c in zip(outs, crops)]
+    assert 0.35 < np.mean(changed) < 0.65  # independent draws per image, at the asked probability
+    smaller = [o for o in outs if o.size != (128, 128)]
+    assert smaller and all(min(o.size) >= 64 for o in smaller)  # downscales and crops, never under 64 px
+    jpeg_like = [o for o, c, ch in zip(outs, crops, changed) if ch and o.size == c.size]
+    assert jpeg_like  # same size, other pixels: a JPEG round trip
+    always = [parse_degrade("aug:1")(c) for c in crops[:30]]
+    assert all(o.size != (128, 128) or not np.array_equal(np.asarray(o), np.asarray(c)) for o, c in zip(always, crops))
+
+
+def test_aug_never_makes_a_64px_image_smaller(photo):
+    for crop in _crops(photo, 64, 40):
+        out = parse_degrade("aug:1")(crop)
+        assert out.size == (64, 64) and out.mode == "RGB"  # only JPEG fits: v2 would upscale anything smaller
+        assert not np.array_equal(np.asarray(out), np.asarray(crop))

@@ -261,3 +261,54 @@ def test_hub_weights_offline_tell_the_user_to_pass_weights(monkeypatch):
     with pytest.raises(GendetError, match="pass --weights PATH_OR_URL") as err:
         load_encoder("open_clip:ViT-B-32/openai")
     assert "open_clip:ViT-B-32/openai" in str(err.value) and "\n" not in str(err.value)
+
+
+# --- the weights digest of the variant key ---------------------------------------------------------
+
+def test_weights_the_name_fixes_have_fixed_keys():
+    from gendet.encoders.registry import weights_identity
+
+    assert weights_identity("spectrum:v1", None) == ("", "builtin")
+    assert weights_identity(DEBUG_CLIP, "") == ("", "random-init")
+    assert weights_identity("open_clip:ViT-B-32/openai", None) == ("", "open_clip-hub:ViT-B-32/openai")
+    with pytest.raises(GendetError, match="has no weights"):
+        weights_identity("spectrum:v1", "w.pt")
+
+
+def test_a_small_local_file_is_known_by_its_bytes_a_large_one_by_its_storage_fingerprint(tmp_path, monkeypatch):
+    import os
+
+    from gendet.encoders import registry
+
+    small = tmp_path / "small.pt"
+    small.write_bytes(b"weights" * 100)
+    ref, digest = registry.weights_identity(DEBUG_CLIP, str(small))
+    assert ref == str(small) and digest == "sha256:" + hashlib.sha256(small.read_bytes()).hexdigest()
+    os.utime(small, (1, 1))
+    assert registry.weights_identity(DEBUG_CLIP, str(small))[1] == digest  # the bytes, not the time
+    # a large file (a sparse 1.7 GB one here) is never read: size and mtime identify it
+    large = tmp_path / "large.pt"
+    with open(large, "wb") as f:
+        f.truncate(1_700_000_000)
+    first = registry.weights_identity(DEBUG_CLIP, str(large))[1]
+    assert first.startswith("fingerprint:") and registry.weights_identity(DEBUG_CLIP, str(large))[1] == first
+    os.utime(large, (12345, 12345))  # rewritten in place: another version
+    assert registry.weights_identity(DEBUG_CLIP, str(large))[1] != first
+    with pytest.raises(GendetError, match="weights file not found"):
+        registry.weights_identity(DEBUG_CLIP, str(tmp_path / "missing.pt"))
+
+
+def test_weights_on_s3_are_known_by_their_etag(moto_s3):
+    import fsspec
+
+    from gendet.encoders.registry import weights_identity
+
+    url = f"s3://{moto_s3['bucket']}/encoders/w.pt"
+    with fsspec.open(url, "wb") as f:
+        f.write(b"a" * 1000)
+    ref, digest = weights_identity(DEBUG_CLIP, url)
+    assert ref == url and digest.startswith("fingerprint:") and weights_identity(DEBUG_CLIP, url)[1] == digest
+    with fsspec.open(url, "wb") as f:  # the same size, other bytes: another ETag
+        f.write(b"b" * 1000)
+    fsspec.filesystem("s3").invalidate_cache()
+    assert weights_identity(DEBUG_CLIP, url)[1] != digest

@@ -71,6 +71,32 @@ def test_parquet_source_filters_subset_and_split(store):
     assert labels == [int(v >= 100) for v in got]
 
 
+QUOTED = ("it's \"sd\" v1.4", "mid journey') or ('1'='1")  # quotes and spaces: filters are expressions, not text
+
+
+@pytest.fixture
+def quoted_store(tmp_path):
+    variant = tmp_path / variant_name("enc", "abc")
+    variant.mkdir()
+    rows = [(f"r{i}", "real" if i % 2 else "fake", QUOTED[i % 3 == 0], "train" if i % 4 else "val it's", float(i))
+            for i in range(24)]
+    write_shard(variant / "000000.parquet", rows)
+    gio.write_json_atomic(str(variant / MANIFEST), {"encoder": "enc", "preprocess_hash": "abc", "dim": DIM, "shards": ["000000"]})
+    return tmp_path, rows
+
+
+def test_subset_and_split_names_with_quotes_and_spaces_select_exactly_their_rows(quoted_store):
+    store, rows = quoted_store
+    for subset in QUOTED:
+        for split in ("train", "val it's"):
+            source = ParquetSource.from_store(str(store), subsets=[subset], splits=[split], batch_size=4)
+            got = sorted(values(source.batches("all", epoch=0))[0])
+            assert got == sorted(int(v) for _, _, s, sp, v in rows if s == subset and sp == split) and got
+    held = ParquetSource.from_store(str(store), subsets=list(QUOTED), holdout="only", holdout_fraction=0.5)
+    kept = set(held.table(columns=["key"]).column(0).to_pylist())
+    assert kept and kept == {k for k, *_ in rows if k in held.held_out_ids}
+
+
 def test_parquet_source_shuffles_per_epoch_reproducibly_and_mixes_labels(store):
     source = ParquetSource.from_store(str(store), splits=["train", "val"], batch_size=16, buffer_rows=32, seed=1,
                                       dtype="float16")

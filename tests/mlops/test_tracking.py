@@ -94,3 +94,58 @@ def test_two_jobs_in_one_process_each_log_under_their_own_out_dir(tmp_path, monk
     for job, run, status in (("one", failed, "FAILED"), ("two", done, "FINISHED")):
         got = MlflowClient(f"sqlite:///{tmp_path / job / 'mlflow.db'}").get_run(run.info.run_id)
         assert got.data.params == {"job": job} and got.info.status == status
+
+
+# --- preflight: the tracking store checked before any work ---------------------------------------------
+
+def test_an_unreachable_tracking_server_is_one_line_within_the_timeout(monkeypatch):
+    import time
+
+    from conftest import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    with pytest.raises(GendetError) as err:
+        tracking.check_tracking("unused")
+    assert time.monotonic() - started < 5  # not MLflow's minutes of retries
+    message = str(err.value)
+    assert message.startswith(f"MLflow tracking server {uri} does not answer (") and "\n" not in message
+    assert "MLFLOW_TRACKING_URI" in message
+
+
+def test_a_server_that_answers_passes_and_one_that_fails_does_not(mlflow_server, monkeypatch):
+    import http.server
+    import threading
+
+    tracking.check_server(mlflow_server)  # a real MLflow server: /health answers 200
+    tracking.check_server(mlflow_server.replace("http://", "http://user:secret@") + "/")  # credentials are not the host
+
+    class Answers(http.server.BaseHTTPRequestHandler):
+        status = 503
+
+        def do_GET(self):
+            self.send_response(self.status)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_port}"
+        with pytest.raises(GendetError, match=r"does not answer \(HTTP 503\)"):
+            tracking.check_server(uri)
+        Answers.status = 401  # a guarded server answers: reachable, its auth is MLflow's business
+        tracking.check_server(uri)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_check_tracking_refuses_a_remote_out_without_a_server_and_passes_sqlite(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(GendetError, match="s3://bucket/run: a SQLite MLflow store needs a local output directory"):
+        tracking.check_tracking("s3://bucket/run")
+    assert tracking.check_tracking(str(tmp_path / "out")) == f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"

@@ -61,17 +61,18 @@ def test_decoding_stays_in_tasks_apart_from_the_encoder_actors(ray_local, tmp_pa
 
     cfg = ExtractConfig(shards=str(tmp_path / "shards"), features=str(tmp_path / "s"), read_tasks=1)
     ds = build_dataset(prepare(cfg))
-    assert sum(len(b["key"]) for b in ds.iter_batches(batch_size=None)) == 4  # 3 samples + end row
+    assert sum(len(b["index"]) for b in ds.iter_batches(batch_size=None)) == 4  # 3 samples + end row, summarised
     stats = ds.stats()
-    assert "MapBatches(ShardReader)->MapBatches(FeatureMapper)" not in stats
-    assert "MapBatches(ShardReader)" in stats and "MapBatches(FeatureMapper)" in stats
+    assert "MapBatches(ShardReader)->MapBatches(PartWritingMapper)" not in stats
+    assert "MapBatches(ShardReader)" in stats and "MapBatches(PartWritingMapper)" in stats
 
 
 def test_sigkilled_job_resumes_with_every_sample_exactly_once(ray_local, tmp_path):
     folder, store = tmp_path / "shards", tmp_path / "store"
     rows = write_good_shards(str(folder), "k", n_shards=8, per_shard=4, size=(40, 32))
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    cmd = [sys.executable, "-m", "pipelines.extract", str(folder), str(store), "--batch-size", "2", "--read-tasks", "1"]
+    cmd = [sys.executable, "-m", "pipelines.extract", str(folder), str(store), "--batch-size", "2", "--read-tasks", "1",
+           "--shared-fs"]  # one machine: its disk is every node's
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not glob.glob(str(store / "*" / "*.stats.json")) and proc.poll() is None and time.monotonic() < deadline:
@@ -94,7 +95,8 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(ray_head, tmp_path):
     rows = write_good_shards(str(folder), "job", n_shards=2, per_shard=4)
     submit = subprocess.run(
         ["ray", "job", "submit", "--address", address, "--submission-id", "extract-test", "--",
-         "python", "-m", "pipelines.extract", str(folder), str(store), "--batch-size", "4", "--read-tasks", "1"],
+         "python", "-m", "pipelines.extract", str(folder), str(store), "--batch-size", "4", "--read-tasks", "1",
+         "--shared-fs"],
         env=env, capture_output=True, text=True, timeout=400)
     status = subprocess.run(["ray", "job", "status", "--address", address, "extract-test"],
                             env=env, capture_output=True, text=True, timeout=60)

@@ -72,9 +72,9 @@ def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monke
 
 def test_bad_training_request_fails_before_ray(tmp_path, capsys):
     store = str(tmp_path / "store")
-    write_synthetic_store(store, per_split={"train": 10})
+    write_synthetic_store(store, per_split={"train": 10, "test": 10})
     assert train_pipeline.main([store, "--train-subsets", "nope", "--out", str(tmp_path / "o")]) == 2
-    assert "no rows" in capsys.readouterr().err
+    assert "no rows of subset nope in split train" in capsys.readouterr().err
     assert train_pipeline.main([store, "--train-subsets", "seen", "--rotations", "0", "--out", str(tmp_path / "o")]) == 2
     assert train_pipeline.main([store, "--train-subsets", "", "--out", str(tmp_path / "o")]) == 2
     assert "--train-subsets: empty" in capsys.readouterr().err  # not "every subset" by accident
@@ -156,7 +156,8 @@ def test_ray_job_submit_trains_on_a_cluster(ray_head, tmp_path):
         ["ray", "job", "submit", "--address", address, "--submission-id", "train-test", "--",
          "python", "-m", "pipelines.train", store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug",
          "--rotations", "1", "--batch-size", "32", "--num-workers", "1", "--methods", "gendet",  # DDP: the tests above
-         "--in-memory-rows", "0"],  # the production path: every pass streams from Parquet
+         "--in-memory-rows", "0",  # the production path: every pass streams from Parquet
+         "--shared-fs"],  # RAY_ADDRESS is set in a job: local paths pass as a mount every node shares (one machine)
         env=env, capture_output=True, text=True, timeout=600)
     status = subprocess.run(["ray", "job", "status", "--address", address, "train-test"],
                             env=env, capture_output=True, text=True, timeout=60)
@@ -165,3 +166,40 @@ def test_ray_job_submit_trains_on_a_cluster(ray_head, tmp_path):
     assert set(json.loads((out / "metrics.json").read_text())["subsets"]) == {"seen", "unseen"}
     assert Detector.load(str(out / "detectors" / "gendet")).method == "gendet"
     assert (out / "mlflow.db").exists()  # no MLFLOW_TRACKING_URI in the job: the SQLite store under --out
+
+
+def test_s3_out_gets_the_detectors_through_ray_train_storage_and_resumes_from_it(moto_s3, mlflow_server, tmp_path,
+                                                                                 monkeypatch):
+    """--out on S3 (moto), MLflow server: rank 0's detectors reach the driver through Ray Train's
+    checkpoint on OUT/ray_results (no disk shared with the driver is assumed), land on S3, are
+    registered; the same command again resumes from that storage. (A private local Ray in a
+    subprocess: it starts with this environment's S3 endpoint, whatever Ray this session started.)"""
+    import subprocess
+    import sys
+    import uuid
+
+    from gendet import io as gio
+    from gendet.serve.loading import load_detector
+
+    store = str(tmp_path / "store")
+    write_synthetic_store(store, per_split={"train": 60, "val": 20, "test": 20})
+    out = f"s3://{moto_s3['bucket']}/train-{uuid.uuid4().hex[:8]}/out"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "RAY_ADDRESS": "local"}
+    args = [sys.executable, "-m", "pipelines.train", store, "--train-subsets", "seen", "--out", out, "--preset", "debug",
+            "--rotations", "1", "--batch-size", "32", "--methods", "gendet", "--name", "s3-run", "--register", "s3-model",
+            "--gate-real-floor", "0"]
+    for attempt in (1, 2):
+        proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert Detector.load(gio.join(out, "detectors", "gendet")).method == "gendet"
+        assert json.loads(gio.read_bytes(gio.join(out, "resume.json")))["restored"] is (attempt == 2)
+    history = gio.read_json(gio.join(out, "history.json"))
+    assert [row["stage"] for row in history].count("r01.c") == 1 and history[-1]["stage"] == "classifier"
+    snapshot = gio.read_json(gio.join(out, "ray_results", "s3-run", "checkpoint_manager_snapshot.json"))
+    assert "checkpoint_" in json.dumps(snapshot)  # Ray Train's checkpoints are on S3, under OUT
+    summary = gio.read_json(gio.join(out, "train_summary.json"))
+    assert summary["tracking_uri"] == mlflow_server and summary["gate"]["version"] == "2"  # registered twice
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    client = MlflowClient(mlflow_server)
+    assert str(client.get_model_version_by_alias("s3-model", "challenger").version) == "2"
+    assert load_detector("models:/s3-model@challenger").method == "gendet"

@@ -36,6 +36,8 @@ def test_saved_model_holds_the_detector_its_facts_and_no_pickle(model_dir, tiny_
     det = Detector.load(tiny_detector_dir)
     mlmodel = yaml.safe_load(Path(model_dir, "MLmodel").read_text())
     assert mlmodel["metadata"] == {"encoder": "spectrum:v1", "encoder_weights": det.encoder_weights,
+                                   "encoder_weights_digest": det.encoder_weights_digest,
+                                   "encoder_precision": det.encoder_precision,
                                    "preprocess_hash": det.preprocess_hash, "threshold": det.threshold,
                                    "target_fpr": det.target_fpr, "method": "gendet", "feature_dim": 392}
     flavor = mlmodel["flavors"]["python_function"]
@@ -55,6 +57,10 @@ def test_saved_model_holds_the_detector_its_facts_and_no_pickle(model_dir, tiny_
     pins = Path(model_dir, "requirements.txt").read_text().split()
     assert pyfunc.pin("torch", torch.__version__) in pins and not any(p.startswith("ray") for p in pins)
     assert not any("+" in p for p in pins) and len(pins) == len(set(pins))
+    # and the environment files `mlflow models serve --env-manager virtualenv|conda` build from
+    conda = yaml.safe_load(Path(model_dir, "conda.yaml").read_text())
+    conda_pins = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert pyfunc.pin("torch", torch.__version__) in conda_pins and not any("+" in p for p in conda_pins)
     example = json.loads(Path(model_dir, "serving_input_example.json").read_text())
     assert example["dataframe_split"]["columns"] == ["image"]
 
@@ -139,6 +145,22 @@ def test_mlflow_models_serve_answers_invocations(model_dir, tiny_images, tiny_sc
 def test_pins_drop_local_version_labels():
     assert pyfunc.pin("torch", "2.14.1+cu130") == "torch==2.14.1"
     assert pyfunc.pin("numpy", "2.4.6") == "numpy==2.4.6"
+    assert pyfunc.pin("torchvision", "0.29.1+cpu") == "torchvision==0.29.1"
+
+
+def test_a_model_refuses_encoder_weights_other_than_its_features(tiny_detector_dir):
+    """A detector records the weights digest of its training features' variant key; scoring with
+    other weights (a file replaced since, a hub copy) would give other features: one line."""
+    from gendet import GendetError
+    from gendet.serve.scorer import ImageScorer
+
+    det = Detector.load(tiny_detector_dir)
+    det.encoder_weights_digest = "builtin"  # spectrum:v1's own: accepted
+    assert ImageScorer.from_detector(det).encoder.name == "spectrum:v1"
+    det.encoder, det.encoder_weights_digest = "open_clip:GenDet-Debug-ViT/none", "sha256:" + "0" * 64
+    with pytest.raises(GendetError) as err:
+        ImageScorer.from_detector(det)
+    assert "not the encoder weights the detector was trained on" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_serving_code_is_the_import_closure_of_the_model_code():
