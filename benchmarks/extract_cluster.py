@@ -56,7 +56,8 @@ SHARED_CORES = ("All worker nodes run on this one machine and share its {cores} 
 
 def tree_version(tree: Path) -> str:
     run = lambda *cmd: subprocess.run(["git", "-C", str(tree), *cmd], capture_output=True, text=True).stdout.strip()  # noqa: E731
-    return (run("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if run("status", "--porcelain", "--", "gendet", "pipelines") else "")
+    dirty = run("status", "--porcelain", "--", "gendet", "pipelines")
+    return (run("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if dirty else "")
 
 
 def run_driver(code: str, tree: Path, cluster, shards: str, store: str, concurrency: int, args) -> dict:
@@ -78,8 +79,6 @@ def run_driver(code: str, tree: Path, cluster, shards: str, store: str, concurre
     match = SUMMARY.search(out)
     if proc.returncode != 0 or match is None:
         raise RuntimeError(f"{code} driver exited {proc.returncode}:\n{out[-3000:]}")
-    if code == "old" and "/tmp" not in out and False:
-        pass
     return {"images": int(match[1]), "shards": int(match[2]), "job_s": float(match[3]), "images_per_s": float(match[4]),
             "driver_wall_s": round(wall, 2), "driver_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "driver_user_s": round(usage.ru_utime, 2), "driver_sys_s": round(usage.ru_stime, 2),
@@ -148,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nice", type=int, default=5)
     p.add_argument("--max-load", type=float, default=8.0, help="wait before each configuration while the load is above")
     args = p.parse_args(argv)
+    # The cluster helper calls the `ray` CLI: this interpreter's, as with its venv activated.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     rows = []
     with tempfile.TemporaryDirectory(prefix="gendet-cluster-bench-") as tmp:
         folders = {"warm": f"{tmp}/warm"}

@@ -69,9 +69,13 @@ def build_dataset(plan: Any) -> Any:
     # Autoscaling, not fixed: a fixed pool whose lost actors restart on the surviving nodes can take
     # every CPU there and leave none for decoding (measured: a stall until Ray Data's timeout).
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.concurrency)
+    # CPU-only encoders reserve no logical CPU (their threads still run): actors that reserved them
+    # could hold every CPU left after a node is lost, while their tasks wait on decode tasks that Ray
+    # re-runs to rebuild the lost node's blocks and that need a CPU (measured: a stall until the
+    # job's timeout). GPU encoders are capped by their GPUs and reserve their host CPUs as asked.
+    actor_cpus = cfg.cpus_per_actor if cfg.num_gpus > 0 else 0
     return images.map_batches(PartWritingMapper, fn_constructor_kwargs=mapper_args, batch_size=cfg.batch_size,
-                              compute=pool, num_gpus=cfg.num_gpus or None, num_cpus=cfg.cpus_per_actor,
-                              batch_format="numpy")
+                              compute=pool, num_gpus=cfg.num_gpus or None, num_cpus=actor_cpus, batch_format="numpy")
 
 
 def write_shards(plan: Any, summaries: Any) -> tuple[list, dict]:
@@ -135,6 +139,9 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
         clear_parts(plan.info.url, [shard_stem(url) for url in plan.todo])  # a killed run's leftovers
         summaries = build_dataset(plan).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
         done, failed = write_shards(plan, summaries)
+        # A batch Ray ran again after a lost node may write parts of a shard already finalized:
+        # with every task finished, no part is still needed.
+        clear_parts(plan.info.url, [shard_stem(url) for url in plan.todo])
         return finish(plan, done, failed)
     finally:
         plan.release()

@@ -40,7 +40,9 @@ class ExtractConfig:
     """Most reader (decode) tasks at once on Ray; None: physical cores - 1 on a Ray this job starts
     itself, Ray Data's choice on a cluster."""
     cpus_per_actor: float = 1.0
-    """CPUs reserved by each encoder actor; a CPU encoder uses that many torch threads (at least 1)."""
+    """Torch threads of a CPU encoder (at least 1), and the CPUs each GPU encoder actor reserves on
+    Ray. CPU-only encoder actors reserve none, so decode tasks can never wait behind them (see
+    ``pipelines/extract.py``)."""
     num_workers: int = 2
     """Decode worker processes of the plain runner (torch DataLoader); 0 decodes in-process."""
     mode: Literal["incremental", "overwrite"] = "incremental"

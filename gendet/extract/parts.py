@@ -129,11 +129,12 @@ def finalize_shard(info: VariantInfo, stem: str, url: str = "", config: dict | N
     """Assemble one shard from its parts and write its files (stats last); returns its stats.
     A shard whose reader failed (cut or empty tar) is refused with its error and gets no marker."""
     assembler, shard = ShardAssembler(), None
-    batches = read_parts(info.url, stem)
-    for batch in batches:
+    for batch in read_parts(info.url, stem):
         for complete in assembler.add(batch):
             shard = complete
-    if not batches and gio.exists(stats_url(info.url, stem)):  # a retry of a finalize that had finished
+    if shard is None and gio.exists(stats_url(info.url, stem)):
+        # A retry of a finalize that had written the shard (parts go only after its stats): done.
+        clear_parts(info.url, [stem])
         return gio.read_json(stats_url(info.url, stem))
     if shard is None:
         raise GendetError(f"{stem}: incomplete (rows missing from {parts_url(info.url, stem)}); run again to redo it")
@@ -155,7 +156,10 @@ class ShardFinalizer:
 
 def clear_parts(variant_url: str, stems: Iterable[str]) -> None:
     """Delete the part files of ``stems`` (left by a killed run, or written before a finalize)."""
-    for stem in stems:
-        fs, path = gio.fs_and_path(parts_url(variant_url, stem))
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+    fs, root = gio.fs_and_path(parts_url(variant_url))
+    fs.invalidate_cache(root)  # other processes wrote here
+    if not fs.exists(root):
+        return
+    present = {gio.basename(p) for p in fs.ls(root, detail=False)}  # one listing, not one request a shard
+    for stem in sorted(present.intersection(stems)):
+        fs.rm(gio.fs_and_path(parts_url(variant_url, stem))[1], recursive=True)

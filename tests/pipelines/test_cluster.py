@@ -16,6 +16,7 @@ from helpers.cluster import job_logs, job_status, nodes_running, ray_cli, wait_j
 from helpers.metrics import value, wait_for_gauge
 
 N_SHARDS, PER_SHARD = 32, 64
+SIZE = (96, 96)  # big enough that encoding takes a while
 
 
 def s3_keys(fs, variant: str) -> list[str]:
@@ -30,7 +31,7 @@ def s3_keys(fs, variant: str) -> list[str]:
 def test_extract_survives_a_lost_worker_node(ray_cluster, moto_s3, tmp_path):
     cluster, bucket = ray_cluster, moto_s3["bucket"]
     fs = fsspec.filesystem("s3")
-    rows = write_good_shards(str(tmp_path / "shards"), "n", n_shards=N_SHARDS, per_shard=PER_SHARD, size=(64, 64))
+    rows = write_good_shards(str(tmp_path / "shards"), "n", n_shards=N_SHARDS, per_shard=PER_SHARD, size=SIZE)
     fs.put(str(tmp_path / "shards") + "/", f"{bucket}/lost/shards/", recursive=True)
     store = f"s3://{bucket}/lost/features"
     submit = ray_cli(cluster, "job", "submit", "--address", cluster.dashboard, "--submission-id", "extract-lost",
@@ -59,6 +60,7 @@ def test_extract_survives_a_lost_worker_node(ray_cluster, moto_s3, tmp_path):
     logs = job_logs(cluster, "extract-lost")
     assert status == "SUCCEEDED", logs[-4000:]
     assert f"{N_SHARDS * PER_SHARD} rows in the store" in logs, logs[-2000:]
+    fs.invalidate_cache()
     variant = fs.glob(f"{bucket}/lost/features/*/manifest.json")[0].rsplit("/", 1)[0]
     keys = s3_keys(fs, variant)
     assert sorted(keys) == sorted(r["key"] for r in rows), "rows lost"
