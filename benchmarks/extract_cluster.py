@@ -149,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # The cluster helper calls the `ray` CLI: this interpreter's, as with its venv activated.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    configs = [(code, int(nodes)) for code, nodes in (c.split(":") for c in args.configs)]
+    if any(code not in ("new", "old") for code, _ in configs):
+        p.error(f"--configs {' '.join(args.configs)}: CODE must be new or old (e.g. new:2)")
+    if any(code == "old" for code, _ in configs) and not (Path(args.old_tree) / "pipelines" / "extract.py").exists():
+        p.error(f"--old-tree {args.old_tree} holds no checkout: git worktree add {args.old_tree} 23c395a")
     rows = []
     with tempfile.TemporaryDirectory(prefix="gendet-cluster-bench-") as tmp:
         folders = {"warm": f"{tmp}/warm"}
@@ -156,10 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.images:
             folders[n] = f"{tmp}/shards-{n}"
             make_shards(folders[n], n, 1000, args.size)
-        for config in args.configs:
-            code, nodes = config.split(":")
+        for code, nodes in configs:
             wait_for_quiet(args.max_load, patience_s=300)
-            rows += run_config(code, int(nodes), folders, tmp, args)
+            rows += run_config(code, nodes, folders, tmp, args)
     name = f"extract-cluster-{result_tag()}"
     write_results(rows, name)
     md = RESULTS / f"{name}.md"

@@ -68,7 +68,7 @@ def build_dataset(plan: Any) -> Any:
                    "threads": max(1, int(cfg.cpus_per_actor)), "variant_url": plan.info.url}
     # Autoscaling, not fixed: a fixed pool whose lost actors restart on the surviving nodes can take
     # every CPU there and leave none for decoding (measured: a stall until Ray Data's timeout).
-    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.concurrency)
+    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.concurrency, initial_size=cfg.concurrency)
     # CPU-only encoders reserve no logical CPU (their threads still run): actors that reserved them
     # could hold every CPU left after a node is lost, while their tasks wait on decode tasks that Ray
     # re-runs to rebuild the lost node's blocks and that need a CPU (measured: a stall until the

@@ -41,28 +41,15 @@ def ray_local():
 # ---------------------------------------------------------------------------------------------- MLflow
 # (added for tests/test_tracking.py, test_registry.py, test_pyfunc.py, test_predict.py)
 
-from helpers.processes import free_port, stop_process, wait_http  # noqa: E402 (shared with tests/pipelines)
+from helpers.processes import free_port, mlflow_server_at, stop_process, wait_http  # noqa: E402 (shared with tests/pipelines)
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts); yields its URI."""
-    import subprocess
-    import sys
-
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    log = open(root / "server.log", "wb")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process(proc)
-        log.close()
+    with mlflow_server_at(root, str(root / "artifacts")) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="session")

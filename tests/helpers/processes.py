@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 
 def free_port() -> int:
@@ -43,3 +44,24 @@ def stop_process(proc) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@contextmanager
+def mlflow_server_at(root, artifacts: str):
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite under ``root``, proxied artifacts stored at
+    ``artifacts``: a folder or an s3:// URL); yields its URI and stops it afterwards."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    log = open(os.path.join(str(root), "server.log"), "wb")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{os.path.join(str(root), 'mlflow.db')}",
+           "--artifacts-destination", artifacts, "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+        log.close()

@@ -28,21 +28,8 @@ def ray_cluster(moto_s3):
 def mlflow_s3_server(moto_s3, tmp_path_factory):
     """A real ``mlflow server`` on 127.0.0.1 (SQLite backend) whose artifacts go to the S3 server
     (proxied: clients talk HTTP to MLflow, MLflow talks S3); yields its URI."""
-    import subprocess
-    import sys
-
-    from helpers.processes import free_port, stop_process, wait_http
+    from helpers.processes import mlflow_server_at
 
     root = tmp_path_factory.mktemp("mlflow_s3")
-    port = free_port()
-    log = open(root / "server.log", "wb")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", f"s3://{moto_s3['bucket']}/mlflow", "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process(proc)
-        log.close()
+    with mlflow_server_at(root, f"s3://{moto_s3['bucket']}/mlflow") as uri:
+        yield uri
