@@ -15,10 +15,12 @@ source in turn, ``--hold-out all``, the default):
 * ``jpeg - png``: false-positive rate of the calibrated threshold on JPEG reals minus PNG reals of the
   held-out cells (the "Fake or JPEG?" bias: 0 when the format says nothing)
 
-Thresholds on S's reals, three ways, none fitted on a scored row: ``cal`` (the training family's val
-reals, what ``gendet train`` does), ``cal+`` (the val reals of every family: reals are photos, not
-a generator's, so this adds photos' crops without showing a held-out fake) and ``worst`` (the highest
-of the per-source ``cal+`` thresholds: at most ``target_fpr`` on every training source).
+Thresholds on S's reals, three ways, none fitted on a scored row: ``cal`` (Platt and threshold on the
+training family's val rows), ``cal+`` (the threshold from the val reals of every family, as ``gendet
+train`` sets it; reals are photos, not a generator's, so this adds crops without showing a held-out
+fake; ``gendet train`` also fits Platt on every family's val fakes, which here would be the held-out
+generators) and ``worst`` (the highest of the per-source ``cal+`` thresholds: at most ``target_fpr``
+on every training source).
 
 Arms (``--arms``): what the training slice's features are. ``clean``; ``aug:0.5`` (the slice
 re-extracted with ``--degrade aug:0.5``: half its images get one random JPEG, downscale or crop,
@@ -252,6 +254,14 @@ def report(frame: pd.DataFrame, args, found: dict, seconds: float) -> str:
     return "\n\n".join([f"# Held-out protocol: seeds {args.seeds}, arms {args.arms}", head, *sections]) + "\n"
 
 
+def wide(frame: pd.DataFrame) -> pd.DataFrame:
+    """One CSV row per run, method and cell, a column per metric (``frame.melt`` gives the records back)."""
+    keys = ["encoder", "held", "arm", "seed", "method", "cell"]
+    table = frame.pivot_table(index=keys, columns="metric", values="value", sort=False).reset_index()
+    table.columns.name = None
+    return table.round(5)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="out/heldout")
@@ -304,7 +314,7 @@ def main() -> None:
     text = report(frame, args, found, time.perf_counter() - started)
     Path(args.results).mkdir(parents=True, exist_ok=True)
     (Path(args.results) / f"{name}.md").write_text(text)
-    frame.to_csv(Path(args.results) / f"{name}.csv", index=False)
+    wide(frame).to_csv(Path(args.results) / f"{name}.csv", index=False)
     print(text)
     print("wrote", Path(args.results) / f"{name}.md")
 

@@ -35,7 +35,8 @@ HELPS = {
     "features": "feature store URL (fsspec); output goes to FEATURES/<variant>/",
     "encoder": "encoder name: spectrum:v1 (offline default) or open_clip:<arch>/<tag> "
                "(e.g. open_clip:ViT-L-14/openai; /none = random init)",
-    "degrade": "robustness degradation before preprocessing: jpeg:65, jpeg:30, blur:3, blur:5, resize:112, resize:64",
+    "degrade": "robustness degradation before preprocessing: jpeg:65, jpeg:30, blur:3, blur:5, resize:112, resize:64; "
+               "aug:P = a training augmentation drawn per image (JPEG, downscale or crop with probability P)",
     "device": "encoder device with --local (cpu, cuda, cuda:N)",
     "num_workers": "decode worker processes with --local",
 }

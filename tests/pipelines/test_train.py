@@ -199,7 +199,13 @@ def test_s3_out_gets_the_detectors_through_ray_train_storage_and_resumes_from_it
     assert "checkpoint_" in json.dumps(snapshot)  # Ray Train's checkpoints are on S3, under OUT
     summary = gio.read_json(gio.join(out, "train_summary.json"))
     assert summary["tracking_uri"] == mlflow_server and summary["gate"]["version"] == "2"  # registered twice
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     client = MlflowClient(mlflow_server)
     assert str(client.get_model_version_by_alias("s3-model", "challenger").version) == "2"
-    assert load_detector("models:/s3-model@challenger").method == "gendet"
+    import mlflow
+
+    before = mlflow.get_tracking_uri()  # an earlier test may have set the process-wide URI
+    mlflow.set_tracking_uri(mlflow_server)
+    try:
+        assert load_detector("models:/s3-model@challenger").method == "gendet"
+    finally:
+        mlflow.set_tracking_uri(before)
