@@ -53,7 +53,7 @@ def build_dataset(plan: Any) -> Any:
     """shard URLs -> reader tasks -> encoder actor pool (a lazy Ray Dataset)."""
     import ray.data
 
-    from gendet.extract.parts import PartWritingMapper
+    from gendet.extract.mapper import PartWritingMapper
     from pipelines._ray import default_read_tasks
 
     cfg = plan.cfg

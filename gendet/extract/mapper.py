@@ -47,3 +47,17 @@ class FeatureMapper:
         # Each row carries its share of the batch time, so per-shard sums add up to encode time.
         batch["encode_seconds"] = np.full(len(images), (time.perf_counter() - started) / max(1, len(images)))
         return batch
+
+
+class PartWritingMapper(FeatureMapper):
+    """``FeatureMapper`` that writes its output where it runs (``gendet.extract.parts``) and
+    returns only a few bytes per row to the driver."""
+
+    def __init__(self, encoder: str, *, variant_url: str, **kwargs: Any):
+        super().__init__(encoder, **kwargs)
+        self.variant_url = variant_url
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from gendet.extract.parts import write_parts
+
+        return write_parts(super().__call__(batch), self.variant_url)

@@ -3,7 +3,7 @@
 On a cluster the driver must not carry features (one process on the data path caps a cluster near
 7 nodes: ~18k rows/s per driver core), so the Ray pipeline splits the writer in two:
 
-1. ``PartWritingMapper`` (on each encoder actor): encodes a batch, then writes its rows, grouped by
+1. ``PartWritingMapper`` (``gendet.extract.mapper``, on each encoder actor): encodes a batch, then writes its rows, grouped by
    shard, as ``<variant>/_parts/<stem>/<uuid>.parquet`` where it was encoded, and returns a summary
    of a few bytes per row (shard, row index; the end row's ``n_rows`` and error).
 2. ``PartTracker`` (in the driver): adds up the summaries, by row index (a batch that Ray ran twice,
@@ -12,7 +12,8 @@ On a cluster the driver must not carry features (one process on the data path ca
    (``ShardAssembler``), writes ``<stem>.parquet``, its quarantine table and, last, its stats file
    (``write_shard``, the same files as ever), then deletes the parts.
 
-A run killed at any point leaves only parts and shards without a stats file: the rerun clears the
+This module does not import torch: a finalizer starts in a second, not after a model library's
+import. A run killed at any point leaves only parts and shards without a stats file: the rerun clears the
 parts of the shards it redoes (``clear_parts``) and does them again. Readers never look in ``_parts``.
 """
 
@@ -30,9 +31,7 @@ import pyarrow.parquet as pq
 from gendet import GendetError
 from gendet import io as gio
 from gendet.extract.manifest import VariantInfo, stats_url
-from gendet.extract.mapper import FeatureMapper
-from gendet.extract.reader import END
-from gendet.extract.writer import ShardAssembler, parquet_bytes, write_shard
+from gendet.extract.writer import END, ShardAssembler, parquet_bytes, write_shard
 
 PARTS = "_parts"
 # What a part keeps of a mapper batch: everything ShardAssembler reads.
@@ -64,17 +63,6 @@ def write_parts(batch: dict[str, Any], variant_url: str) -> dict[str, np.ndarray
     return {"shard": stems, "index": np.asarray(batch["index"], dtype=np.int64),
             "n_rows": np.where(end, np.asarray(batch["n_rows"], dtype=np.int64), -1),
             "error": np.where(end, np.asarray(batch["error"]).astype(str), "")}
-
-
-class PartWritingMapper(FeatureMapper):
-    """``FeatureMapper`` that writes its output where it runs and returns only summaries."""
-
-    def __init__(self, encoder: str, *, variant_url: str, **kwargs: Any):
-        super().__init__(encoder, **kwargs)
-        self.variant_url = variant_url
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return write_parts(super().__call__(batch), self.variant_url)
 
 
 @dataclass

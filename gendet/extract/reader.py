@@ -30,8 +30,8 @@ from gendet import io as gio
 from gendet.data.decode import BadSample, decode_image, to_rgb
 from gendet.data.shards import group_samples, iter_tar_members, key_problem, parse_sample, shard_stem
 from gendet.encoders.base import Preprocessor
+from gendet.extract.writer import END
 
-END = "__end__"
 TEXT_COLUMNS = ("shard", "key", "label", "subset", "content_id", "split", "reason", "error", "source")
 
 

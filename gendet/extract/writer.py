@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 
 from gendet import io as gio
 from gendet.extract.manifest import VariantInfo, parquet_url, quarantine_url, stats_url
-from gendet.extract.reader import END
 from gendet.features.store import QUARANTINE_SCHEMA, feature_schema
 
+END = "__end__"  # the reason of a shard's last row (``ShardReader``): it carries the shard's row count
 META_COLUMNS = ("key", "label", "subset", "content_id", "split")
 _VERSIONED = ("gendet", "torch", "open_clip_torch", "pyarrow", "pillow", "numpy", "ray")
 

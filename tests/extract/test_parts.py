@@ -14,7 +14,8 @@ import pytest
 
 from gendet import GendetError
 from gendet.extract.config import ExtractConfig
-from gendet.extract.parts import PartTracker, PartWritingMapper, clear_parts, finalize_shard, parts_url
+from gendet.extract.mapper import PartWritingMapper
+from gendet.extract.parts import PartTracker, clear_parts, finalize_shard, parts_url
 from gendet.extract.runner import prepare, run_local
 from helpers.bad_shards import write_good_shards, write_truncated_shard
 
