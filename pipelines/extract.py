@@ -88,6 +88,7 @@ def write_shards(plan: Any, summaries: Any) -> tuple[list, dict]:
     from gendet import GendetError
     from gendet.config import to_dict
     from gendet.extract.parts import PartTracker, ShardFinalizer
+    from gendet.extract.runner import check_lease, mark_incomplete
 
     # A few threaded finalizer actors, started before the first rows arrive: 0 CPUs (never queued
     # behind decode or encode), restarted elsewhere if their node is lost, and a retried finalize
@@ -112,16 +113,14 @@ def write_shards(plan: Any, summaries: Any) -> tuple[list, dict]:
     with tqdm(total=len(plan.todo), unit="shard", desc="extract", dynamic_ncols=True) as bar:
         for summary in summaries:
             for stem in tracker.add(summary):
-                if plan.lease is not None and plan.lease.lost:  # never two writers: stop rather than mix
-                    raise GendetError(f"{plan.lease.lost}; this run stopped writing")
+                check_lease(plan)
                 finalizer = finalizers[len(running) % len(finalizers)]
                 running[finalizer.finalize.remote(plan.info, stem, plan.url_of(stem), config)] = stem
             if running:
                 collect(bar, block=False)
         if running:
             collect(bar, block=True)
-    for stem in tracker.pending:  # rows came but the shard never finished: report, never half-write
-        failed.setdefault(stem, f"{stem}: incomplete (rows missing); run again to redo it")
+    mark_incomplete(failed, tracker.pending)
     return done, failed
 
 

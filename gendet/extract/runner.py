@@ -8,7 +8,7 @@ benchmark's baseline.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,8 +87,7 @@ def write_with_retries(plan: Plan, shard: ShardRows) -> dict[str, Any]:
     """Write one complete shard, retrying transient storage errors ``max_retries`` times."""
     if shard.error:
         raise GendetError(shard.error)
-    if plan.lease is not None and plan.lease.lost:  # never two writers: stop rather than mix
-        raise GendetError(f"{plan.lease.lost}; this run stopped writing")
+    check_lease(plan)
     for attempt in range(plan.cfg.max_retries):
         try:
             return write_shard(shard, plan.info, url=plan.url_of(shard.stem), config=to_dict(plan.cfg))
@@ -110,9 +109,20 @@ def consume(plan: Plan, batches: Iterator[dict[str, Any]], mapper: Callable | No
                     failed[shard.stem] = str(exc)
                 bar.update(1)
                 bar.set_postfix(images=sum(s["written"] for s in done), failed=len(failed))
-    for stem in assembler.pending:  # rows came but the shard never finished: report, never half-write
-        failed.setdefault(stem, f"{stem}: incomplete (rows missing); run again to redo it")
+    mark_incomplete(failed, assembler.pending)
     return done, failed
+
+
+def check_lease(plan: Plan) -> None:
+    """Before a shard is written: never two writers of a variant; stop rather than mix."""
+    if plan.lease is not None and plan.lease.lost:
+        raise GendetError(f"{plan.lease.lost}; this run stopped writing")
+
+
+def mark_incomplete(failed: dict[str, str], stems: Iterable[str]) -> None:
+    """Shards whose rows came but never all of them: reported failed, never half-written."""
+    for stem in stems:
+        failed.setdefault(stem, f"{stem}: incomplete (rows missing); run again to redo it")
 
 
 def finish(plan: Plan, done: list[dict], failed: dict[str, str]) -> dict[str, Any]:
