@@ -2,13 +2,14 @@
 mean ± sd per method of the numbers the README reports (one demo run is one draw; on the hard
 families and under JPEG two runs differ by several points).
 
-    gendet demo                                     # makes out/demo/features
-    python benchmarks/demo_seeds.py --seeds 0 1 2   # -> benchmarks/results/demo-seeds-cpu2.md
+    gendet demo                                                # makes out/demo/features (and out/demo/shards)
+    python benchmarks/demo_seeds.py --seeds 0 1 2 --tag v0.5   # -> benchmarks/results/demo-seeds-cpu2-v0.5.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -26,8 +27,8 @@ from pipelines._ray import verb_args  # noqa: E402
 
 
 def one_seed(features: str, out: str, seed: int, sets: tuple[str, ...] = ()) -> dict:
-    args = verb_args(train, [features, "--train-subsets", demo.TRAIN_FAMILY, "--out", out, "--preset", "demo",
-                              "--seed", str(seed), "--name", f"seed-{seed}", "--eval-splits", "test",
+    args = verb_args(train, [features, "--train-subsets", demo.TRAIN_FAMILY, "--out", out, "--encoder", demo.ENCODER,
+                              "--preset", "demo", "--seed", str(seed), "--name", f"seed-{seed}", "--eval-splits", "test",
                               *[a for kv in sets for a in ("--set", kv)]])
     train.train(args)
     by_degrade = demo.degraded_reports(features, os.path.join(out, "detectors"), demo.DEGRADES, METHODS)
@@ -44,11 +45,25 @@ def one_seed(features: str, out: str, seed: int, sets: tuple[str, ...] = ()) -> 
     return row
 
 
+def world(features: str) -> str:
+    """The features' world, from the zoo summary beside them (``gendet demo`` writes OUT/shards)."""
+    path = Path(features).parent / "shards" / "zoo_summary.json"
+    if not path.exists():
+        return f" Encoder {demo.ENCODER}."
+    zoo = json.loads(path.read_text())
+    cfg, found = zoo["config"], zoo["corpus"]["found"]
+    return (f" World: encoder {demo.ENCODER}, {zoo['photos']} photos ({', '.join(f'{k} {v}' for k, v in found.items())}), "
+            f"native crops of {', '.join(map(str, cfg.get('crop_sizes') or [cfg['crop_size']]))} px "
+            f"({cfg['crops_per_photo']} per photo and family at the smallest), "
+            f"{cfg.get('jpeg_fraction', 0):.0%} of each label's images JPEG.")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--features", default="out/demo/features")
     p.add_argument("--out", default="out/demo-seeds")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--tag", default="", help="appended to the result file's name (e.g. v0.5: older results are kept)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a TrainConfig field for every seed (gendet train --set); the result file is named by them")
     args = p.parse_args()
@@ -61,9 +76,10 @@ def main() -> None:
              f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s. Trained on {demo.TRAIN_FAMILY} "
              "(preset `demo`, 10 rotations), scored on the test split of the other families; mean ± sd over seeds "
              "of the mean over unseen families, in %. Degradations: accuracy at 0.5."
-             + (f" Settings: {', '.join(args.sets)}." if args.sets else ""), ""]
+             + (f" Settings: {', '.join(args.sets)}." if args.sets else "") + world(args.features), ""]
     lines.append(tables.over_seeds_table(rows, METHODS))
-    path = REPO / "benchmarks" / "results" / f"demo-seeds-cpu{os.cpu_count()}{tables.settings_suffix(args.sets)}.md"
+    name = f"demo-seeds-cpu{os.cpu_count()}{tables.settings_suffix(args.sets)}{'-' + args.tag if args.tag else ''}.md"
+    path = REPO / "benchmarks" / "results" / name
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print("wrote", path)

@@ -26,6 +26,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("pipelines.evaluate", "per-subset metrics table of a model on a feature store"),
     "predict": ("gendet.serve.predict", "score images, folders or URLs: one JSON line per image"),
     "refresh": ("pipelines.refresh", "extract new shards, score the champion on them, alert when it slips"),
+    "fix": ("pipelines.fix", "retrain the champion with the subsets that slipped (few-shot), gate every family, promote"),
+    "coevolve": ("pipelines.coevolve", "rounds: a generator aligned against the champion, the champion fixed with its fakes"),
     "demo": ("pipelines.demo", "the whole system offline: photos -> zoo -> shards -> features -> train -> evaluate"),
 }
 

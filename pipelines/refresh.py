@@ -16,6 +16,12 @@ shards land:
    ``--out`` (refresh.json), set the Prometheus gauges (``pipelines._metrics``), and only then
    record the shards as scored; exit ``--alert-exit`` (3) when a subset slipped.
 
+5. with ``--fix``, when a subset slipped: after the verdict is recorded, ``pipelines.fix.fix``
+   retrains the model with the slipped subsets (``--fix-shots`` images each), gates it against the
+   champion (every known family checked) and promotes it only if it passes; refresh.json gains
+   ``fix`` (what fix.json holds). The exit code is still ``--alert-exit``: the alert happened,
+   and the output says whether the fix was promoted.
+
 ``ray job submit`` exits 1 for any failed job, whatever its code: under it (or any scheduler that
 only knows failed/succeeded) pass ``--alert-exit 0`` and page on the metrics; a failed job is then
 a crash. Nothing to score: it says so and exits 0.
@@ -63,6 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared-fs", action="store_true",
                    help="with RAY_ADDRESS set, allow local paths for SHARDS, FEATURES and --out: a mount every node sees "
                         "(NFS); env GENDET_SHARED_FS=1 does the same")
+    p.add_argument("--fix", action="store_true",
+                   help="when a subset slips, retrain with it (`gendet fix`), gate and promote if the gate passes")
+    p.add_argument("--fix-shots", type=int, default=32, help="with --fix: fakes (and as many reals) of each slipped "
+                                                             "subset to train on; 0 = all of its training rows")
+    p.add_argument("--fix-out", default=None, help="with --fix: the retraining's output folder (default: fix/ next to --out)")
 
 
 def preflight(args: argparse.Namespace) -> SlipRule:
@@ -84,6 +95,12 @@ def preflight(args: argparse.Namespace) -> SlipRule:
     tracking.check_tracking(args.mlflow_out or os.path.dirname(args.out) or ".")
     gio.check_writable(os.path.dirname(args.out) or ".", "--out")
     gio.check_writable(gio.join(args.features, refresh_state.STATE_DIR), "FEATURES")
+    if getattr(args, "fix", False):
+        if refresh_state.parse_registered(args.model) is None:
+            raise GendetError(f"--fix: {args.model} is not a registered model; fix retrains and promotes one: "
+                              "pass --model models:/NAME@champion")
+        if args.fix_shots < 0:
+            raise GendetError(f"--fix-shots {args.fix_shots}: give a number of images per subset (0 = all)")
     return rule
 
 
@@ -225,6 +242,14 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     _metrics.publish(model.label, model.version_label, state["subsets"], now)
     if result["new_shards"]:
         refresh_state.save_state(ctx["state_url"], state)
+    slipped_now = [s for s, v in result["subsets"].items() if v["slipped"]]
+    if getattr(args, "fix", False) and slipped_now:  # after the verdict is recorded: a failed fix loses no alert
+        from pipelines.fix import fix
+
+        result["fix"] = fix(args.features, model=model.load_uri, subsets=slipped_now, shots=args.fix_shots,
+                            out=args.fix_out or gio.join(os.path.dirname(os.path.abspath(args.out)), "fix"),
+                            tracking_uri=ctx["client"].tracking_uri)
+        gio.write_bytes_atomic(args.out, (json.dumps(json_safe(result), indent=2) + "\n").encode())
     return result
 
 
@@ -237,6 +262,13 @@ def run(args: argparse.Namespace) -> int:
         for subset, verdict in result["subsets"].items():
             if verdict["slipped"]:
                 print(f"ALERT {subset}: {verdict['reason']}")
+    if result.get("fix"):
+        from pipelines.fix import format_fix
+
+        fixed = result["fix"]
+        print(format_fix(fixed))
+        print(f"{'FIXED' if fixed['promoted'] else 'NOT FIXED'}: version {fixed['challenger_version']} "
+              f"{'is now the champion' if fixed['promoted'] else 'stays challenger'} (the alert stands: exit {args.alert_exit})")
     print(f"result written to {args.out}")
     return args.alert_exit if result["alert"] else 0
 

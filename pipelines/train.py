@@ -93,6 +93,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         + ", ".join(f.name for f in fields(TrainConfig)) + ")")
     p.add_argument("--fault-after-stage", default=None, help=argparse.SUPPRESS)  # tests: kill a worker once
     p.add_argument("--gate-real-floor", type=float, default=0.8, help="minimum real accuracy at the calibrated threshold")
+    p.add_argument("--gate-max-family-drop", type=float, default=0.02,
+                   help="largest fall of any subset's calibrated accuracy below the champion's on it")
+    p.add_argument("--shots", action="append", default=[], metavar="SUBSET=N",
+                   help="few-shot training subset, repeatable: at most N of its fakes and N of its reals (TrainConfig shots)")
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
@@ -105,6 +109,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     overrides |= {"methods": tuple(args.methods), "train_subsets": tuple(args.train_subsets)}
     overrides |= {k: v for k, v in {"rotations": args.rotations, "batch_size": args.batch_size, "seed": args.seed,
                                     "target_fpr": args.target_fpr}.items() if v is not None}
+    if getattr(args, "shots", None):
+        overrides["shots"] = tuple(args.shots)
     overrides |= parse_assignments(TrainConfig, getattr(args, "assignments", []))
     return preset(args.preset, **overrides)
 
@@ -203,12 +209,18 @@ def build_datasets(variant_url: str, cfg: TrainConfig, *, rows: int = 0, in_memo
     if 0 < rows <= in_memory_rows:
         return {kind: ray.data.from_arrow(source.table(None if kind == "all" else kind)) for kind in ("all", "real", "fake")}
     columns = ["feature", "label", "subset", "split"] + (["content_id"] if source.holdout else [])
+    columns += ["key"] if source.shots else []
     ds = ray.data.read_parquet(feature_files(variant_url)).select_columns(columns)
     where = col("split").is_in(list(cfg.train_splits))
     if cfg.train_subsets:
         where = where & col("subset").is_in(list(cfg.train_subsets))
     if source.holdout == "exclude" and source.held_out_ids:
         where = where & col("content_id").not_in(source.held_out_ids)
+    if source.shots:  # few-shot subsets: only their chosen keys (ParquetSource.shot_keys)
+        few = col("subset").not_in(list(source.shots))
+        for subset, keys in source.shot_keys.items():
+            few = few | ((col("subset") == subset) & col("key").is_in(keys))
+        where = where & few
     train = ds.filter(expr=where).select_columns(["feature", "label"])
     return {"all": train, "real": train.filter(expr=col("label") == "real"),
             "fake": train.filter(expr=col("label") == "fake")}
@@ -304,7 +316,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     opts = ReportOptions(out=out_url, eval_splits=tuple(args.eval_splits), run_name=args.name,
                          params={"num_workers": args.num_workers, "use_gpu": args.use_gpu},
-                         register=args.register, gate_margin=args.gate_margin, gate_real_floor=args.gate_real_floor)
+                         register=args.register, gate_margin=args.gate_margin, gate_real_floor=args.gate_real_floor,
+                         gate_max_family_drop=getattr(args, "gate_max_family_drop", 0.02))
     return report_training(cfg, variant, detectors_url, opts, evaluate_store)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import gendet
 
 PACKAGE = Path(gendet.__file__).parent
-DATA_PATH = ["data", "encoders", "extract", "features", "method", "eval", "serve", "mlops", "zoo"]
+DATA_PATH = ["data", "encoders", "extract", "features", "method", "eval", "serve", "mlops", "zoo", "coevolve"]
 MAX_LINES = 400
 
 

@@ -67,6 +67,8 @@ class Sample:
     split: str = ""
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    """More members of the sample by extension, e.g. ``{"mask.png": ...}`` (CONTRACTS.md)."""
 
     def meta(self) -> dict[str, Any]:
         meta = {"label": self.label, "subset": self.subset, "content_id": self.content_id or self.key,
@@ -109,8 +111,12 @@ def tar_bytes(samples: Iterable[Sample]) -> bytes:
             problem = meta_problem(s.meta())
             if problem:
                 raise ValueError(f"sample {s.key!r}: invalid meta ({problem})")
+            clash = set(s.files) & {*IMAGE_EXTS, "json"}
+            if clash or not all(_KEY_OK.match(ext.replace(".", "_")) for ext in s.files):
+                raise ValueError(f"sample {s.key!r}: extra member names {sorted(s.files)} must not be an image "
+                                 "extension or json, and use letters, digits, _, - and dots")
             seen.add(s.key)
-            tar.write({"__key__": s.key, s.image_ext: s.image,
+            tar.write({"__key__": s.key, s.image_ext: s.image, **s.files,
                        "json": json.dumps(s.meta(), sort_keys=True).encode("utf-8")})
     return buf.getvalue()
 
@@ -252,20 +258,27 @@ def parse_sample(parts: dict[str, bytes | None]) -> tuple[dict[str, Any], bytes 
     return meta, parts[image_exts[0]]
 
 
+def usable_samples(url: str) -> Iterator[tuple[str, dict[str, Any], bytes, str]]:
+    """(key, meta, image bytes, image extension) of every usable sample of one shard; broken ones
+    are skipped (extraction is where they are quarantined and counted)."""
+    for key, parts in group_samples(iter_tar_members(gio.read_bytes(url))):
+        if key_problem(key):
+            continue
+        try:
+            meta, image = parse_sample(parts)
+        except BadSample:
+            continue
+        if image:
+            yield key, meta, image, next(e for e in IMAGE_EXTS if e in parts)
+
+
 def export_samples(shard_urls: Iterable[str], folder: str, *, split: str = "test", per_label: int = 3) -> list[str]:
     """Up to ``per_label`` real and fake images of ``split`` from shards, written as files
     ``<folder>/<label>-<key>.<ext>`` (what a user would score with ``gendet predict``); their paths."""
     paths, taken = [], {label: 0 for label in LABELS}
     for url in shard_urls:
-        for key, parts in group_samples(iter_tar_members(gio.read_bytes(url))):
-            if key_problem(key):
-                continue
-            try:
-                meta, image = parse_sample(parts)
-            except BadSample:
-                continue
-            ext = next(e for e in IMAGE_EXTS if e in parts)
-            if meta.get("split") == split and taken[meta["label"]] < per_label and image:
+        for key, meta, image, ext in usable_samples(url):
+            if meta.get("split") == split and taken[meta["label"]] < per_label:
                 path = gio.join(folder, f"{meta['label']}-{sanitize_key(key)}.{ext}")
                 gio.write_bytes_atomic(path, image)
                 paths.append(path)

@@ -117,6 +117,27 @@ class Encoder:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    token_grid: tuple[int, int] = (0, 0)
+    """(rows, cols) of ``tokens``' grid; (0, 0) for an encoder without one (``gendet.encoders.tokens``)."""
+    token_dim: int = 0
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-patch features of a preprocessed batch: float32 [B, rows*cols, token_dim], row-major."""
+        raise GendetError(f"encoder {self.name}: no token grid; use spectrum:v1/v2 or an open_clip ViT")
+
+    def features_and_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(self(images), self.tokens(images))``; encoders override it to share one forward."""
+        return self(images), self.tokens(images)
+
+    def token_mask(self, mask: np.ndarray) -> np.ndarray:
+        """An image's pixel mask [H, W] (1 = manipulated) -> float32 [rows*cols]: the manipulated
+        share of each token's pixels, through this encoder's preprocessing geometry."""
+        from gendet.encoders.tokens import geometry_mask, grid_fractions
+
+        if self.token_grid == (0, 0):
+            raise GendetError(f"encoder {self.name}: no token grid; use spectrum:v1/v2 or an open_clip ViT")
+        return grid_fractions(geometry_mask(self.preprocessor, mask), self.token_grid)[0].numpy()
+
     def to(self, device: str) -> Encoder:
         raise NotImplementedError
 

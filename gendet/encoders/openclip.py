@@ -143,6 +143,9 @@ class OpenClipEncoder(Encoder):
                               f"what gendet predicts ({cfg}); pin open_clip_torch to a tested version")
         self.visual = model.visual.eval().requires_grad_(False)  # the text tower is never used
         del model
+        if isinstance(self.visual, open_clip.transformer.VisionTransformer):  # a ViT: patch tokens too
+            self.visual.output_tokens = True  # forward -> (pooled, tokens after ln_post; no extra work)
+            self.token_grid, self.token_dim = tuple(self.visual.grid_size), int(self.visual.transformer.width)
         self.name, self.precision, self.preprocessor = spec.name, precision, _preprocessor(cfg)
         self.weights_ref = _weights_ref(spec, weights, pretrained)
         self.dim = int(open_clip.get_model_config(spec.arch)["embed_dim"])  # the image tower projects to it
@@ -155,9 +158,25 @@ class OpenClipEncoder(Encoder):
         return self
 
     @torch.inference_mode()
+    def features_and_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward: (the L2-normalised embedding, the patch tokens [B, rows*cols, width] float32)."""
+        if self.token_grid == (0, 0):
+            return self(images), self.tokens(images)
+        with autocast(self._dev, self.precision):
+            pooled, tokens = self.visual(images.to(self._dev, non_blocking=True))
+        return torch.nn.functional.normalize(pooled.float(), dim=-1), tokens.float()
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        if self.token_grid == (0, 0):
+            return super().tokens(images)
+        return self.features_and_tokens(images)[1]
+
+    @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with autocast(self._dev, self.precision):
             features = self.visual(images.to(self._dev, non_blocking=True))
+        if isinstance(features, tuple):  # a ViT's (pooled, tokens)
+            features = features[0]
         return torch.nn.functional.normalize(features.float(), dim=-1)
 
 

@@ -46,6 +46,7 @@ from PIL import Image
 
 from gendet import GendetError
 from gendet.encoders.base import Encoder, Preprocessor, check_device
+from gendet.encoders.tokens import TOKEN_BINS, TOKEN_DIM, TOKEN_PATCH, spectrum_patch_tokens
 
 SIZE = 128
 AZIMUTHAL_SCALES = ((128, 64), (64, 32))  # (patch size, radial bins)
@@ -245,7 +246,10 @@ class SpectrumEncoder(Encoder):
             "luma": torch.tensor(LUMA),
             **{f"hann{p}": _hann2d(p) for p in {*(p for p, _ in self.scales), GRID_PATCH}},
             **{f"azimuthal{p}": _azimuthal_matrix(p, bins) for p, bins in self.scales},
+            "token_azimuthal": _azimuthal_matrix(TOKEN_PATCH, TOKEN_BINS),
         }
+        # per-patch measurements on the input canvas (gendet.encoders.tokens): 8x8 (v1), 16x16 (v2)
+        self.token_grid, self.token_dim = (self.size // TOKEN_PATCH,) * 2, TOKEN_DIM
         self.to(device)
 
     def to(self, device: str) -> SpectrumEncoder:
@@ -254,19 +258,34 @@ class SpectrumEncoder(Encoder):
         self.device = str(self._dev)
         return self
 
-    @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def _residual(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the batch as float32 on the device, its high-pass residual [B, S, S])."""
         size = self.size
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"{self.name} expects [B, 3, {size}, {size}] from its preprocess, got {tuple(images.shape)}")
-        buf = self._buffers
         x = images.to(self._dev, torch.float32, non_blocking=True)
         # the Laplacian is linear: take the luma first and filter one channel instead of three
-        grey = torch.einsum("bchw,c->bhw", x, buf["luma"])
+        grey = torch.einsum("bchw,c->bhw", x, self._buffers["luma"])
         if self.version == "v1":
-            residual = _laplacian(grey)
-        else:  # v2: inside each native block, so tiled copies never meet
-            residual = _from_blocks(_laplacian(_to_blocks(grey, V2_BLOCK)), x.shape[0], size, size)
+            return x, _laplacian(grey)
+        # v2: inside each native block, so tiled copies never meet
+        return x, _from_blocks(_laplacian(_to_blocks(grey, V2_BLOCK)), x.shape[0], size, size)
+
+    @torch.inference_mode()
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return spectrum_patch_tokens(*self._residual(images), self._buffers["token_azimuthal"])
+
+    @torch.inference_mode()
+    def features_and_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, residual = self._residual(images)
+        return self._pooled(x, residual), spectrum_patch_tokens(x, residual, self._buffers["token_azimuthal"])
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self._pooled(*self._residual(images))
+
+    def _pooled(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        buf = self._buffers
         blocks = []
         for p, _ in self.scales:
             power = _log_power(_patch_power(residual, p, buf[f"hann{p}"]))

@@ -50,6 +50,22 @@ class DemoReport:
     predictions_model: str
     refresh: dict
     times: dict
+    degrade_note: str = ""
+    """What the degradations of Table 4 mean for this world (the demo's crop sizes)."""
+
+
+def _sources(zoo: dict) -> str:
+    return ", ".join(f"{name} {n}" for name, n in zoo.get("corpus", {}).get("found", {}).items())
+
+
+def _world(zoo: dict) -> str:
+    """Crop sizes and formats of the zoo's config, as the summary recorded them."""
+    cfg = zoo.get("config", {})
+    sizes = cfg.get("crop_sizes") or [cfg.get("crop_size")]
+    jpeg = cfg.get("jpeg_fraction", 0.0)
+    quality = cfg.get("jpeg_quality", [])
+    formats = f"{jpeg:.0%} of each label's images JPEG (q {'-'.join(map(str, quality))}), the rest PNG" if jpeg else "PNG"
+    return f"native crops of {', '.join(map(str, sizes))} px, {formats}"
 
 
 def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
@@ -70,8 +86,7 @@ def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
         ("Accuracy at the threshold calibrated on held-out reals "
          f"(target FPR {reports['gendet'].get('target_fpr')})", tables.methods_table(reports, seen, metric="acc_calibrated")),
         ("Table 4: mean accuracy on unseen families under degradation",
-         tables.degradation_by_method(r.by_degrade, seen) + "\n\nresize:32 and resize:18 are GenImage's 112 and 64 "
-         "scaled to the 64 px crops (the same fractions of the side as of 224 px)."),
+         tables.degradation_by_method(r.by_degrade, seen) + (f"\n\n{r.degrade_note}" if r.degrade_note else "")),
         ("Plots", plots),
         ("Registry", f"MLflow run `{r.summary['run_id']}`, model `{r.summary['model_uri']}`; registered as "
          f"`gendet` version {gate.get('version')}, promoted to champion: **{gate.get('promoted')}** "
@@ -80,7 +95,8 @@ def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
         (f"Refresh: {r.new_family} arrives", (fresh.get("table") or "nothing new")
          + f"\n\nnew shards: {len(fresh['new_shards'])}; alert: **{fresh['alert']}**\n\n"
          + "\n".join(f"- {s}: {v['reason']}" for s, v in fresh["subsets"].items())),
-        ("Data", f"{r.zoo['photos']} photos; samples per family: `{json.dumps(counts)}`; extraction: {extraction}"),
+        ("Data", f"{r.zoo['photos']} photos ({_sources(r.zoo)}); {_world(r.zoo)}; samples per family: "
+         f"`{json.dumps(counts)}`; extraction: {extraction}"),
         ("Timings (s)", "\n".join(f"- {k}: {v}" for k, v in r.times.items())),
     ]
     return write(gio.join(out, "report.md"), sections), headline

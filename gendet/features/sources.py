@@ -45,6 +45,22 @@ def held_out_ids(content_ids: Iterable[str | None], fraction: float) -> list[str
     return sorted({c for c in content_ids if c is not None and in_holdout(c, fraction)})
 
 
+def shot_keys(rows: pa.Table, n: int) -> list[str]:
+    """The ``key`` of at most ``n`` rows of each label in ``rows`` (columns key, content_id,
+    label), the first in the order of a stable hash of ``content_id`` (then ``key``): few-shot
+    rows, the same on every run and machine, a photo's crops together while ``n`` allows."""
+    def rank(content_id: str | None, key: str) -> tuple[bytes, str]:
+        return hashlib.blake2b((content_id or key).encode("utf-8"), digest_size=8, person=b"gendet-shots").digest(), key
+
+    picked: list[str] = []
+    for label in ("real", "fake"):
+        of_label = rows.filter(pc.equal(rows.column("label"), label))
+        pairs = sorted(zip(of_label.column("content_id").to_pylist(), of_label.column("key").to_pylist()),
+                       key=lambda ck: rank(*ck))
+        picked += [key for _, key in pairs[:n]]
+    return picked
+
+
 @runtime_checkable
 class BatchSource(Protocol):
     """What the trainer needs from a data source."""
@@ -106,13 +122,14 @@ class ParquetSource:
     ``buffer_rows`` rows (held as ``dtype``: float16 halves it), and files are visited in a per-epoch
     random order; batches come out as float32. For ``kind="all"`` the
     real and fake streams are interleaved at random in proportion to their sizes, so a store
-    written real-first still gives mixed batches.
+    written real-first still gives mixed batches. ``shots`` ({subset: N}) keeps only N fakes and N
+    reals of each named subset (``shot_keys``, after the holdout), filtered by ``key`` per subset.
     """
 
     def __init__(self, variant_url: str, *, subsets: Sequence[str] = (), splits: Sequence[str] = ("train",),
                  batch_size: int = 256, seed: int = 0, buffer_rows: int = 16384, read_rows: int = 2048,
                  dtype: str = "float32", encoder: str = "", preprocess_hash: str = "",
-                 holdout: Holdout | None = None, holdout_fraction: float = 0.1):
+                 holdout: Holdout | None = None, holdout_fraction: float = 0.1, shots: dict[str, int] | None = None):
         if holdout not in (None, "only", "exclude"):
             raise GendetError(f"ParquetSource: holdout={holdout!r}; use None, 'only' or 'exclude'")
         if holdout is not None and not 0 < holdout_fraction < 1:
@@ -129,6 +146,7 @@ class ParquetSource:
         self.dtype = np.dtype(dtype)
         self.holdout, self.holdout_fraction = holdout, holdout_fraction
         self._held_out: list[str] | None = None
+        self.shots, self._shot_keys = dict(shots or {}), None
 
     @property
     def held_out_ids(self) -> list[str]:
@@ -136,9 +154,21 @@ class ParquetSource:
         holds out (computed once; what ``holdout`` filters on, and what a Ray Data reader of the
         same rows filters with: ``col("content_id").is_in(ids)``)."""
         if self._held_out is None:
-            ids = self.dataset.to_table(columns=["content_id"], filter=self._filter(None, holdout=False)).column(0)
+            ids = self.dataset.to_table(columns=["content_id"], filter=self._filter(None, holdout=False, shots=False)).column(0)
             self._held_out = held_out_ids(pc.unique(ids).to_pylist(), self.holdout_fraction)
         return self._held_out
+
+    @property
+    def shot_keys(self) -> dict[str, list[str]]:
+        """{subset: keys of its few-shot rows} for ``shots`` (computed once; a Ray Data reader of
+        the same rows filters with the same lists)."""
+        if self._shot_keys is None:
+            self._shot_keys = {}
+            for subset, n in self.shots.items():
+                where = self._filter(None, shots=False) & (pads.field("subset") == subset)
+                rows = self.dataset.to_table(columns=["key", "content_id", "label"], filter=where)
+                self._shot_keys[subset] = shot_keys(rows, n)
+        return self._shot_keys
 
     @classmethod
     def from_store(cls, store_url: str, *, encoder: str | None = None, degrade: str = "", **kwargs) -> ParquetSource:
@@ -146,7 +176,7 @@ class ParquetSource:
         variant = gfeatures.resolve_variant(store_url, encoder, degrade)
         return cls(variant.url, encoder=variant.encoder, preprocess_hash=variant.preprocess_hash, **kwargs)
 
-    def _filter(self, label: str | None, *, holdout: bool = True) -> pads.Expression:
+    def _filter(self, label: str | None, *, holdout: bool = True, shots: bool = True) -> pads.Expression:
         expr = pads.field("split").isin(list(self.splits))
         if self.subsets:
             expr &= pads.field("subset").isin(list(self.subsets))
@@ -156,6 +186,11 @@ class ParquetSource:
             ids = pa.array(self.held_out_ids, type=self.dataset.schema.field("content_id").type)
             held = pads.field("content_id").isin(ids)  # false for a null content_id
             expr &= held if self.holdout == "only" else ~held
+        if shots and self.shots:
+            few = ~pads.field("subset").isin(list(self.shots))
+            for subset, keys in self.shot_keys.items():
+                few |= (pads.field("subset") == subset) & pads.field("key").isin(keys)
+            expr &= few
         return expr
 
     def table(self, label: str | None = None, columns: Sequence[str] = ("feature", "label")) -> pa.Table:

@@ -110,6 +110,11 @@ class TrainConfig:
     """False-positive rate on held-out reals used to calibrate each detector's threshold."""
     keep_checkpoints: int = 2
     """How many stage checkpoints to keep (the latest ones); resume needs only the last."""
+    shots: tuple[str, ...] = ()
+    """Few-shot training subsets, ``SUBSET=N`` each (``--shots sdedit=64``): at most N of that
+    subset's training fakes and N of its reals, the first in the order of a stable hash of
+    ``content_id`` (``gendet.features.sources.shot_keys``: the same rows on every run, a photo's
+    crops taken together). SUBSET must be a training subset. The calibration rows are unchanged."""
 
     def __post_init__(self) -> None:
         check(len(self.methods) > 0, "methods: empty; choose from " + ", ".join(METHODS))
@@ -142,6 +147,10 @@ class TrainConfig:
               f"calibration_split: {self.calibration_split!r}; use auto, val or train_holdout")
         check(isinstance(self.calibration_holdout, (int, float)) and 0 < self.calibration_holdout < 1,
               f"calibration_holdout: {self.calibration_holdout!r}; must be a fraction in (0, 1), e.g. 0.1")
+        limits = self.shot_limits  # parses every SUBSET=N
+        unknown = [s for s in limits if self.train_subsets and s not in self.train_subsets]
+        check(not unknown, f"shots: {unknown} not among the training subsets {list(self.train_subsets)}; "
+                           "add them to --train-subsets or drop them from --shots")
 
     def wants(self, method: str) -> bool:
         return method in self.methods
@@ -150,12 +159,26 @@ class TrainConfig:
     def student_methods(self) -> tuple[str, ...]:
         return tuple(m for m in STUDENT_METHODS if m in self.methods)
 
+    @property
+    def shot_limits(self) -> dict[str, int]:
+        """``shots`` as {subset: N}; a malformed entry is a one-line error."""
+        limits: dict[str, int] = {}
+        for item in self.shots:
+            subset, _, n = str(item).partition("=")
+            check(bool(subset.strip()) and n.strip().isdigit() and int(n) >= 1,
+                  f"shots: {item!r}; expected SUBSET=N with N a positive integer, e.g. sdedit=64")
+            check(subset.strip() not in limits, f"shots: {subset.strip()!r} given twice")
+            limits[subset.strip()] = int(n)
+        return limits
+
     def training_rows(self) -> dict[str, Any]:
         """``ParquetSource`` keyword arguments of the rows to train on: the training subsets and
-        splits, less the calibration holdout under ``train_holdout``."""
+        splits, less the calibration holdout under ``train_holdout``, few-shot subsets limited."""
         rows: dict[str, Any] = {"subsets": self.train_subsets, "splits": self.train_splits}
         if self._resolved_calibration() == "train_holdout":
             rows |= {"holdout": "exclude", "holdout_fraction": self.calibration_holdout}
+        if self.shots:
+            rows["shots"] = self.shot_limits
         return rows
 
     def calibration_rows(self) -> dict[str, Any]:

@@ -5,7 +5,10 @@ models:/gendet@champion`` serves) moves only through ``promote``: the challenger
 real-image accuracy floor at its calibrated threshold (a detector that flags real photos as fake is
 worse than none, whatever its mean accuracy), and, when there is a champion, beat its mean
 accuracy on the same evaluation set by ``margin`` (noise on a small evaluation set must not flip
-the alias back and forth). Every decision is written, with its reason, as tags on the model
+the alias back and forth), and lose no family: on no subset both scored may its calibrated accuracy
+(``acc_calibrated``, at the threshold each model is deployed with) fall more than
+``max_family_drop`` below the champion's (a fix for a new generator must not break the old ones;
+subsets only the challenger scored pass). Every decision is written, with its reason, as tags on the model
 version and on the version's run, and returned as a ``GateDecision``.
 """
 
@@ -44,6 +47,11 @@ class GateDecision:
     real_acc_calibrated: float
     margin: float
     real_acc_floor: float
+    max_family_drop: float = 0.02
+    worst_family: str | None = None
+    """The subset with the largest fall below the champion (None without a champion)."""
+    worst_family_drop: float | None = None
+    """champion - challenger calibrated accuracy on ``worst_family`` (negative: a gain)."""
 
     def tags(self) -> dict[str, str]:
         return {TAG_PREFIX + k: ("" if v is None else str(v)) for k, v in dataclasses.asdict(self).items()
@@ -94,11 +102,34 @@ class Verdict(NamedTuple):
     challenger_score: float
     champion_score: float | None
     real_acc_calibrated: float
+    worst_family: str | None = None
+    worst_family_drop: float | None = None
+
+
+MAX_FAMILY_DROP = 0.02
+FAMILY_METRIC = "acc_calibrated"
+
+
+def family_drops(challenger_metrics: Mapping[str, Any], champion_metrics: Mapping[str, Any]) -> dict[str, float]:
+    """{subset: champion - challenger ``acc_calibrated``} over the subsets both reports scored
+    (``acc`` where either lacks a calibrated accuracy; neither: left out)."""
+    mine, theirs = challenger_metrics.get("subsets") or {}, champion_metrics.get("subsets") or {}
+    drops = {}
+    for subset in sorted(set(mine) & set(theirs)):
+        for key in (FAMILY_METRIC, "acc"):
+            a, b = mine[subset].get(key), theirs[subset].get(key)
+            if a is not None and b is not None:
+                drops[subset] = float(b) - float(a)
+                break
+    return drops
 
 
 def decide(challenger_metrics: Mapping[str, Any], champion_metrics: Mapping[str, Any] | None, *,
-           margin: float, real_acc_floor: float, metric: str = "mean_acc") -> Verdict:
-    """The gate's rule alone (no registry): floor first, then the margin over the champion."""
+           margin: float, real_acc_floor: float, metric: str = "mean_acc",
+           max_family_drop: float = MAX_FAMILY_DROP) -> Verdict:
+    """The gate's rule alone (no registry): floor first, then the margin over the champion on
+    ``metric``, then no family may fall more than ``max_family_drop`` below the champion's
+    calibrated accuracy (``acc_calibrated`` per subset, ``family_drops``)."""
     score = _metric(challenger_metrics, metric, "challenger")
     real_acc = pooled_real_acc_calibrated(challenger_metrics)
     floor = f"real accuracy at the calibrated threshold {real_acc:.4f}"
@@ -107,23 +138,32 @@ def decide(challenger_metrics: Mapping[str, Any], champion_metrics: Mapping[str,
     if champion_metrics is None:
         return Verdict(True, f"no champion yet and {floor} >= floor {real_acc_floor:.4f}", score, None, real_acc)
     best = _metric(champion_metrics, metric, "champion")
+    drops = family_drops(challenger_metrics, champion_metrics)
+    worst = max(drops, key=lambda s: (drops[s], s)) if drops else None
+    family = (worst, None if worst is None else drops[worst])
     if score < best + margin:
         return Verdict(False, f"{metric} {score:.4f} does not beat the champion's {best:.4f} by the margin "
-                       f"{margin:.4f}", score, best, real_acc)
+                       f"{margin:.4f}", score, best, real_acc, *family)
+    if worst is not None and drops[worst] > max_family_drop + 1e-12:
+        fallen = sorted(s for s, d in drops.items() if d > max_family_drop + 1e-12)
+        return Verdict(False, f"family {worst}: {FAMILY_METRIC} falls {drops[worst]:.4f} below the champion's, more than "
+                       f"max_family_drop {max_family_drop:.4f} (fallen: {', '.join(fallen)})", score, best, real_acc, *family)
+    kept = f"; no family falls more than {max_family_drop:.4f}" + (f" (worst: {worst} {drops[worst]:+.4f})" if worst else "")
     return Verdict(True, f"{metric} {score:.4f} beats the champion's {best:.4f} by >= {margin:.4f} and {floor} "
-                   f">= floor {real_acc_floor:.4f}", score, best, real_acc)
+                   f">= floor {real_acc_floor:.4f}{kept}", score, best, real_acc, *family)
 
 
 def promote(client: MlflowClient, name: str, challenger_metrics: Mapping[str, Any],
             champion_metrics: Mapping[str, Any] | None, *, margin: float, real_acc_floor: float,
-            metric: str = "mean_acc", version: str | None = None) -> GateDecision:
+            metric: str = "mean_acc", version: str | None = None, max_family_drop: float = MAX_FAMILY_DROP) -> GateDecision:
     """Run the gate for the ``challenger`` (or ``version``) of ``name`` and move ``champion`` if it passes.
 
     ``challenger_metrics`` and ``champion_metrics`` are metrics.json dicts of both models on the
     same evaluation set; ``champion_metrics`` is ignored when there is no champion yet.
     """
-    if not 0.0 <= real_acc_floor <= 1.0 or margin < 0:
-        raise GendetError(f"gate: margin {margin} must be >= 0 and real_acc_floor {real_acc_floor} in [0, 1]")
+    if not 0.0 <= real_acc_floor <= 1.0 or margin < 0 or not 0.0 <= max_family_drop <= 1.0:
+        raise GendetError(f"gate: margin {margin} must be >= 0, real_acc_floor {real_acc_floor} and max_family_drop "
+                          f"{max_family_drop} in [0, 1]")
     candidate = client.get_model_version(name, version) if version else version_by_alias(client, name, CHALLENGER)
     if candidate is None:
         raise GendetError(f"registered model {name!r} has no {CHALLENGER!r} version; register a model first")
@@ -132,11 +172,11 @@ def promote(client: MlflowClient, name: str, challenger_metrics: Mapping[str, An
         raise GendetError(f"{name!r} has a champion (version {champion.version}); pass its metrics on "
                           "the same evaluation set")
     verdict = decide(challenger_metrics, None if champion is None else champion_metrics,
-                     margin=margin, real_acc_floor=real_acc_floor, metric=metric)
+                     margin=margin, real_acc_floor=real_acc_floor, metric=metric, max_family_drop=max_family_drop)
     if champion is not None and champion.version == candidate.version:
         verdict = verdict._replace(promoted=False, reason="this version is already the champion")
     decision = GateDecision(name=name, version=str(candidate.version), metric=metric, margin=margin,
-                            real_acc_floor=real_acc_floor,
+                            real_acc_floor=real_acc_floor, max_family_drop=max_family_drop,
                             champion_version=None if champion is None else str(champion.version),
                             **verdict._asdict())
     if decision.promoted:

@@ -42,6 +42,8 @@ class ReportOptions:
     """Register the headline detector under this name (alias challenger) and run the gate."""
     gate_margin: float = 0.0
     gate_real_floor: float = 0.8
+    gate_max_family_drop: float = 0.02
+    """Largest fall of any subset's calibrated accuracy below the champion's (the gate's family rule)."""
 
 
 def headline_method(detectors: dict[str, Detector]) -> str:
@@ -106,9 +108,26 @@ def gate(opts: ReportOptions, variant: Variant, model_uri: str, challenger_repor
         champ = load_detector(f"models:/{opts.register}@{registry.CHAMPION}")
         champion_report = evaluate({"champion": champ}, variant, tuple(opts.eval_splits))[0]["champion"]
     decision = registry.promote(client, opts.register, challenger_report, champion_report,
-                                margin=opts.gate_margin, real_acc_floor=opts.gate_real_floor, version=version.version)
+                                margin=opts.gate_margin, real_acc_floor=opts.gate_real_floor, version=version.version,
+                                max_family_drop=opts.gate_max_family_drop)
     return {"registered": opts.register, "version": str(version.version), "promoted": decision.promoted,
-            "reason": decision.reason}
+            "reason": decision.reason, "champion_version": decision.champion_version,
+            "worst_family": decision.worst_family, "worst_family_drop": decision.worst_family_drop,
+            "families": family_table(challenger_report, champion_report)}
+
+
+FAMILY_KEYS = ("acc_calibrated", "fake_acc_calibrated", "real_acc_calibrated", "ap")
+
+
+def family_table(challenger_report: dict, champion_report: dict | None) -> dict[str, dict[str, Any]]:
+    """{subset: {"champion": {...}, "challenger": {...}}} of the calibrated accuracies and AP both
+    models reached on the gate's evaluation set (champion: None when there is none)."""
+    def pick(report: dict | None, subset: str) -> dict[str, Any] | None:
+        found = (report or {}).get("subsets", {}).get(subset)
+        return None if found is None else {k: found.get(k) for k in FAMILY_KEYS}
+
+    subsets = sorted(set(challenger_report.get("subsets", {})) | set((champion_report or {}).get("subsets", {})))
+    return {s: {"champion": pick(champion_report, s), "challenger": pick(challenger_report, s)} for s in subsets}
 
 
 def report_training(cfg: TrainConfig, variant: Variant, detectors_url: str, opts: ReportOptions,

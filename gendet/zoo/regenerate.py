@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gendet.data.manipulations import region_masks
 from gendet.zoo.config import FamilyConfig
 from gendet.zoo.models import alpha_bar
 
@@ -29,6 +30,12 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def sdedit(model: torch.nn.Module, cfg: FamilyConfig, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Noise ``x`` to ``cfg.sdedit_strength`` of the schedule, then denoise back with DDIM steps."""
+    return sdedit_trajectory(model, cfg, x, generator)
+
+
+def sdedit_trajectory(model: torch.nn.Module, cfg: FamilyConfig, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``sdedit`` with gradients: fine-tuning a denoiser through its whole DDIM trajectory
+    (``gendet.coevolve.align``)."""
     times = torch.linspace(cfg.sdedit_strength, 0.0, cfg.sdedit_steps + 1)
     a = alpha_bar(times[0])
     x_t = a.sqrt() * x + (1 - a).sqrt() * torch.randn(x.shape, generator=generator)
@@ -66,21 +73,9 @@ def regenerate(model: torch.nn.Module, cfg: FamilyConfig, images: np.ndarray, *,
 def random_masks(count: int, size: int, rng: np.random.Generator,
                  area: tuple[float, float] = (0.15, 0.5)) -> np.ndarray:
     """bool [count, size, size]: one axis-aligned rectangle or ellipse each, covering a fraction
-    of the image drawn from ``area`` (inpainting masks are usually one blob)."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    masks = np.zeros((count, size, size), dtype=bool)
-    for i in range(count):
-        frac = rng.uniform(*area)
-        aspect = rng.uniform(0.5, 2.0)
-        h = min(size, max(2, int(round(size * np.sqrt(frac * aspect)))))
-        w = min(size, max(2, int(round(size * np.sqrt(frac / aspect)))))
-        top, left = int(rng.integers(size - h + 1)), int(rng.integers(size - w + 1))
-        if rng.random() < 0.5:
-            masks[i, top:top + h, left:left + w] = True
-        else:
-            cy, cx = top + h / 2, left + w / 2
-            masks[i] = ((yy + 0.5 - cy) / (h / 2)) ** 2 + ((xx + 0.5 - cx) / (w / 2)) ** 2 <= 1.0
-    return masks
+    of the image drawn from ``area`` (inpainting masks are usually one blob); the data layer's
+    ``region_masks``, which the generator-agnostic manipulations share."""
+    return region_masks(count, size, size, rng, area)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

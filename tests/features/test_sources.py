@@ -215,3 +215,28 @@ def test_holdout_arguments_are_checked(tmp_path):
         ParquetSource(variant, holdout="some")
     with pytest.raises(GendetError, match="holdout_fraction"):
         ParquetSource(variant, holdout="only", holdout_fraction=1.0)
+
+
+# --- few-shot rows (TrainConfig shots) -----------------------------------------------------------
+def test_shots_keep_n_fakes_and_n_reals_of_a_subset_chosen_by_a_stable_content_hash(tmp_path):
+    from helpers.synthetic_store import write_synthetic_store
+
+    variant = write_synthetic_store(str(tmp_path), dim=8, per_split={"train": 200, "test": 20})
+    columns = ("key", "content_id", "subset", "label")
+    few = ParquetSource(variant, subsets=("seen", "unseen"), shots={"unseen": 7})
+    rows = few.table(columns=columns).to_pylist()
+    unseen = [r for r in rows if r["subset"] == "unseen"]
+    assert sum(r["label"] == "fake" for r in unseen) == 7 and sum(r["label"] == "real" for r in unseen) == 7
+    assert sum(r["subset"] == "seen" for r in rows) == 200  # other subsets keep every row
+    assert few.counts() == {"real": 107, "fake": 107}
+    assert sum(len(y) for _, y in few.batches("all", 0)) == 214  # the streaming reader filters the same
+    again = ParquetSource(variant, subsets=("seen", "unseen"), shots={"unseen": 7}, seed=5)
+    assert again.shot_keys == few.shot_keys  # deterministic, whatever the seed
+    # the hash order of content_id: a bigger N keeps the smaller N's rows (a photo's rows come together)
+    more = ParquetSource(variant, subsets=("unseen",), shots={"unseen": 30}).shot_keys["unseen"]
+    assert set(few.shot_keys["unseen"]) <= set(more)
+    # with the calibration holdout the shots come from the training side only
+    held = ParquetSource(variant, subsets=("unseen",), holdout="only", holdout_fraction=0.3)
+    train = ParquetSource(variant, subsets=("unseen",), holdout="exclude", holdout_fraction=0.3, shots={"unseen": 7})
+    assert set(train.shot_keys["unseen"]).isdisjoint(r["key"] for r in held.table(columns=("key",)).to_pylist())
+    assert len(train.table()) == 14

@@ -146,3 +146,20 @@ def test_calibration_on_scored_or_missing_rows_is_refused(choice, eval_splits, v
 def test_rows_are_not_chosen_before_the_calibration_split_is_resolved():
     with pytest.raises(ConfigError, match="still auto"):
         TrainConfig().training_rows()
+
+
+def test_shots_are_parsed_validated_and_reach_the_training_rows():
+    from gendet.config import ConfigError
+
+    train, args = _train_args("--train-subsets", "sd,sdedit", "--shots", "sdedit=64")
+    cfg = train.build_config(args)
+    assert cfg.shots == ("sdedit=64",) and cfg.shot_limits == {"sdedit": 64}
+    assert replace(cfg, calibration_split="val").training_rows()["shots"] == {"sdedit": 64}
+    assert "shots" not in replace(cfg, calibration_split="val").calibration_rows()  # calibration rows unchanged
+    _, args = _train_args("--set", "shots=sd=3")
+    assert train.build_config(args).shot_limits == {"sd": 3}
+    for bad, needle in (("sdedit=64", "not among the training subsets"), ("sd=0", "positive integer"),
+                        ("sd", "expected SUBSET=N"), ("sd=2,sd=3", "given twice")):
+        _, args = _train_args("--set", f"shots={bad}")
+        with pytest.raises(ConfigError, match=needle):
+            train.build_config(args)

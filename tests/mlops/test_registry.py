@@ -40,6 +40,37 @@ def test_gate_rule_floor_margin_and_first_model():
         registry.pooled_real_acc_calibrated(_report(0.9, {"a": (None, 5)}))
 
 
+def _families(mean_acc: float, acc_calibrated: dict[str, float]) -> dict:
+    """A report whose subsets have ``acc_calibrated`` (and reals all right at the threshold)."""
+    return {"mean_acc": mean_acc, "subsets": {s: {"n_real": 10, "n_fake": 10, "real_acc_calibrated": 1.0, "acc_calibrated": a,
+                                                  "acc": 0.0} for s, a in acc_calibrated.items()}}
+
+
+def test_gate_refuses_a_challenger_that_loses_a_known_family():
+    champion = _families(0.7, {"old": 0.95, "older": 0.90, "new": 0.55})
+    # the new family is fixed, but "older" falls 0.05 > 0.02: refused, the reason names it (acc_calibrated, not acc)
+    verdict = registry.decide(_families(0.9, {"old": 0.96, "older": 0.85, "new": 0.95}), champion,
+                              margin=0.0, real_acc_floor=0.9)
+    assert not verdict.promoted and "family older" in verdict.reason and "max_family_drop 0.0200" in verdict.reason
+    assert verdict.worst_family == "older" and verdict.worst_family_drop == pytest.approx(0.05)
+    # within the allowed drop, and a family only the challenger scored passes
+    verdict = registry.decide(_families(0.9, {"old": 0.94, "older": 0.895, "new": 0.95, "newest": 0.1}), champion,
+                              margin=0.0, real_acc_floor=0.9)
+    assert verdict.promoted and verdict.worst_family == "old" and "no family falls" in verdict.reason
+    # a looser rule admits the first one; the margin rule still applies after it
+    assert registry.decide(_families(0.9, {"old": 0.96, "older": 0.85}), champion, margin=0.0, real_acc_floor=0.9,
+                           max_family_drop=0.06).promoted
+    verdict = registry.decide(_families(0.6, {"old": 0.96}), champion, margin=0.0, real_acc_floor=0.9)
+    assert not verdict.promoted and "does not beat" in verdict.reason
+    assert registry.family_drops(_report(0.9, {"a": (1.0, 5)}), _report(0.9, {"a": (1.0, 5)})) == {}  # nothing to compare
+    decision = registry.GateDecision(name="g", version="2", promoted=False, reason="r", metric="mean_acc",
+                                     challenger_score=0.9, champion_score=0.7, champion_version="1",
+                                     real_acc_calibrated=1.0, margin=0.0, real_acc_floor=0.9, worst_family="older",
+                                     worst_family_drop=0.05)
+    tags = decision.tags()
+    assert tags["gendet.gate.worst_family"] == "older" and tags["gendet.gate.max_family_drop"] == "0.02"
+
+
 def test_gate_reads_metrics_reports_written_by_evaluate():
     labels = np.array(["real"] * 6 + ["fake"] * 6)
     subsets = np.array(["sd14", "vqdm"] * 6)
@@ -95,6 +126,16 @@ def test_register_gate_and_champion_scores(server, tiny_detector_dir, tiny_image
     better = registry.promote(client, name, _report(0.9, {"a": (0.95, 20)}), good, margin=0.01, real_acc_floor=0.9)
     assert better.promoted and better.champion_score == 0.8 and better.challenger_score == 0.9
     assert client.get_model_version_by_alias(name, "champion").version == "2"
+    # a third version fixes a new family but loses an old one: refused, the worst family tagged
+    uri3, run3 = _log(tiny_detector_dir)
+    assert registry.register(uri3, name, client=client).version == "3"
+    broke = registry.promote(client, name, _families(0.95, {"a": 0.80, "new": 0.99}), _families(0.9, {"a": 0.97}),
+                             margin=0.0, real_acc_floor=0.9)
+    assert not broke.promoted and "family a" in broke.reason
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    tags = client.get_model_version(name, "3").tags
+    assert tags["gendet.gate.worst_family"] == "a" and float(tags["gendet.gate.worst_family_drop"]) == pytest.approx(0.17)
+    assert client.get_run(run3).data.tags["gendet.gate.reason"] == broke.reason
 
     scorer = predict.load_scorer("models:/gendet@champion")
     rows = predict.predict(scorer, [str(p) for p in tiny_images])

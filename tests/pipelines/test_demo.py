@@ -4,6 +4,7 @@ refresh job run again on the same folder (nothing new)."""
 import json
 
 import mlflow
+import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -27,6 +28,12 @@ def test_demo_small_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.md'}" in printed
 
+    # The demo's world: native crops at each small size, PNG and JPEG for both labels (format says nothing).
+    index = pq.read_table(out / "shards" / "zoo_index.parquet").to_pandas()
+    assert set(index["size"]) == set(demo.SMALL_CROP_SIZES)
+    assert {(lb, f) for lb, f in zip(index["label"], index["format"])} == {(lb, f) for lb in ("real", "fake")
+                                                                          for f in ("png", "jpg")}
+
     metrics = json.loads((out / "metrics.json").read_text())
     assert TOP_KEYS <= set(metrics)
     assert set(metrics["subsets"]) == set(FAMILIES) - {demo.NEW_FAMILY}  # every family but the late one
@@ -48,7 +55,7 @@ def test_demo_small_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
             client.get_model_version_by_alias("gendet", "champion")
     alias = "champion" if gate["promoted"] else "challenger"
     model = load_detector(f"models:/gendet@{alias}")
-    assert model.method == "gendet" and model.encoder == "spectrum:v1" and model.target_fpr == 0.05
+    assert model.method == "gendet" and model.encoder == demo.ENCODER == "spectrum:v2" and model.target_fpr == 0.05
 
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 6 and all({"path", "score", "is_fake", "threshold"} <= set(p) for p in predictions)

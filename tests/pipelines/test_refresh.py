@@ -103,6 +103,10 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
     assert "--alert-exit 1: 1 is a crash" in capsys.readouterr().err
     assert refresh.main([*base, "--reference", str(tmp_path / "absent.json")]) == 2
     assert "absent.json: not found" in capsys.readouterr().err
+    assert refresh.main([*base, "--model", str(tmp_path / "a-detector-dir"), "--fix"]) == 2
+    assert "--fix: " in (err := capsys.readouterr().err) and "is not a registered model" in err
+    assert refresh.main([*base, "--fix", "--fix-shots", "-1"]) == 2
+    assert "--fix-shots -1" in capsys.readouterr().err
     try:
         assert refresh.main([*base, "--model", "models:/nobody@champion", "--tracking-uri", uri]) == 2
     finally:
