@@ -31,7 +31,7 @@ photos:
 	    || echo "mate-backgrounds: apt-get install failed; run: sudo apt-get install mate-backgrounds"; fi; }
 	@test -d $(MATE) && echo "photos: $$(ls $(MATE) | wc -l) mate-backgrounds photos in $(MATE)" || true
 
-demo: install  ## the whole system offline (~5 min on 2 cores); writes out/demo/report.md
+demo: install  ## the whole system offline (10-25 min on 2 cores); writes out/demo/report.md
 	$(BIN)/gendet demo
 
 lint: install  ## ruff and the layer contracts (import-linter)

@@ -6,7 +6,10 @@ Data extraction (``spectrum:v2``, the offline encoder on native pixels; degraded
 4) -> Ray Train: GenDet and the four baselines on one family (the role SD v1.4 plays in GenImage) ->
 per-family evaluation of every method -> MLflow registration and the promotion gate -> ``predict``
 on a few files from ``models:/gendet@champion`` -> a new family's shards arrive: ``refresh`` extracts
-only them and scores the champion on them. It ends with the table and the path of ``OUT/report.md``.
+only them and scores the champion on them; when the new family slips, ``refresh --fix`` retrains
+with a few of its images (``--fix-shots``), recalibrates, registers a challenger and runs the gate
+over every known family, which promotes it only if no old family falls by more than 2 points. It
+ends with the table and the path of ``OUT/report.md``.
 
 Every step is the same code as its verb (``pipelines.extract``, ``pipelines.train``, ...); this
 module only chooses the arguments. Reruns reuse what is there: zoo shards whose summary matches,
@@ -28,6 +31,7 @@ from gendet import io as gio
 
 TRAIN_FAMILY = "ae_nearest_f8"  # SD's VAE decoder upsamples by nearest + conv at f8: the SD v1.4 role
 NEW_FAMILY = "sdedit"           # arrives last, for the refresh step: diffusion, unlike anything trained on
+FIX_SHOTS = 32                  # refresh --fix's default: the few-shot count measured to fix sdedit (README)
 SAMPLE_FAMILY = "vq_f4"         # where the few files that `predict` scores come from
 ENCODER = "spectrum:v2"  # native pixels: v1 upscaled every crop under 128 px, stamping one bicubic filter on them
 # The demo's world (issue 11): native crops at several sizes (never upscaled), and half of *each* label's
@@ -58,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--rotations", type=int, default=None, help="GenDet rotations (default: 10, --small: 2)")
     p.add_argument("--no-degrade", action="store_true", help="skip the degraded extractions (Table 4)")
+    p.add_argument("--fix-shots", type=int, default=FIX_SHOTS, help="when the new family slips, refresh retrains with this "
+                                                                    "many of its fakes (and reals), gates and promotes")
+    p.add_argument("--no-fix", action="store_true", help="refresh only alerts: no retrain, gate or promotion")
 
 
 class Steps:
@@ -130,12 +137,13 @@ def degraded_reports(features: str, detectors_dir: str, degrades: tuple[str, ...
     return out
 
 
-def refresh_args(shards: str, features: str, out: str, model: str) -> argparse.Namespace:
+def refresh_args(shards: str, features: str, out: str, model: str, fix_shots: int | None = None) -> argparse.Namespace:
     from pipelines import refresh
     from pipelines._ray import verb_args
 
+    fix = [] if fix_shots is None else ["--fix", "--fix-shots", str(fix_shots), "--fix-out", gio.join(out, "fix")]
     return verb_args(refresh, [shards, features, "--model", model, "--out", gio.join(out, "refresh.json"),
-                               "--mlflow-out", out, "--batch-size", "256"])
+                               "--mlflow-out", out, "--batch-size", "256", *fix])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,8 +186,10 @@ def run(args: argparse.Namespace) -> int:
             print("    " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
     with step(f"a new family arrives: {args.new_family} -> shards"):
         zoo_shards(incoming, [args.new_family], args.small)
-    with step("refresh: extract only the new shards, score the champion, alert if it slips"):
-        fresh = refresh.run_once(refresh_args(incoming, features, out, model))  # also writes OUT/refresh.json
+    fixing = "" if args.no_fix else f", and fix it ({args.fix_shots} shots: retrain, gate, promote)"
+    with step(f"refresh: extract only the new shards, score the champion, alert if it slips{fixing}"):
+        fresh = refresh.run_once(refresh_args(incoming, features, out, model,  # also writes OUT/refresh.json
+                                              None if args.no_fix else args.fix_shots))
         print("    " + (fresh.get("table") or "nothing new").replace("\n", "\n    "))
     with step("report"):
         report_url, headline = write_demo_report(out, DemoReport(

@@ -68,6 +68,20 @@ def _world(zoo: dict) -> str:
     return f"native crops of {', '.join(map(str, sizes))} px, {formats}"
 
 
+def _fix_text(fix: dict | None) -> str:
+    """The closed loop's outcome under the refresh verdict: the gate's decision and every family before/after."""
+    if not fix:
+        return ""
+    rows = [[s, tables.pct((row.get("before") or {}).get("acc_calibrated")), tables.pct(row["after"]["acc_calibrated"]),
+             tables.pct((row.get("before") or {}).get("fake_acc_calibrated")), tables.pct(row["after"]["fake_acc_calibrated"])]
+            for s, row in fix.get("families", {}).items() if row.get("after")]
+    return (f"\n\n**Fix** (`refresh --fix`, {fix.get('shots')} shots of {', '.join(fix.get('subsets', []))}): version "
+            f"{fix.get('challenger_version')} {'promoted to champion' if fix.get('promoted') else 'not promoted'}: "
+            f"{fix.get('reason')} ({fix.get('seconds', 0):.0f} s)\n\n"
+            + tables.markdown_table(["subset", "acc_cal before", "acc_cal after", "fakes caught before",
+                                     "fakes caught after"], rows))
+
+
 def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
     """OUT/report.md: tables, plots, predictions, the refresh verdict; returns (path, headline table)."""
     seen = [r.train_family]
@@ -94,7 +108,7 @@ def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
         (f"predict with {r.predictions_model}", "```\n" + "\n".join(json.dumps(p) for p in r.predictions) + "\n```"),
         (f"Refresh: {r.new_family} arrives", (fresh.get("table") or "nothing new")
          + f"\n\nnew shards: {len(fresh['new_shards'])}; alert: **{fresh['alert']}**\n\n"
-         + "\n".join(f"- {s}: {v['reason']}" for s, v in fresh["subsets"].items())),
+         + "\n".join(f"- {s}: {v['reason']}" for s, v in fresh["subsets"].items()) + _fix_text(fresh.get("fix"))),
         ("Data", f"{r.zoo['photos']} photos ({_sources(r.zoo)}); {_world(r.zoo)}; samples per family: "
          f"`{json.dumps(counts)}`; extraction: {extraction}"),
         ("Timings (s)", "\n".join(f"- {k}: {v}" for k, v in r.times.items())),

@@ -46,15 +46,18 @@ def test_demo_small_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     client = MlflowClient()
     gate = summary["gate"]
-    assert str(client.get_model_version_by_alias("gendet", "challenger").version) == gate["version"]
-    if gate["promoted"]:
-        assert str(client.get_model_version_by_alias("gendet", "champion").version) == gate["version"]
+    fixed = json.loads((out / "refresh.json").read_text()).get("fix")  # the closed loop, when the new family slipped
+    challenger = fixed["challenger_version"] if fixed else gate["version"]
+    assert str(client.get_model_version_by_alias("gendet", "challenger").version) == str(challenger)
+    champion = fixed["challenger_version"] if fixed and fixed["promoted"] else gate["version"] if gate["promoted"] else None
+    if champion is not None:
+        assert str(client.get_model_version_by_alias("gendet", "champion").version) == str(champion)
     else:  # a refusal names its rule, and champion stays unset (first model)
         assert "below the floor" in gate["reason"] or "gain" in gate["reason"], gate
         with pytest.raises(MlflowException):
             client.get_model_version_by_alias("gendet", "champion")
-    alias = "champion" if gate["promoted"] else "challenger"
-    model = load_detector(f"models:/gendet@{alias}")
+    first = f"models:/gendet/{gate['version']}"  # the model the demo's refresh judged with
+    model = load_detector(first)
     assert model.method == "gendet" and model.encoder == demo.ENCODER == "spectrum:v2" and model.target_fpr == 0.05
 
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
@@ -68,13 +71,18 @@ def test_demo_small_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
     expected = (verdict["acc_calibrated"] < reference - rule["max_drop"]
                 or verdict["fake_acc_calibrated"] < rule["min_fake_acc"])
     assert verdict["slipped"] == expected and fresh["alert"] == expected  # the verdict follows its rule
+    assert ("fix" in fresh) == fresh["alert"]  # refresh --fix retrains only what slipped
+    if fixed:
+        assert int(fixed["challenger_version"]) == int(gate["version"]) + 1 and fixed["subsets"] == [demo.NEW_FAMILY]
+        assert fixed["shots"] == demo.FIX_SHOTS and fixed["reason"] and demo.NEW_FAMILY in fixed["families"]
     report = (out / "report.md").read_text()
+    assert ("**Fix**" in report) == bool(fixed)
     assert "Table 4" in report and "jpeg:65" in report and "(plots/acc_by_method.png)" in report
     assert (out / "plots" / "acc_by_method.png").stat().st_size > 1000
 
     # The scheduled job runs again: every shard is in the store, nothing is extracted or judged.
     again = out / "refresh-again.json"
-    code = refresh.main([str(out / "incoming"), str(out / "features"), "--model", f"models:/gendet@{alias}",
+    code = refresh.main([str(out / "incoming"), str(out / "features"), "--model", first,
                          "--out", str(again)])
     assert code == 0 and json.loads(again.read_text())["new_shards"] == []
     assert "nothing new" in capsys.readouterr().out
@@ -84,7 +92,7 @@ def test_demo_small_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
     strict = tmp_path / "perfect.json"
     strict.write_text(json.dumps({"mean_acc_calibrated": 1.0}))
     alert_out = out / "refresh-alert.json"
-    code = refresh.main([str(out / "incoming"), str(tmp_path / "features-2"), "--model", f"models:/gendet@{alias}",
+    code = refresh.main([str(out / "incoming"), str(tmp_path / "features-2"), "--model", first,
                          "--reference", str(strict), "--max-drop", "0", "--out", str(alert_out),
                          "--mlflow-out", str(out)])
     alerted = json.loads(alert_out.read_text())

@@ -21,7 +21,7 @@ def test_refresh_fix_retrains_gates_and_promotes_only_a_fix_that_keeps_every_fam
                                                                                       capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "demo"
-    assert demo.main(["--out", str(out), "--small", "--no-degrade"]) == 0
+    assert demo.main(["--out", str(out), "--small", "--no-degrade", "--no-fix"]) == 0
     db = f"sqlite:///{out / 'mlflow.db'}"
     mlflow.set_tracking_uri(db)
     client = MlflowClient(db)
