@@ -19,7 +19,7 @@ from helpers.bad_shards import write_good_shards
 from helpers.cluster import job_logs, job_status, nodes_running, ray_cli, wait_job
 from helpers.metrics import value, wait_for_gauge
 
-N_SHARDS, PER_SHARD = 32, 64
+N_SHARDS, PER_SHARD = 64, 64  # a job of ~50 s on a quiet 2-core box: long enough to lose a node mid-run
 SIZE = (96, 96)  # big enough that encoding takes a while
 
 
