@@ -93,19 +93,13 @@ def _align(cfg: Any, detector: Any, state: dict | None) -> dict[str, Any]:
 
 
 def pinned(model: str, client: Any) -> tuple[str, str]:
-    from gendet.eval.refresh_state import parse_registered
-    from gendet.mlops.registry import version_by_alias
+    """(name, version) that ``models:/NAME@champion`` names now."""
+    from gendet.mlops.registry import pin
 
-    parsed = parse_registered(model)
-    if parsed is None:
+    found = pin(client, model)
+    if found is None:
         raise GendetError(f"--model {model}: co-evolution updates a registered model; pass models:/NAME@champion")
-    name, alias, version = parsed
-    if alias:
-        found = version_by_alias(client, name, alias)
-        if found is None:
-            raise GendetError(f"--model {model}: no version has alias {alias} at {client.tracking_uri}; train and promote one")
-        version = str(found.version)
-    return name, version
+    return found.name, str(found.version)
 
 
 def score_test(detector: Any, features: str) -> dict[str, dict[str, float]]:

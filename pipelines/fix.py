@@ -61,22 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def parent_run(model: str, client: Any) -> tuple[str, str, Any]:
     """(registered name, version, the run that made it) of ``models:/NAME@ALIAS`` or ``/VERSION``."""
-    from gendet.eval.refresh_state import parse_registered
-    from gendet.mlops.registry import version_by_alias
+    from gendet.mlops.registry import pin
 
-    parsed = parse_registered(model)
-    if parsed is None:
+    found = pin(client, model)
+    if found is None:
         raise GendetError(f"--model {model}: fix retrains a registered model; pass models:/NAME@champion or models:/NAME/VERSION")
-    name, alias, version = parsed
-    try:
-        found = version_by_alias(client, name, alias) if alias else client.get_model_version(name, version)
-    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing model or server
-        raise GendetError(f"--model {model}: cannot read it from the registry at {client.tracking_uri} ({exc}); "
-                          "check MLFLOW_TRACKING_URI / --tracking-uri") from None
-    if found is None or not found.run_id:
-        raise GendetError(f"--model {model}: no such version (or it has no training run) at {client.tracking_uri}; "
-                          "register and promote one first")
-    return name, str(found.version), client.get_run(found.run_id)
+    if not found.run_id:
+        raise GendetError(f"--model {model}: version {found.version} has no training run at {client.tracking_uri}; "
+                          "fix needs the run's TrainConfig: register a model trained with `gendet train`")
+    return found.name, str(found.version), client.get_run(found.run_id)
 
 
 def champion_settings(params: dict[str, str]) -> list[str]:

@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Any
 
-from gendet import GendetError, first_line
+from gendet import GendetError
 from gendet import io as gio
 from gendet.eval import refresh_state
 from gendet.eval.metrics import json_safe
@@ -107,28 +107,17 @@ def preflight(args: argparse.Namespace) -> SlipRule:
 def resolve_model(uri: str) -> tuple[refresh_state.ModelRef, Any, Any]:
     """(the pinned model, its Detector, an MlflowClient on its registry or None). An alias is
     resolved to its version first, and that version is what is loaded and recorded."""
-    from gendet.serve.loading import load_detector
-
-    parsed = refresh_state.parse_registered(uri)
-    if parsed is None:
-        detector = load_detector(uri)
-        return refresh_state.ModelRef(uri=uri, load_uri=uri, digest=refresh_state.model_digest(detector)), detector, None
     from mlflow import MlflowClient
 
-    from gendet.mlops.registry import version_by_alias
+    from gendet.mlops.registry import pin
+    from gendet.serve.loading import load_detector
 
-    name, alias, version = parsed
     client = MlflowClient()
-    if alias:
-        try:
-            found = version_by_alias(client, name, alias)
-        except Exception as exc:  # noqa: BLE001 - MLflow raises several types for an unreachable server
-            raise GendetError(f"--model {uri}: cannot read the registry at {client.tracking_uri} ({first_line(exc, 200)}); "
-                              "check MLFLOW_TRACKING_URI / --tracking-uri") from None
-        if found is None:
-            raise GendetError(f"--model {uri}: registered model {name!r} has no version with alias {alias!r} at "
-                              f"{client.tracking_uri}; register and promote one, or pass models:/{name}/VERSION")
-        version = str(found.version)
+    found = pin(client, uri)
+    if found is None:
+        detector = load_detector(uri)
+        return refresh_state.ModelRef(uri=uri, load_uri=uri, digest=refresh_state.model_digest(detector)), detector, None
+    name, version = found.name, str(found.version)
     load_uri = f"models:/{name}/{version}"
     detector = load_detector(load_uri)
     ref = refresh_state.ModelRef(uri=uri, load_uri=load_uri, digest=refresh_state.model_digest(detector), name=name,
@@ -219,6 +208,11 @@ def tag_model_version(client: Any, model: refresh_state.ModelRef, slipped: list[
         client.set_model_version_tag(model.name, model.version, VERSION_TAG_PREFIX + key, value)
 
 
+def write_result(url: str, result: dict[str, Any]) -> None:
+    """``--out`` (refresh.json): the verdict, then again with the fix's outcome when ``--fix`` ran."""
+    gio.write_bytes_atomic(url, (json.dumps(json_safe(result), indent=2) + "\n").encode())
+
+
 def run_once(args: argparse.Namespace) -> dict[str, Any]:
     """Steps 0-4 without printing. The shards are recorded as scored last: a run that dies before
     scores them again."""
@@ -238,7 +232,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     result["standing"] = {"alert": bool(slipped), "slipped": slipped}
     if result["new_shards"] and ctx["client"] is not None:
         tag_model_version(ctx["client"], model, slipped, result["mlflow_run"], now)
-    gio.write_bytes_atomic(args.out, (json.dumps(json_safe(result), indent=2) + "\n").encode())
+    write_result(args.out, result)
     _metrics.publish(model.label, model.version_label, state["subsets"], now)
     if result["new_shards"]:
         refresh_state.save_state(ctx["state_url"], state)
@@ -249,7 +243,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         result["fix"] = fix(args.features, model=model.load_uri, subsets=slipped_now, shots=args.fix_shots,
                             out=args.fix_out or gio.join(os.path.dirname(os.path.abspath(args.out)), "fix"),
                             tracking_uri=ctx["client"].tracking_uri)
-        gio.write_bytes_atomic(args.out, (json.dumps(json_safe(result), indent=2) + "\n").encode())
+        write_result(args.out, result)
     return result
 
 

@@ -24,12 +24,14 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from gendet import GendetError
+from gendet import GendetError, first_line
 
 DEFAULT_NAME = "gendet"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 TAG_PREFIX = "gendet.gate."
+MAX_FAMILY_DROP = 0.02  # the gate's family rule: the largest fall of a subset's FAMILY_METRIC below the champion's
+FAMILY_METRIC = "acc_calibrated"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,7 +49,7 @@ class GateDecision:
     real_acc_calibrated: float
     margin: float
     real_acc_floor: float
-    max_family_drop: float = 0.02
+    max_family_drop: float = MAX_FAMILY_DROP
     worst_family: str | None = None
     """The subset with the largest fall below the champion (None without a champion)."""
     worst_family_drop: float | None = None
@@ -75,6 +77,34 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
+
+
+def pin(client: MlflowClient, uri: str) -> ModelVersion | None:
+    """The registered version ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` names now (an alias
+    resolved once, so a promotion mid-run cannot mix two models); None for every other URI
+    (directories, ``runs:/``, ``models:/m-…``). An unreadable registry or a missing alias or
+    version is one line naming the fix."""
+    from gendet.eval.refresh_state import parse_registered
+
+    parsed = parse_registered(uri)
+    if parsed is None:
+        return None
+    name, alias, number = parsed
+    try:
+        found = version_by_alias(client, name, alias) if alias else client.get_model_version(name, number)
+    except MlflowException as exc:
+        if alias or exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise GendetError(f"--model {uri}: cannot read the registry at {client.tracking_uri} "
+                              f"({first_line(exc, 200)}); check MLFLOW_TRACKING_URI / --tracking-uri") from None
+        found = None
+    except Exception as exc:  # noqa: BLE001 - an unreachable server raises several types
+        raise GendetError(f"--model {uri}: cannot read the registry at {client.tracking_uri} "
+                          f"({first_line(exc, 200)}); check MLFLOW_TRACKING_URI / --tracking-uri") from None
+    if found is None:
+        what = f"no version with alias {alias!r}" if alias else f"no version {number}"
+        raise GendetError(f"--model {uri}: registered model {name!r} has {what} at {client.tracking_uri}; "
+                          f"register and promote one, or pass models:/{name}/VERSION")
+    return found
 
 
 def pooled_real_acc_calibrated(report: Mapping[str, Any]) -> float:
@@ -106,8 +136,6 @@ class Verdict(NamedTuple):
     worst_family_drop: float | None = None
 
 
-MAX_FAMILY_DROP = 0.02
-FAMILY_METRIC = "acc_calibrated"
 
 
 def family_drops(challenger_metrics: Mapping[str, Any], champion_metrics: Mapping[str, Any]) -> dict[str, float]:
