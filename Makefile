@@ -14,7 +14,10 @@ MATE := /usr/share/backgrounds/mate/nature
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -e ".[test]"
+	@# torch's CUDA build and its libraries take ~7 GB in the venv; pip's wheel cache would double that
+	@avail=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$avail" -ge 10 ] || \
+	  echo "install: $$avail GB free on this disk; the venv needs about 7 GB (torch's CUDA build): free some if pip runs out"
+	$(BIN)/python -m pip install --no-cache-dir -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed photos

@@ -15,6 +15,11 @@ workers); ``bare_loop_uint8`` ships uint8 pixels and finishes them on the encode
 library does (``Preprocessor.pixels``/``finish``, bit-identical features). Every ratio is taken
 against the faster of the two.
 
+Tokens arm (``--tokens-arm``, never imports Ray): the plain runner on the same shards without and
+with ``--tokens`` (native grid, and each of ``--token-grids``), the arms alternated ``--repeats``
+times so a shared machine's load drifts over all alike (best run kept, every run listed), with the
+bytes per row of the Parquet it wrote; rows go to ``extract-tokens-<machine>.csv`` / ``.md``.
+
 Images are random-noise JPEGs (``--size`` px) written as shards in a temp folder. Each row is
 one flat record (units in column names) appended to ``benchmarks/results/extract-<tag>.csv`` and
 rendered to the ``.md`` beside it, with the load average at the start of the run.
@@ -153,6 +158,50 @@ def run_encoder(name: str, folder: str, images: list[bytes], args, tmp: str) -> 
              "job_images": count, "job_s": round(count / ips, 2), "encoder": name} for mode, (ips, count) in rows.items()]
 
 
+def parquet_bytes_per_row(summary: dict) -> float:
+    """Bytes of a run's feature Parquet files (quarantine tables aside) per stored row."""
+    folder = Path(summary["output"])
+    size = sum(p.stat().st_size for p in folder.glob("*.parquet") if not p.name.endswith(".quarantine.parquet"))
+    return size / max(1, summary["store_rows"])
+
+
+def coarser(grid: str, native: tuple[int, int]) -> bool:
+    rows, cols = (int(x) for x in grid.lower().split("x"))
+    return rows <= native[0] and cols <= native[1] and (rows, cols) != tuple(native)
+
+
+def run_token_arms(name: str, folder: str, args, tmp: str) -> list[dict]:
+    """The plain runner without and with ``--tokens`` (and each ``--token-grids``) on one encoder,
+    alternated ``--repeats`` times; one row per arm: best images/s, all runs, bytes per row."""
+    from gendet.extract.tokens import native_token_grid
+
+    native, dim = native_token_grid(name)
+    arms = {"pooled": {}, "tokens": {"tokens": True},
+            **{f"tokens_{g}": {"tokens": True, "token_grid": g} for g in args.token_grids.split(",")
+               if g and coarser(g, native)}}
+    base = dict(shards=folder, encoder=name, batch_size=args.batch_size, precision=args.precision, device=args.device,
+                num_workers=args.workers)
+    slug = name.replace(":", "-").replace("/", "-")
+    run_local(ExtractConfig(**{**base, "shards": f"{tmp}/small/bench-000000.tar"}, tokens=True, features=f"{tmp}/warm-{slug}"))
+    runs: dict[str, list[float]] = {arm: [] for arm in arms}
+    sizes: dict[str, float] = {}
+    for repeat in range(args.repeats):
+        for arm, extra in arms.items():
+            summary = run_local(ExtractConfig(**base, **extra, features=f"{tmp}/{slug}-{arm}-{repeat}"))
+            runs[arm].append(summary["images"] / summary["seconds"])
+            sizes[arm] = parquet_bytes_per_row(summary)
+    pooled = max(runs["pooled"])
+    rows = []
+    for arm, extra in arms.items():
+        grid = extra.get("token_grid") or (f"{native[0]}x{native[1]}" if extra else "")
+        rows.append({"mode": f"runner_no_ray_{arm}", "encoder": name, "token_grid": grid, "token_dim": dim if extra else 0,
+                     "images_per_s": round(max(runs[arm]), 2), "ratio_to_pooled": round(max(runs[arm]) / pooled, 3),
+                     "runs_images_per_s": " ".join(f"{r:.1f}" for r in runs[arm]),
+                     "bytes_per_row": round(sizes[arm], 1), "bytes_ratio_to_pooled": round(sizes[arm] / sizes["pooled"], 2),
+                     "job_images": args.images})
+    return rows
+
+
 def environment(args) -> dict:
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else ""
     return {"device": args.device, "gpu": gpu, "precision": args.precision, "batch_size": args.batch_size,
@@ -177,12 +226,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--read-tasks", type=int, default=None, help="Ray decode tasks at once (default: the pipeline's)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray row (implied by --device cuda)")
     parser.add_argument("--tag", default="", help="result file tag (default: device, precision, torch version)")
+    parser.add_argument("--tokens-arm", action="store_true", help="compare the plain runner without and with --tokens "
+                                                                  "(no Ray; writes extract-tokens-<machine>)")
+    parser.add_argument("--token-grids", default="", help="with --tokens-arm: coarser grids to run too, e.g. 8x8 "
+                                                          "(a grid not coarser than an encoder's own is skipped for it)")
+    parser.add_argument("--repeats", type=int, default=2, help="with --tokens-arm: runs of each arm, alternated")
+    parser.add_argument("--note", default="", help="free text kept in every row (the machine's sharing, the purpose)")
     args = parser.parse_args(argv)
-    env = environment(args)
+    env = {**environment(args), **({"note": args.note} if args.note else {})}
     rows = []
     with tempfile.TemporaryDirectory(prefix="gendet-bench-") as tmp:
         images = make_shards(f"{tmp}/shards", args.images, args.per_shard, args.size)
         make_shards(f"{tmp}/small", min(64, args.images), 64, args.size)
+        if args.tokens_arm:
+            for name in args.encoders.split(","):
+                rows += [{**row, **env} for row in run_token_arms(name, f"{tmp}/shards", args, tmp)]
+                print(*(f"{r['encoder']:14s} {r['mode']:28s} {r['images_per_s']:8.1f} img/s  x{r['ratio_to_pooled']}  "
+                        f"{r['bytes_per_row']:9.0f} B/row" for r in rows if r["encoder"] == name), sep="\n", flush=True)
+            print("wrote", write_results(rows, args.tag or f"extract-tokens-{result_tag(args.device).rsplit('-pt', 1)[0]}"))
+            return 0
         for name in args.encoders.split(","):
             rows += [{**row, **env} for row in run_encoder(name, f"{tmp}/shards", images, args, tmp)]
             print(*(f"{r['encoder']:32s} {r['mode']:14s} {r['images_per_s']:9.1f} img/s  x{r['ratio_to_bare_loop']}"

@@ -39,6 +39,10 @@ HELPS = {
                "aug:P = a training augmentation drawn per image (JPEG, downscale or crop with probability P)",
     "device": "encoder device with --local (cpu, cuda, cuda:N)",
     "num_workers": "decode worker processes with --local",
+    "tokens": "also store each image's token grid, its mask.png's per-token share and its manipulation fields "
+              "(a token variant FEATURES/<variant>__tok<R>x<C>/ beside the pooled one; spectrum:v1/v2 or an open_clip ViT)",
+    "token_grid": "with --tokens: the grid to store, ROWSxCOLS (e.g. 8x8: tokens averaged over the encoder's own grid); "
+                  "default: the encoder's native grid",
 }
 
 
@@ -66,7 +70,8 @@ def build_dataset(plan: Any) -> Any:
     images = shards.map_batches(plan.reader, batch_size=1, num_cpus=1, memory=READER_MEMORY_BYTES, compute=readers)
     mapper_args = {"encoder": plan.info.encoder, "weights": cfg.weights, "precision": cfg.precision,
                    "device": "cuda" if cfg.num_gpus > 0 else "cpu", "feature_dtype": cfg.feature_dtype,
-                   "threads": max(1, int(cfg.cpus_per_actor)), "variant_url": plan.info.url}
+                   "threads": max(1, int(cfg.cpus_per_actor)), "variant_url": plan.info.url,
+                   "token_grid": plan.info.token_grid}
     # Autoscaling, not fixed: a fixed pool whose lost actors restart on the surviving nodes can take
     # every CPU there and leave none for decoding (measured: a stall until Ray Data's timeout).
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.concurrency, initial_size=cfg.concurrency)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gendet.config import check
+from gendet.extract.tokens import parse_grid
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 FEATURE_DTYPES = ("float16", "float32")
@@ -49,6 +50,12 @@ class ExtractConfig:
     """``incremental`` skips shards whose stats file exists; ``overwrite`` redoes every shard."""
     max_retries: int = 2
     """Extra attempts at reading or writing a failing shard before it is reported as failed."""
+    tokens: bool = False
+    """Also store each image's token grid, its mask's per-token share and its manipulation fields
+    (a token variant, ``<variant>__tok<R>x<C>``: CONTRACTS.md); the encoder must have a token grid."""
+    token_grid: str = ""
+    """With ``tokens``: the grid to store, ROWSxCOLS (e.g. 8x8), tokens averaged over the cells of
+    the encoder's own grid; empty: the encoder's native grid."""
 
     def __post_init__(self) -> None:
         check(bool(str(self.shards).strip()), "shards: give a directory, .tar URL or pattern of shards")
@@ -64,3 +71,6 @@ class ExtractConfig:
         check(self.cpus_per_actor > 0, f"cpus_per_actor {self.cpus_per_actor}: must be > 0")
         check(self.num_workers >= 0, f"num_workers {self.num_workers}: must be >= 0")
         check(self.max_retries >= 0, f"max_retries {self.max_retries}: must be >= 0")
+        if str(self.token_grid).strip():
+            check(self.tokens, f"--token-grid {self.token_grid}: it shapes token variants; add --tokens")
+            parse_grid(self.token_grid)  # the encoder's limits are checked by prepare (gendet.extract.tokens)

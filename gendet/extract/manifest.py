@@ -48,10 +48,13 @@ class VariantInfo:
     weights: str = ""
     weights_digest: str = ""
     precision: str = ""
+    token_grid: tuple[int, int] = (0, 0)
+    """The stored token grid of a token variant (``gendet.extract.tokens``); (0, 0): pooled only."""
+    token_dim: int = 0
 
     @classmethod
     def of(cls, *, store: str, encoder: str, preprocess_hash: str, degrade: str, dtype: str,
-           weights: str | None, precision: str) -> VariantInfo:
+           weights: str | None, precision: str, token_grid: tuple[int, int] = (0, 0), token_dim: int = 0) -> VariantInfo:
         """The info of a run: the weights' reference and digest (cheap: a storage fingerprint for a
         large or remote file, ``gendet.encoders.registry.weights_identity``) and the precision the
         encoder really computes in (``spectrum`` always fp32)."""
@@ -59,21 +62,29 @@ class VariantInfo:
 
         ref, digest = weights_identity(encoder, weights)
         return cls(store=store, encoder=encoder, preprocess_hash=preprocess_hash, degrade=degrade, dtype=dtype,
-                   weights=ref, weights_digest=digest, precision=feature_precision(encoder, precision))
+                   weights=ref, weights_digest=digest, precision=feature_precision(encoder, precision),
+                   token_grid=tuple(token_grid), token_dim=token_dim)
+
+    @property
+    def tokens(self) -> str:
+        """The token grid as the key and the folder spell it (``"8x8"``); empty for a pooled variant."""
+        return f"{self.token_grid[0]}x{self.token_grid[1]}" if self.token_grid[0] else ""
 
     @property
     def url(self) -> str:
-        return gio.join(self.store, variant_name(self.encoder, self.preprocess_hash, self.degrade))
+        return gio.join(self.store, variant_name(self.encoder, self.preprocess_hash, self.degrade, self.tokens))
 
     def key_fields(self) -> dict[str, str]:
+        """The key; ``tokens`` only for a token variant, so pooled manifests and hashes stay as they were."""
         return {"encoder": self.encoder, "weights": self.weights, "weights_digest": self.weights_digest,
                 "preprocess_hash": self.preprocess_hash, "precision": self.precision, "degrade": self.degrade,
-                "dtype": self.dtype}
+                "dtype": self.dtype, **({"tokens": self.tokens} if self.tokens else {})}
 
     def describe(self) -> dict[str, Any]:
         """What the manifest and every stats file record of the variant (``variant_key``: the short
-        hash of its key)."""
-        return {**self.key_fields(), "variant_key": variant_key(self.key_fields())}
+        hash of its key; a token variant's grid and token width too)."""
+        tokens = {"token_grid": list(self.token_grid), "token_dim": self.token_dim} if self.tokens else {}
+        return {**self.key_fields(), **tokens, "variant_key": variant_key(self.key_fields())}
 
 
 def stats_url(variant_url: str, stem: str) -> str:

@@ -4,6 +4,11 @@
 it loads the encoder once in ``__init__`` and is built where it runs, so Ray Data's
 ``map_batches(FeatureMapper, fn_constructor_kwargs=...)`` never pickles a model. Quarantined and
 end-of-shard rows pass through with a zero feature and are never encoded.
+
+With ``token_grid`` (a token variant), one forward gives both the pooled feature and the token grid
+(``Encoder.features_and_tokens``), coarsened to ``token_grid`` when it is coarser than the
+encoder's own (``gendet.encoders.tokens.coarsen``); ``tokens`` is [B, rows*cols*dim] in the
+stored dtype (row-major tokens, then dims).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import torch
 
 class FeatureMapper:
     def __init__(self, encoder: str, *, weights: str | None = None, device: str = "cpu",
-                 precision: str = "fp32", feature_dtype: str = "float16", threads: int | None = None):
+                 precision: str = "fp32", feature_dtype: str = "float16", threads: int | None = None,
+                 token_grid: tuple[int, int] | list[int] | None = None):
         from gendet.encoders.registry import load_encoder
 
         if threads and device == "cpu":
@@ -25,23 +31,51 @@ class FeatureMapper:
         self.encoder = load_encoder(encoder, weights=weights, device=device, precision=precision)
         self.device = device
         self.feature_dtype = np.dtype(feature_dtype)
+        self.token_grid = tuple(int(x) for x in token_grid) if token_grid and token_grid[0] else None
+        if self.token_grid and (self.encoder.token_grid == (0, 0) or self.token_grid[0] > self.encoder.token_grid[0]
+                                or self.token_grid[1] > self.encoder.token_grid[1]):
+            raise ValueError(f"encoder {encoder}: token grid {self.encoder.token_grid}, cannot store {self.token_grid}")
+
+    @property
+    def token_width(self) -> int:
+        return self.token_grid[0] * self.token_grid[1] * self.encoder.token_dim if self.token_grid else 0
+
+    def _on_device(self, images: np.ndarray) -> torch.Tensor:
+        batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+        if self.device != "cpu":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """[B,3,H,W] uint8 pixels (``Preprocessor.pixels``) -> [B,dim] features in the stored dtype.
         The pixels travel as uint8 and become float on the encoder's device (``finish``)."""
-        batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
-        if self.device != "cpu":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode():
-            features = self.encoder(self.encoder.preprocessor.finish(batch))
+            features = self.encoder(self.encoder.preprocessor.finish(self._on_device(images)))
         return features.float().cpu().numpy().astype(self.feature_dtype)
+
+    def encode_with_tokens(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``encode``, plus the token grid [B, rows*cols*dim] on the stored grid, from one forward."""
+        from gendet.encoders.tokens import coarsen
+
+        with torch.inference_mode():
+            features, tokens = self.encoder.features_and_tokens(self.encoder.preprocessor.finish(self._on_device(images)))
+            if self.token_grid != tuple(self.encoder.token_grid):
+                tokens = coarsen(tokens.float(), tuple(self.encoder.token_grid), self.token_grid)
+        as_stored = (features.float().cpu().numpy().astype(self.feature_dtype),
+                     tokens.float().cpu().numpy().astype(self.feature_dtype))
+        return as_stored[0], as_stored[1].reshape(len(images), -1)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         images = batch.pop("image")
         good = np.asarray(batch["reason"] == "", dtype=bool)
         features = np.zeros((len(images), self.encoder.dim), dtype=self.feature_dtype)
-        if good.any():
+        if self.token_grid:
+            tokens = np.zeros((len(images), self.token_width), dtype=self.feature_dtype)
+            if good.any():
+                features[good], tokens[good] = self.encode_with_tokens(images[good])
+            batch["tokens"] = tokens
+        elif good.any():
             features[good] = self.encode(images[good])
         batch["feature"] = features
         # Each row carries its share of the batch time, so per-shard sums add up to encode time.

@@ -31,12 +31,14 @@ import pyarrow.parquet as pq
 from gendet import GendetError
 from gendet import io as gio
 from gendet.extract.manifest import VariantInfo, stats_url
+from gendet.extract.tokens import TOKEN_FIELDS
 from gendet.extract.writer import END, ShardAssembler, parquet_bytes, write_shard
 
 PARTS = "_parts"
 # What a part keeps of a mapper batch: everything ShardAssembler reads.
 PART_COLUMNS = ("shard", "index", "reason", "key", "label", "subset", "content_id", "split", "error",
                 "n_rows", "read_seconds", "encode_seconds", "source")
+MATRICES = ("feature", "tokens", "token_mask")  # [rows, width] columns, stored as fixed-size lists
 
 
 def parts_url(variant_url: str, stem: str = "") -> str:
@@ -45,10 +47,13 @@ def parts_url(variant_url: str, stem: str = "") -> str:
 
 
 def part_table(batch: dict[str, Any], rows: np.ndarray) -> pa.Table:
-    """The rows ``rows`` of a mapper batch as one Arrow table (features as a fixed-size list)."""
-    cols = {c: pa.array(np.asarray(batch[c])[rows]) for c in PART_COLUMNS}
-    feature = np.ascontiguousarray(np.asarray(batch["feature"])[rows])
-    cols["feature"] = pa.FixedSizeListArray.from_arrays(pa.array(feature.reshape(-1)), int(feature.shape[1]))
+    """The rows ``rows`` of a mapper batch as one Arrow table (features, and a token variant's
+    tokens and token masks, as fixed-size lists)."""
+    names = PART_COLUMNS + (TOKEN_FIELDS if "tokens" in batch else ())
+    cols = {c: pa.array(np.asarray(batch[c])[rows]) for c in names}
+    for name in (m for m in MATRICES if m in batch):
+        matrix = np.ascontiguousarray(np.asarray(batch[name])[rows])
+        cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), int(matrix.shape[1]))
     return pa.table(cols)
 
 
@@ -106,9 +111,11 @@ def read_parts(variant_url: str, stem: str) -> list[dict[str, Any]]:
     batches = []
     for url in sorted(gio.glob(parts_url(variant_url, stem), "*.parquet")):
         table = pq.read_table(pa.BufferReader(gio.read_bytes(url)))
-        cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in PART_COLUMNS}
-        feature = table.column("feature").combine_chunks()
-        cols["feature"] = feature.flatten().to_numpy(zero_copy_only=False).reshape(len(table), feature.type.list_size)
+        names = PART_COLUMNS + (TOKEN_FIELDS if "tokens" in table.column_names else ())
+        cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in names}
+        for name in (m for m in MATRICES if m in table.column_names):
+            matrix = table.column(name).combine_chunks()
+            cols[name] = matrix.flatten().to_numpy(zero_copy_only=False).reshape(len(table), matrix.type.list_size)
         batches.append(cols)
     return batches
 

@@ -13,6 +13,12 @@ changed while it was read) ends with an ``error`` on its end row: the writer the
 failed, never as done, so a rerun reads it again (an upload still in progress is not lost).
 The end row also carries ``source``, the shard's size and version (ETag/mtime) as it was read,
 which the done marker keeps so that a shard replaced later is redone.
+
+With ``token_grid`` (``gendet extract --tokens``), every row also carries ``token_mask`` (the
+sample's ``mask.png`` through the preprocessing geometry, per token of the stored grid), and the
+json's ``has_mask``, ``manipulation``, ``family`` and ``generated_fraction``
+(``gendet.extract.tokens``); a mask that does not decode or is not the image's size is quarantined
+as ``bad_mask``. Without it, the rows are exactly as before.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from PIL import Image
 
 from gendet import io as gio
 from gendet.data.decode import BadSample, decode_image, to_rgb
+from gendet.data.manipulations import MASK_MEMBER, decode_mask
 from gendet.data.shards import group_samples, iter_tar_members, key_problem, parse_sample, shard_stem
 from gendet.encoders.base import Preprocessor
+from gendet.extract.tokens import mask_fractions, sample_token_fields, token_columns
 from gendet.extract.writer import END
 
 TEXT_COLUMNS = ("shard", "key", "label", "subset", "content_id", "split", "reason", "error", "source")
@@ -43,9 +51,10 @@ class ShardReader:
     """
 
     def __init__(self, preprocess: Preprocessor, *, degrade: Callable | None = None,
-                 batch_size: int = 64, max_retries: int = 2):
+                 batch_size: int = 64, max_retries: int = 2, token_grid: tuple[int, int] | None = None):
         self.preprocess, self.degrade = preprocess, degrade
         self.batch_size, self.max_retries = batch_size, max_retries
+        self.token_grid = tuple(token_grid) if token_grid and token_grid[0] else None
         self._blank: np.ndarray | None = None
 
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
@@ -119,15 +128,47 @@ class ShardReader:
             img = decode_image(image_bytes)
         except BadSample as bad:
             return self._row(stem, key, index, reason=bad.reason)
+        tokens: dict[str, Any] = {}
+        if self.token_grid:
+            tokens = self._token_fields(parts, meta, img.size)
+            if "reason" in tokens:
+                return self._row(stem, key, index, reason=tokens["reason"], error=tokens.get("error", ""))
         try:
             if self.degrade is not None:
                 img = to_rgb(self.degrade(img))
             image = self.preprocess.pixels(img)  # uint8: the mapper finishes it on the encoder's device
+            if "mask" in tokens:  # a degradation that resized the image resizes its mask alike
+                mask = tokens.pop("mask")
+                if img.size != mask.shape[::-1]:
+                    mask = np.asarray(Image.fromarray(mask * 255).resize(img.size, Image.Resampling.BILINEAR)) / 255.0
+                tokens["token_mask"] = mask_fractions(self.preprocess, mask, self.token_grid)
         except Exception as exc:  # noqa: BLE001 - a sample the transforms choke on is data, not a crash
             return self._row(stem, key, index, reason="preprocess_error", error=f"{type(exc).__name__}: {exc}")
         row = self._row(stem, key, index, meta=meta)
-        row["image"] = image
+        row.update(tokens, image=image)
         return row
+
+    def _token_fields(self, parts: dict, meta: dict, size: tuple[int, int]) -> dict[str, Any]:
+        """The token fields of a good sample, with its decoded ``mask`` (uint8 [H, W]) when it has
+        one; {"reason": ...} when its mask or its json's manipulation fields are unusable."""
+        data = parts.get(MASK_MEMBER)
+        try:
+            fields = sample_token_fields(meta, has_mask=data is not None)
+        except (TypeError, ValueError) as exc:
+            return {"reason": "invalid_json", "error": f"generated_fraction: {exc}"}
+        if data is None:  # a whole-image fake is all manipulated, a real none of it
+            return {**fields, "token_mask": np.full(self._cells(), float(meta.get("label") == "fake"), np.float32)}
+        try:
+            mask = decode_mask(data)
+        except Exception as exc:  # noqa: BLE001 - any undecodable mask is a bad sample
+            return {"reason": "bad_mask", "error": f"{MASK_MEMBER}: {type(exc).__name__}: {exc}"}
+        if mask.shape[::-1] != tuple(size):
+            return {"reason": "bad_mask", "error": f"{MASK_MEMBER} is {mask.shape[1]}x{mask.shape[0]}, the image "
+                                                   f"{size[0]}x{size[1]}"}
+        return {**fields, "mask": mask}
+
+    def _cells(self) -> int:
+        return self.token_grid[0] * self.token_grid[1] if self.token_grid else 0
 
     def _row(self, stem: str, key: str, index: int, *, reason: str = "", meta: dict | None = None,
              error: str = "") -> dict[str, Any]:
@@ -143,4 +184,6 @@ class ShardReader:
         cols["n_rows"] = np.array([r["n_rows"] for r in rows], dtype=np.int64)
         cols["read_seconds"] = np.array([r["read_seconds"] for r in rows], dtype=np.float64)
         cols["image"] = np.stack([r.get("image", self.blank()) for r in rows])
+        if self.token_grid:
+            cols.update(token_columns(rows, self._cells()))
         return cols

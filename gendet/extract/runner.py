@@ -24,6 +24,7 @@ from gendet.extract.lease import StoreLease
 from gendet.extract.manifest import VariantInfo, check_compatible, plan_shards, reason_counts, rebuild_manifest
 from gendet.extract.mapper import FeatureMapper
 from gendet.extract.reader import ShardReader
+from gendet.extract.tokens import resolve_token_grid
 from gendet.extract.writer import ShardAssembler, ShardRows, write_shard
 
 
@@ -60,12 +61,14 @@ def prepare(cfg: ExtractConfig, *, lease: bool = False) -> Plan:
 
     shards = list_shards(cfg.shards)
     name = parse_encoder_name(cfg.encoder).name
+    token_grid, token_dim = resolve_token_grid(name, cfg.tokens, cfg.token_grid)
     degrade = parse_degrade(cfg.degrade)
     if cfg.weights and not gio.exists(cfg.weights):
         raise GendetError(f"{cfg.weights}: weights file not found; pass --weights a checkpoint (local path or fsspec URL)")
     preprocess = load_preprocess(name)
     info = VariantInfo.of(store=str(cfg.features), encoder=name, preprocess_hash=preprocess.preprocess_hash,
-                          degrade=degrade.spec, dtype=cfg.feature_dtype, weights=cfg.weights, precision=cfg.precision)
+                          degrade=degrade.spec, dtype=cfg.feature_dtype, weights=cfg.weights, precision=cfg.precision,
+                          token_grid=token_grid, token_dim=token_dim)
     try:
         gio.makedirs(info.url)
     except OSError as exc:
@@ -79,7 +82,7 @@ def prepare(cfg: ExtractConfig, *, lease: bool = False) -> Plan:
             held.release()
         raise
     reader = ShardReader(preprocess, degrade=degrade if degrade.spec else None, batch_size=cfg.batch_size,
-                         max_retries=cfg.max_retries)
+                         max_retries=cfg.max_retries, token_grid=info.token_grid)
     return Plan(cfg=cfg, shards=shards, todo=todo, skipped=skipped, info=info, reader=reader, redo=redo, lease=held)
 
 
@@ -191,7 +194,7 @@ def run_local(cfg: ExtractConfig) -> dict[str, Any]:
         if not plan.todo:
             return finish(plan, [], {})
         mapper = FeatureMapper(plan.info.encoder, weights=cfg.weights, device=cfg.device, precision=cfg.precision,
-                               feature_dtype=cfg.feature_dtype)
+                               feature_dtype=cfg.feature_dtype, token_grid=plan.info.token_grid)
         done, failed = consume(plan, iter(shard_loader(plan)), mapper)
         return finish(plan, done, failed)
     finally:

@@ -4,7 +4,9 @@ last, ``<stem>.stats.json`` (the done marker).
 ``ShardAssembler`` collects mapper output that may arrive in any order and in any batching (Ray
 Data) and hands back a shard once its end row has come and every row it announced is there. Rows
 are keyed by their position in the shard, so a retried task that re-sends rows cannot duplicate
-them, and each file is written in tar order, whatever the arrival order.
+them, and each file is written in tar order, whatever the arrival order. A token variant's rows
+also carry the mapper's ``tokens`` and the reader's ``token_mask`` and manipulation fields
+(``gendet.extract.tokens``), written as the extra columns of ``feature_schema``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pyarrow.parquet as pq
 
 from gendet import io as gio
 from gendet.extract.manifest import VariantInfo, parquet_url, quarantine_url, stats_url
+from gendet.extract.tokens import TOKEN_FIELDS
 from gendet.features.store import QUARANTINE_SCHEMA, feature_schema
 
 END = "__end__"  # the reason of a shard's last row (``ShardReader``): it carries the shard's row count
@@ -38,6 +41,8 @@ class ShardRows:
 
     stem: str
     samples: dict[int, tuple] = field(default_factory=dict)
+    tokens: dict[int, tuple] = field(default_factory=dict)
+    """A token variant's rows by index: (tokens, token_mask, *TOKEN_FIELDS)."""
     quarantine: dict[int, tuple[str, str]] = field(default_factory=dict)
     n_rows: int | None = None
     dim: int = 0
@@ -71,6 +76,8 @@ class ShardAssembler:
                 shard.quarantine[index] = (str(batch["key"][i]), reason)
             else:
                 shard.samples[index] = (*(str(batch[c][i]) for c in META_COLUMNS), batch["feature"][i])
+                if "tokens" in batch:
+                    shard.tokens[index] = (batch["tokens"][i], batch["token_mask"][i], *(batch[c][i] for c in TOKEN_FIELDS))
             shard.encode_seconds += float(batch["encode_seconds"][i])
         for stem in touched:  # every row carries a feature (zeros when not encoded): the width
             self.pending[stem].dim = int(np.shape(batch["feature"])[1])
@@ -95,8 +102,26 @@ def feature_table(shard: ShardRows, info: VariantInfo) -> pa.Table:
     feature = pa.FixedSizeListArray.from_arrays(pa.array(flat), shard.dim)
     arrays = [cols["key"], [shard.stem] * n, cols["label"], cols["subset"], cols["content_id"], cols["split"],
               [info.encoder] * n, [info.preprocess_hash] * n, [info.degrade] * n]
-    return pa.Table.from_arrays([*(pa.array(a, pa.string()) for a in arrays), feature],
-                                schema=feature_schema(shard.dim, info.dtype))
+    columns = [*(pa.array(a, pa.string()) for a in arrays), feature]
+    if info.tokens:
+        columns += token_arrays(shard, info)
+    return pa.Table.from_arrays(columns, schema=feature_schema(shard.dim, info.dtype, info.token_grid, info.token_dim))
+
+
+def token_arrays(shard: ShardRows, info: VariantInfo) -> list[pa.Array]:
+    """A token variant's extra columns, in tar order (``feature_schema``'s order)."""
+    rows = [shard.tokens[i] for i in sorted(shard.samples)]
+    cells = info.token_grid[0] * info.token_grid[1]
+    width = cells * info.token_dim
+    tokens = np.asarray([r[0] for r in rows], dtype=info.dtype).reshape(-1)
+    if tokens.size != len(rows) * width:
+        raise ValueError(f"{shard.stem}: tokens of {tokens.size // max(1, len(rows))} values a row, the variant "
+                         f"{info.tokens} x {info.token_dim} needs {width}")
+    mask = np.asarray([r[1] for r in rows], dtype=np.float16).reshape(-1)
+    return [pa.FixedSizeListArray.from_arrays(pa.array(tokens), width),
+            pa.FixedSizeListArray.from_arrays(pa.array(mask), cells),
+            pa.array([bool(r[2]) for r in rows], pa.bool_()), pa.array([str(r[3]) for r in rows], pa.string()),
+            pa.array([str(r[4]) for r in rows], pa.string()), pa.array([float(r[5]) for r in rows], pa.float32())]
 
 
 def quarantine_table(shard: ShardRows) -> pa.Table:

@@ -44,9 +44,15 @@ PARQUET_SUFFIX = ".parquet"
 QUARANTINE_SCHEMA = pa.schema([("shard", pa.string()), ("key", pa.string()), ("reason", pa.string())])
 
 
-def feature_schema(dim: int, dtype: str = "float16") -> pa.Schema:
-    """Row schema of a feature file; ``feature`` is a fixed-size list of ``dim`` floats."""
+def feature_schema(dim: int, dtype: str = "float16", token_grid: tuple[int, int] | list[int] = (0, 0),
+                   token_dim: int = 0) -> pa.Schema:
+    """Row schema of a feature file; ``feature`` is a fixed-size list of ``dim`` floats. A token
+    variant (``token_grid`` not (0, 0)) adds ``TOKEN_COLUMNS`` (CONTRACTS.md)."""
     value = {"float16": pa.float16(), "float32": pa.float32()}[dtype]
+    cells = int(token_grid[0]) * int(token_grid[1])
+    tokens = [("tokens", pa.list_(value, cells * int(token_dim))), ("token_mask", pa.list_(pa.float16(), cells)),
+              ("has_mask", pa.bool_()), ("manipulation", pa.string()), ("family", pa.string()),
+              ("generated_fraction", pa.float32())] if cells else []
     return pa.schema([
         ("key", pa.string()),
         ("shard", pa.string()),
@@ -58,7 +64,12 @@ def feature_schema(dim: int, dtype: str = "float16") -> pa.Schema:
         ("preprocess_hash", pa.string()),
         ("degrade", pa.string()),
         ("feature", pa.list_(value, dim)),
+        *tokens,
     ])
+
+
+TOKEN_COLUMNS = ("tokens", "token_mask", "has_mask", "manipulation", "family", "generated_fraction")
+"""The extra columns of a token variant's rows (``gendet extract --tokens``)."""
 
 
 def _degrade_slug(degrade: str) -> str:
@@ -71,12 +82,15 @@ def _degrade_slug(degrade: str) -> str:
     return f"{slug[:40]}-{hashlib.sha256(degrade.encode()).hexdigest()[:8]}"
 
 
-def variant_name(encoder: str, preprocess_hash: str, degrade: str = "") -> str:
-    """Folder name of one (encoder, preprocessing, degradation) variant of a store."""
+def variant_name(encoder: str, preprocess_hash: str, degrade: str = "", tokens: str = "") -> str:
+    """Folder name of one (encoder, preprocessing, degradation) variant of a store; a token variant
+    (``tokens`` = its grid, ``"16x16"``) adds ``__tok16x16``, beside the pooled one."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", encoder).strip("-")
     name = f"{slug}__{preprocess_hash[:10]}"
     if degrade:
         name += "__" + _degrade_slug(degrade)
+    if tokens:
+        name += f"__tok{tokens}"
     return name
 
 
@@ -89,8 +103,12 @@ _FLAGS = {"encoder": "--encoder", "weights_digest": "--weights", "precision": "-
 
 
 def variant_key(fields: Mapping[str, Any]) -> str:
-    """The short hash (16 hex) of a variant's ``KEY_FIELDS``: equal keys, equal features."""
-    text = json.dumps({f: str(fields.get(f) or "") for f in KEY_FIELDS}, sort_keys=True, separators=(",", ":"))
+    """The short hash (16 hex) of a variant's ``KEY_FIELDS``: equal keys, equal features. A token
+    variant's ``tokens`` grid joins the key only when set, so pooled variants keep their hashes."""
+    key = {f: str(fields.get(f) or "") for f in KEY_FIELDS}
+    if fields.get("tokens"):
+        key["tokens"] = str(fields["tokens"])
+    text = json.dumps(key, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -188,6 +206,7 @@ def rerun_hint(variant_url: str, stats: dict) -> str:
     flags += f" --feature-dtype {stats['dtype']}" if stats.get("dtype") else ""
     precision = stats.get("precision") or (stats.get("config") or {}).get("precision")
     flags += f" --precision {precision}" if precision and precision != "fp32" else ""
+    flags += f" --tokens --token-grid {stats['tokens']}" if stats.get("tokens") else ""
     return f"gendet extract {shards} {store}{flags}"
 
 
@@ -233,6 +252,13 @@ class Variant:
     """The encoder's compute precision (fp32/fp16/bf16); empty in 0.3.0 stores."""
     legacy_folder: bool = False
     """A 0.3.0 folder name that is not the variant's now: 0.3.0 put ``blur:1.5`` in ``blur15``."""
+    token_grid: tuple[int, int] = (0, 0)
+    """(rows, cols) of a token variant's ``tokens`` column; (0, 0) for a pooled variant."""
+    token_dim: int = 0
+
+    @property
+    def has_tokens(self) -> bool:
+        return bool(self.token_grid[0])
 
     def key_fields(self) -> dict[str, str]:
         return {"encoder": self.encoder, "weights": self.weights, "weights_digest": self.weights_digest,
@@ -256,6 +282,8 @@ def list_variants(store_url: str) -> list[Variant]:
                            dim=int(m["dim"]), shards=tuple(m.get("shards", [])), rows=int(m.get("rows") or 0),
                            weights=str(m.get("weights") or ""), weights_digest=str(m.get("weights_digest") or ""),
                            precision=str(m.get("precision") or ""),
+                           token_grid=tuple(int(x) for x in m.get("token_grid") or (0, 0)),
+                           token_dim=int(m.get("token_dim") or 0),
                            legacy_folder=_named_by_0_3_0(gio.basename(url), m["encoder"], m["preprocess_hash"], degrade)))
     return out
 
@@ -267,22 +295,29 @@ def _named_by_0_3_0(folder: str, encoder: str, preprocess_hash: str, degrade: st
     return folder == old != variant_name(encoder, preprocess_hash, degrade)
 
 
-def resolve_variant(store_url: str, encoder: str | None = None, degrade: str = "") -> Variant:
+def resolve_variant(store_url: str, encoder: str | None = None, degrade: str = "", *, tokens: bool = False) -> Variant:
     """The one variant matching ``encoder`` (any when None) and ``degrade``; a clear error
-    naming the choices otherwise (``check_variant`` then matches it to a model)."""
+    naming the choices otherwise (``check_variant`` then matches it to a model). Pooled consumers
+    get a pooled variant where one matches (a token variant also has ``feature``); ``tokens=True``
+    considers token variants only (``gendet extract --tokens``)."""
     variants = list_variants(store_url)
     if not variants:
         raise GendetError(f"{store_url}: no feature store here (no */{MANIFEST}); run `gendet extract` first")
-    hits = [v for v in variants if v.degrade == degrade and (encoder is None or v.encoder == encoder)]
+    hits = [v for v in variants if v.degrade == degrade and (encoder is None or v.encoder == encoder)
+            and (v.has_tokens or not tokens)]
+    if not tokens and any(not v.has_tokens for v in hits):
+        hits = [v for v in hits if not v.has_tokens]
     if len(hits) > 1 and any(not v.legacy_folder for v in hits):
         hits = [v for v in hits if not v.legacy_folder]  # a 0.3.0 folder beside the one the key names now
     if len(hits) == 1:
         check_variant(hits[0])
         return hits[0]
-    choices = ", ".join(f"{v.encoder} degrade={v.degrade or 'none'}" for v in variants)
+    choices = ", ".join(f"{v.encoder} degrade={v.degrade or 'none'}" + (f" tokens={v.token_grid[0]}x{v.token_grid[1]}"
+                                                                        if v.has_tokens else "") for v in variants)
     if not hits:
-        raise GendetError(f"{store_url}: no variant with encoder={encoder or 'any'} degrade={degrade or 'none'}; present: "
-                          f"{choices}")
+        wanted = " with tokens (gendet extract --tokens)" if tokens else ""
+        raise GendetError(f"{store_url}: no variant with encoder={encoder or 'any'} degrade={degrade or 'none'}{wanted}; "
+                          f"present: {choices}")
     raise GendetError(f"{store_url}: several variants match; pass --encoder to choose one of: {choices}")
 
 

@@ -16,6 +16,13 @@ adds compression later when wanted.
 Sizes: ``crop_sizes`` draws each photo's crops at several native sizes (64-512 px); a size the
 photo cannot give without upscaling is skipped for that photo. ``sources`` picks photo packages.
 
+Masks: every fake of a family that regenerates inside masks (``mask_fraction`` of the family, or
+``masked_fraction``, > 0: ``inpaint_f8``) carries its mask as ``<key>.mask.png`` (CONTRACTS.md: 8-bit
+greyscale, 255 = regenerated, the image's size; all 255 for a fake regenerated everywhere) and the
+json's ``manipulation`` (``inpaint`` where a mask was drawn), ``family`` and ``generated_fraction``
+(the mask's mean), so ``gendet extract --tokens`` learns where it is fake. Other families' samples
+have no new member.
+
 Shards: ``OUT/<family>-000000.tar`` … (stems unique across families), ``OUT/zoo_summary.json`` and
 ``OUT/zoo_index.parquet`` (one row per sample: key, family, label, split, source, size, format,
 quality) for protocols that hold out sources, sizes or formats.
@@ -38,6 +45,7 @@ from tqdm import tqdm
 from gendet import GendetError
 from gendet import io as gio
 from gendet.config import check, to_dict, to_json
+from gendet.data.manipulations import MASK_MEMBER, encode_mask
 from gendet.data.shards import Sample, ShardWriter
 from gendet.zoo.config import family_config, parse_families
 from gendet.zoo.photos import SPLIT_FRACTIONS, collect_photos, random_crops
@@ -194,6 +202,7 @@ def _write_family(out_url: str, family: str, photos: list, cfg: ZooShardsConfig,
     else:
         (model, info), fcfg = generator, family_config(family)
     name = subset or family
+    mask_share = fcfg.mask_fraction or cfg.masked_fraction
     counts = {"real": 0, "fake": 0, "masked": 0}
     with ShardWriter(out_url, prefix=name, max_count=cfg.shard_size) as writer:
         for photo in tqdm(photos, desc=f"zoo {family}", leave=False):
@@ -205,7 +214,7 @@ def _write_family(out_url: str, family: str, photos: list, cfg: ZooShardsConfig,
                 count = cfg.crops_at(size)
                 crops = random_crops(photo, 2 * count, size, rng)
                 reals, sources = crops[:count], crops[count:]
-                masked = rng.random(len(sources)) < (fcfg.mask_fraction or cfg.masked_fraction)
+                masked = rng.random(len(sources)) < mask_share
                 masks = random_masks(len(sources), size, rng)
                 masks[~masked] = True  # unmasked fakes are regenerated everywhere
                 fakes = regenerate(model, fcfg, sources, masks=masks, seed=_seed_for(*seeds[:2], photo.pixel_sha256))
@@ -214,14 +223,18 @@ def _write_family(out_url: str, family: str, photos: list, cfg: ZooShardsConfig,
                 for label, images in (("real", reals), ("fake", fakes)):
                     for i, pixels in enumerate(images):
                         fmt, quality = formats[i + (label == "fake") * len(reals)] if formats else ("png", 0)
-                        extra = {"licence": photo.licence, "family": name}
+                        extra, files = {"licence": photo.licence, "family": name}, {}
                         if label == "fake":
                             extra["mask_fraction"] = round(float(masks[i].mean()), 4)
                             counts["masked"] += int(masked[i])
+                            if mask_share > 0:  # where it is fake, for token-level training (GAMMA)
+                                extra.update(manipulation="inpaint" if masked[i] else "",
+                                             generated_fraction=float(masks[i].mean()))
+                                files = {MASK_MEMBER: encode_mask(masks[i])}
                         key = f"{base}-{label}-{i:03d}"
                         writer.write(Sample(key=key, image=encode_image(pixels, fmt, quality), image_ext=fmt,
                                             label=label, subset=name, content_id=photo.content_id,
-                                            split=photo.split, source=photo.source, extra=extra))
+                                            split=photo.split, source=photo.source, extra=extra, files=files))
                         index.append({"key": key, "family": name, "label": label, "split": photo.split,
                                       "source": photo.source, "content_id": photo.content_id, "size": size,
                                       "format": fmt, "quality": quality})

@@ -202,3 +202,49 @@ def test_zoo_several_sizes_and_formats_alike_for_both_labels(tmp_path, monkeypat
 def test_zoo_shards_config_refuses_bad_sizes_and_formats(bad, fragment):
     with pytest.raises(GendetError, match=fragment):
         ZooShardsConfig(**bad)
+
+
+def test_inpaint_fakes_carry_their_mask_and_other_families_no_new_member(tmp_path, monkeypatch):
+    """inpaint_f8's fakes have ``mask.png`` (255 where the family regenerated, the image's size) and
+    the json's manipulation fields; outside the mask the fake is its source crop exactly, inside it
+    mostly differs. An unmasked family's samples stay an image and a json."""
+    import gendet.zoo.shards as zoo_shards
+    from gendet.data.manipulations import decode_mask
+
+    monkeypatch.setenv("GENDET_ZOO_CACHE", str(tmp_path / "cache"))
+    made = []  # (sources, outputs) of every regeneration, in the order the fakes are written
+
+    def recording(model, fcfg, sources, **kw):
+        out = regenerate(model, fcfg, sources, **kw)
+        if fcfg.name == "inpaint_f8":
+            made.extend(zip(np.asarray(sources), out))
+        return out
+
+    monkeypatch.setattr(zoo_shards, "regenerate", recording)
+    cfg = ZooShardsConfig(families=("inpaint_f8", "ae_shuffle_f8"), photos_per_split=1, crops_per_photo=2,
+                          train_steps=2, shard_size=500)
+    build_zoo_shards(str(tmp_path / "z"), cfg)
+    fakes = []
+    for shard in list_shards(str(tmp_path / "z")):
+        members = dict(iter_tar_members(open(shard, "rb").read()))
+        keys = sorted({name.split(".", 1)[0] for name in members})
+        for key in keys:
+            meta = json.loads(members[key + ".json"])
+            extensions = sorted(name.split(".", 1)[1] for name in members if name.split(".", 1)[0] == key)
+            if meta["subset"] != "inpaint_f8" or meta["label"] == "real":
+                assert extensions == ["json", "png"] and "manipulation" not in meta, (key, extensions)
+                continue
+            assert extensions == ["json", "mask.png", "png"]
+            fakes.append((key, meta, members[key + ".png"], decode_mask(members[key + ".mask.png"])))
+    assert len(fakes) == len(made) > 0
+    by_image = {hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest(): (src, out) for src, out in made}
+    for key, meta, png, mask in fakes:
+        with Image.open(io.BytesIO(png)) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        source, out = by_image[hashlib.sha256(pixels.tobytes()).hexdigest()]
+        assert mask.shape == pixels.shape[:2] and 0.1 < mask.mean() < 0.6
+        differs = (pixels != source).any(-1)
+        assert not differs[mask == 0].any(), key  # outside the mask: the source, byte for byte
+        assert differs[mask == 1].mean() > 0.5, key
+        assert (meta["manipulation"], meta["family"]) == ("inpaint", "inpaint_f8")
+        assert meta["generated_fraction"] == pytest.approx(mask.mean()) == pytest.approx(meta["mask_fraction"], abs=1e-4)
