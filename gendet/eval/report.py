@@ -32,6 +32,16 @@ def plot_links(paths: Sequence[str], out: str) -> str:
     return "\n".join(f"![{os.path.basename(p)}]({os.path.relpath(p, out)})" for p in paths)
 
 
+OVERLAY_HEADING = "Where the model says it is fake"
+
+
+def overlay_section(png: str, out: str, note: str = "") -> tuple[str, str]:
+    """The section "Where the model says it is fake": an overlay grid PNG (``gendet.eval.overlays.overlay_grid``
+    saved with ``gendet.eval.plots.save_png``) linked relative to the report's folder ``out``, then ``note``."""
+    body = f"![{os.path.basename(png)}]({os.path.relpath(png, out)})"
+    return OVERLAY_HEADING, body + (f"\n\n{note}" if note else "")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DemoReport:
     """What ``gendet demo`` gathered on its way: the inputs of its report."""
@@ -52,6 +62,10 @@ class DemoReport:
     times: dict
     degrade_note: str = ""
     """What the degradations of Table 4 mean for this world (the demo's crop sizes)."""
+    overlays: str = ""
+    """A GAMMA overlay grid PNG (``overlay_section``); empty: no such section."""
+    overlays_note: str = ""
+    """Under the overlay grid: which model, which images."""
 
 
 def _sources(zoo: dict) -> str:
@@ -102,6 +116,7 @@ def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
         ("Table 4: mean accuracy on unseen families under degradation",
          tables.degradation_by_method(r.by_degrade, seen) + (f"\n\n{r.degrade_note}" if r.degrade_note else "")),
         ("Plots", plots),
+        *([overlay_section(r.overlays, out, r.overlays_note)] if r.overlays else []),
         ("Registry", f"MLflow run `{r.summary['run_id']}`, model `{r.summary['model_uri']}`; registered as "
          f"`gendet` version {gate.get('version')}, promoted to champion: **{gate.get('promoted')}** "
          f"({gate.get('reason')})."),

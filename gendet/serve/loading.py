@@ -4,34 +4,75 @@
 ``mlflow-artifacts:/...`` (MLflow downloads the model's ``artifacts/detector`` folder), or a local
 path / fsspec URL of a saved Detector (``detector.json``) or of an MLflow model directory holding
 one. Only the detector's own files are read (safetensors weights and JSON): nothing in the model
-is executed, and no image encoder is loaded (``gendet.serve.scorer`` adds it).
+is executed, and no image encoder is loaded (``load_scorer`` adds it: ``gendet.serve.scorer``).
+
+The folder holds a GenDet ``Detector`` (``detector.json``) or a GAMMA model (``gamma.json``,
+``gendet.method.gamma_detector``; logged under the same ``artifacts/detector``): ``load_model``
+returns either, ``load_detector`` (the verbs that read pooled features) a Detector only.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gendet import GendetError, first_line
 from gendet import io as gio
 from gendet.method.detector import ARGS, Detector
+from gendet.method.gamma_detector import GammaDetector, is_gamma_dir
+
+if TYPE_CHECKING:
+    from gendet.serve.scorer import ImageScorer
 
 ARTIFACT = "detector"  # the Detector's folder inside a logged MLflow model: artifacts/detector
 MLMODEL_FILE = "MLmodel"  # marks an MLflow model directory
 REGISTRY_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
-USAGE = "pass models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/detector or a directory from `gendet train`"
+USAGE = ("pass models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/detector or a directory from `gendet train` "
+         "or `gendet train-gamma`")
 
 
 def load_detector(uri: str) -> Detector:
-    """The Detector behind ``uri`` (see the module docstring)."""
+    """The GenDet Detector behind ``uri`` (see the module docstring); a GAMMA model is refused in one line."""
+    model = load_model(uri)
+    if not isinstance(model, Detector):
+        raise GendetError(f"--model {uri}: a GAMMA model (gamma.json); this verb takes a GenDet detector from "
+                          "`gendet train` (GAMMA models are scored by `gendet predict` and the served model)")
+    return model
+
+
+def load_model(uri: str) -> Detector | GammaDetector:
+    """The Detector or GammaDetector behind ``uri`` (see the module docstring)."""
     uri = str(uri)
     if uri.startswith(REGISTRY_SCHEMES):
-        return Detector.load(_download(uri))
+        folder = _download(uri)
+        return GammaDetector.load(folder) if is_gamma_dir(folder) else Detector.load(folder)
     url = uri[len("file://"):] if uri.startswith("file://") else uri
     for folder in (url, gio.join(url, "artifacts", ARTIFACT)):
         if gio.exists(gio.join(folder, ARGS)):
             return Detector.load(folder)
+        if is_gamma_dir(folder):
+            return GammaDetector.load(folder)
     if gio.exists(gio.join(url, MLMODEL_FILE)):
         raise GendetError(f"--model {uri}: an MLflow model, but not a gendet detector (no artifacts/{ARTIFACT}/{ARGS}); "
                           "log one with gendet.serve.pyfunc.log_detector")
     raise GendetError(f"--model {uri}: neither a saved detector ({ARGS}) nor an MLflow model ({MLMODEL_FILE}); {USAGE}")
+
+
+def load_scorer(uri: str, *, device: str = "cpu", threshold: float | None = None, masks: bool = False) -> ImageScorer:
+    """Load a model once (any URI ``gendet.serve.loading.load_model`` takes) with its encoder: an
+    ``ImageScorer`` for a GenDet detector, a ``GammaScorer`` (fake_fraction, masks) for a GAMMA model.
+    ``masks``: refuse, before the encoder is loaded, a model that cannot make masks."""
+    model = load_model(uri)
+    if masks and not (isinstance(model, GammaDetector) and model.has_masks):
+        kind = "a GAMMA model without segmentation heads" if isinstance(model, GammaDetector) else "a GenDet detector"
+        raise GendetError(f"--mask-dir: masks need a GAMMA model with segmentation heads (`gendet train-gamma`); "
+                          f"--model {uri} is {kind}")
+    if isinstance(model, GammaDetector):
+        from gendet.serve.gamma_scorer import GammaScorer
+
+        return GammaScorer.from_detector(model, device=device, threshold=threshold)
+    from gendet.serve.scorer import ImageScorer
+
+    return ImageScorer.from_detector(model, device=device, threshold=threshold)
 
 
 def _download(uri: str) -> str:

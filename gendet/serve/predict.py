@@ -14,13 +14,23 @@ found``, ``unreadable: ...``, or extract's quarantine reason: ``not_an_image``, 
 ``decompression_bomb`` for images over PIL's pixel limit, ...) and the others are still scored. The
 exit code is 0 when at least one image was scored.
 
-Python API: ``gendet.serve.scorer.load_scorer(uri)`` once, then ``predict(scorer, inputs)`` or
+A GAMMA model (``gendet train-gamma``) localizes: each scored line also has ``fake_fraction`` (the
+share of the pixels it saw, its crop of the image, that its predicted mask covers;
+``gendet.serve.gamma_scorer``), and with
+``--mask-dir DIR`` the mask itself: ``DIR/<stem>.mask.png`` (8-bit greyscale, the image's size,
+255 = predicted generated) and ``DIR/<stem>.overlay.png`` (the image with the mask tinted red), the
+line's ``mask`` naming the mask PNG. ``<stem>`` is the image's file name without its extension;
+when two inputs share one, the later gets ``<stem>-<8 hex of its path>``. A GenDet detector has no
+masks: its lines are as before, and ``--mask-dir`` is refused before any image is read.
+
+Python API: ``load_scorer(uri)`` (``gendet.serve.loading``) once, then ``predict(scorer, inputs)`` or
 ``scorer.score_bytes([...])`` (what the MLflow pyfunc model serves).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import posixpath
 import sys
@@ -31,7 +41,8 @@ from tqdm import tqdm
 
 from gendet import GendetError, first_line
 from gendet import io as gio
-from gendet.serve.scorer import ImageScorer, ItemError, load_scorer
+from gendet.serve.loading import load_scorer
+from gendet.serve.scorer import NO_MASKS, ImageScorer, ItemError, decode_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -75,26 +86,62 @@ def read_item(url: str) -> bytes | Exception:
         return ItemError(f"unreadable: {type(exc).__name__}: {first_line(exc, 200)}")
 
 
+def mask_stem(path: str, taken: set[str]) -> str:
+    """The file name of ``path`` without its extension, made unique among ``taken`` (then added to it)."""
+    stem = gio.basename(path.rstrip("/")).rsplit(".", 1)[0] or "image"
+    if stem in taken:
+        stem = f"{stem}-{hashlib.sha1(path.encode('utf-8')).hexdigest()[:8]}"
+    taken.add(stem)
+    return stem
+
+
+def write_mask(mask_dir: str, stem: str, mask_png: bytes, image: bytes) -> str:
+    """``mask_dir/<stem>.mask.png`` and ``<stem>.overlay.png``; returns the mask's path."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from gendet.eval.overlays import overlay
+
+    mask_url = gio.join(mask_dir, f"{stem}.mask.png")
+    gio.write_bytes_atomic(mask_url, mask_png)
+    tinted = overlay(decode_image(image), np.asarray(Image.open(io.BytesIO(mask_png))) > 127)
+    buf = io.BytesIO()
+    tinted.save(buf, format="PNG")
+    gio.write_bytes_atomic(gio.join(mask_dir, f"{stem}.overlay.png"), buf.getvalue())
+    return mask_url
+
+
 def iter_predictions(scorer: ImageScorer, inputs: Sequence[str], *, batch_size: int = 32,
-                     progress: bool | None = None) -> Iterator[dict[str, Any]]:
-    """One result dict per expanded input (``path`` first), in input order, batch by batch."""
+                     progress: bool | None = None, mask_dir: str | None = None) -> Iterator[dict[str, Any]]:
+    """One result dict per expanded input (``path`` first), in input order, batch by batch; with
+    ``mask_dir`` (a GAMMA model) each scored image's mask and overlay are written there (module docstring)."""
     if batch_size < 1:
         raise GendetError(f"--batch-size {batch_size} must be >= 1")
+    if mask_dir and not scorer.has_masks:
+        raise GendetError(f"--mask-dir {mask_dir}: {NO_MASKS}")
     paths = expand_inputs(inputs)
+    taken: set[str] = set()
     bar = tqdm(total=len(paths), unit="img", disable=None if progress is None else not progress, file=sys.stderr)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        for path, result in zip(chunk, scorer.score_bytes([read_item(p) for p in chunk])):
+        items = [read_item(p) for p in chunk]
+        for path, item, result in zip(chunk, items, scorer.score_bytes(items, masks=bool(mask_dir))):
+            png = result.pop("mask_png", None)
+            if png is not None:
+                result["mask"] = write_mask(mask_dir, mask_stem(path, taken), png, item)
             yield {"path": path, **result}
         bar.update(len(chunk))
     bar.close()
 
 
 def predict(model: str | ImageScorer, inputs: Sequence[str], *, batch_size: int = 32,
-            device: str = "cpu") -> list[dict[str, Any]]:
-    """Score ``inputs`` (files, folders, URLs) with ``model`` (a URI or a loaded ImageScorer)."""
-    scorer = model if isinstance(model, ImageScorer) else load_scorer(model, device=device)
-    return list(iter_predictions(scorer, inputs, batch_size=batch_size, progress=False))
+            device: str = "cpu", mask_dir: str | None = None) -> list[dict[str, Any]]:
+    """Score ``inputs`` (files, folders, URLs) with ``model`` (a URI or a loaded ImageScorer);
+    ``mask_dir``: write each image's mask and overlay there (a GAMMA model)."""
+    scorer = model if isinstance(model, ImageScorer) else load_scorer(model, device=device, masks=bool(mask_dir))
+    return list(iter_predictions(scorer, inputs, batch_size=batch_size, progress=False, mask_dir=mask_dir))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +154,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu",
                         help="torch device for the encoder (default cpu; the small heads run on CPU)")
     parser.add_argument("--threshold", type=float, help="override the model's calibrated threshold")
+    parser.add_argument("--mask-dir", metavar="DIR",
+                        help="GAMMA models: write DIR/<image>.mask.png (255 = predicted generated) and "
+                             "DIR/<image>.overlay.png per image; each line names its mask")
     parser.add_argument("--tracking-uri",
                         help="MLflow tracking URI for models:/ and runs:/ (default: MLFLOW_TRACKING_URI)")
 
@@ -116,9 +166,10 @@ def run(args: argparse.Namespace) -> int:
         import mlflow
 
         mlflow.set_tracking_uri(args.tracking_uri)
-    scorer = load_scorer(args.model, device=args.device, threshold=args.threshold)
+    mask_dir = getattr(args, "mask_dir", None)
+    scorer = load_scorer(args.model, device=args.device, threshold=args.threshold, masks=bool(mask_dir))
     lines, scored = [], 0
-    for row in iter_predictions(scorer, args.inputs, batch_size=args.batch_size):
+    for row in iter_predictions(scorer, args.inputs, batch_size=args.batch_size, mask_dir=mask_dir):
         scored += "score" in row
         line = json.dumps(row)
         if args.out:

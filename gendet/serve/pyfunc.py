@@ -14,6 +14,13 @@ image bytes (``dataframe_split``, ``dataframe_records`` or ``inputs`` over HTTP)
 one row per input with ``score`` (P(fake)), ``is_fake``, ``threshold`` and ``error`` (empty when
 the row was scored; score is null (None) and is_fake false when it was not).
 
+A GAMMA model (``gendet.method.gamma_detector``, logged the same way under ``artifacts/detector``,
+``GAMMA_SIGNATURE``) answers two more columns: ``fake_fraction`` (the share of the pixels the model
+saw, its crop of the image, that its predicted mask covers; null when the row was not scored or the model has no segmentation
+heads) and, when the request's params say ``{"masks": true}``, ``mask_png`` (the mask as a base64
+8-bit greyscale PNG of the image's size, 255 = predicted generated; null when not scored). Asking
+a GenDet detector for masks is refused (HTTP 400); its frame is unchanged.
+
 Limits (``model_config`` keys, defaults in ``SERVING_LIMITS``): a request of more than
 ``max_images`` rows or ``max_request_bytes`` of image bytes is refused whole (HTTP 400, one line);
 an image over ``max_pixels`` is refused alone from its header (``too_large``) before it is decoded.
@@ -36,7 +43,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from gendet.serve.loading import ARTIFACT
 from gendet.serve.scorer import ImageScorer, ItemError
@@ -46,12 +53,20 @@ PACKAGE_DIR = Path(__file__).parents[1]
 # The code a served model runs, relative to the package (tests/serve check it is the import
 # closure of pyfunc_model): the rest of gendet (training, extraction, the zoo and its weights) stays out.
 SERVING_CODE = ("__init__.py", "io.py", "config.py", "data/__init__.py", "data/decode.py", "encoders", "eval/__init__.py",
-                "eval/metrics.py", "method/__init__.py", "method/detector.py", "method/networks.py", "serve")
+                "eval/metrics.py", "method/__init__.py", "method/detector.py", "method/networks.py", "method/gamma.py",
+                "method/gamma_detector.py", "serve")
 INPUT_COLUMN = "image"
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
     outputs=Schema([ColSpec("double", "score"), ColSpec("boolean", "is_fake"), ColSpec("double", "threshold"),
                     ColSpec("string", "error", required=False)]),
+)
+MASKS_PARAM = "masks"
+GAMMA_SIGNATURE = ModelSignature(
+    inputs=SIGNATURE.inputs,
+    outputs=Schema([*SIGNATURE.outputs.inputs, ColSpec("double", "fake_fraction", required=False),
+                    ColSpec("string", "mask_png", required=False)]),
+    params=ParamSchema([ParamSpec(MASKS_PARAM, "boolean", False)]),
 )
 # The library's own dependencies serve the model, pinned to what logged it; Ray is left out (the
 # library never imports it). Listed rather than inferred: inference loads the model in a subprocess.
@@ -99,15 +114,21 @@ def example_image() -> bytes:
     return buf.getvalue()
 
 
-def to_frame(results: list[dict[str, Any]], threshold: float) -> pd.DataFrame:
-    """Result dicts -> the output frame of SIGNATURE. An errored row has score None (JSON ``null``:
-    a NaN would be written as ``NaN``, which strict JSON parsers reject), is_fake False and its error."""
-    return pd.DataFrame({
+def to_frame(results: list[dict[str, Any]], threshold: float, *, gamma: bool = False, masks: bool = False) -> pd.DataFrame:
+    """Result dicts -> the output frame of SIGNATURE (``gamma``: of GAMMA_SIGNATURE, ``mask_png``
+    only with ``masks``). An errored row has score None (JSON ``null``: a NaN would be written as
+    ``NaN``, which strict JSON parsers reject), is_fake False and its error."""
+    frame = pd.DataFrame({
         "score": pd.Series([r.get("score") for r in results], dtype=object),
         "is_fake": [bool(r.get("is_fake", False)) for r in results],
         "threshold": [float(r.get("threshold", threshold)) for r in results],
         "error": [r.get("error", "") for r in results],
     })
+    if gamma:
+        frame["fake_fraction"] = pd.Series([r.get("fake_fraction") for r in results], dtype=object)
+    if gamma and masks:
+        frame["mask_png"] = pd.Series([b64(r["mask_png"]) if "mask_png" in r else None for r in results], dtype=object)
+    return frame
 
 
 def decode_b64(value: Any) -> bytes | Exception:
@@ -134,12 +155,20 @@ class GendetModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from gendet.method.detector import Detector
+        from gendet.method.gamma_detector import GammaDetector, is_gamma_dir
 
         config = context.model_config or {}
         self.limits = {k: int(config.get(k, v)) for k, v in SERVING_LIMITS.items()}
-        self.scorer = ImageScorer.from_detector(Detector.load(context.artifacts[ARTIFACT]),
-                                                device=config.get("device", "cpu"),
-                                                threshold=config.get("threshold"), max_pixels=self.limits["max_pixels"])
+        folder = context.artifacts[ARTIFACT]
+        self.gamma = is_gamma_dir(folder)
+        if self.gamma:
+            from gendet.serve.gamma_scorer import GammaScorer
+
+            kind, model = GammaScorer, GammaDetector.load(folder)
+        else:
+            kind, model = ImageScorer, Detector.load(folder)
+        self.scorer = kind.from_detector(model, device=config.get("device", "cpu"), threshold=config.get("threshold"),
+                                         max_pixels=self.limits["max_pixels"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -155,8 +184,12 @@ class GendetModel(mlflow.pyfunc.PythonModel):
         if encoded > limits["max_request_bytes"]:
             raise bad_request(f"request carries {encoded} bytes of images, over the limit of {limits['max_request_bytes']}; "
                               "send them in several requests")
-        results = self.scorer.score_bytes([decode_b64(v) for v in values])
-        return to_frame(results, self.scorer.threshold)
+        masks = bool((params or {}).get(MASKS_PARAM, False))
+        if masks and not self.scorer.has_masks:
+            raise bad_request('params {"masks": true}: masks need a GAMMA model with segmentation heads '
+                              "(`gendet train-gamma`); send the request without them")
+        results = self.scorer.score_bytes([decode_b64(v) for v in values], masks=masks)
+        return to_frame(results, self.scorer.threshold, gamma=getattr(self, "gamma", False), masks=masks)
 
 
 def stage_serving_code(tmp: str) -> str:
@@ -173,24 +206,34 @@ def stage_serving_code(tmp: str) -> str:
 
 
 def _detector_dir(detector: Any, tmp: str) -> str:
-    """``detector`` (a Detector, or a saved one's directory or URL) saved as ``<tmp>/detector``, so the
-    artifact is always ``artifacts/detector`` inside the model (``gendet.serve.loading`` reads it there)."""
+    """``detector`` (a Detector or GammaDetector, or a saved one's directory or URL) saved as
+    ``<tmp>/detector``, so the artifact is always ``artifacts/detector`` inside the model
+    (``gendet.serve.loading`` reads it there)."""
     from gendet.method.detector import Detector
+    from gendet.method.gamma_detector import GammaDetector, is_gamma_dir
 
     if isinstance(detector, (str, Path)):
-        detector = Detector.load(str(detector))
+        detector = (GammaDetector if is_gamma_dir(str(detector)) else Detector).load(str(detector))
     return detector.save(str(Path(tmp) / ARTIFACT))
 
 
 def _model_kwargs(detector_dir: str, tmp: str) -> dict[str, Any]:
     from gendet.method.detector import Detector
+    from gendet.method.gamma_detector import GammaDetector, is_gamma_dir
 
-    det = Detector.load(detector_dir)
+    gamma = is_gamma_dir(detector_dir)
+    det = (GammaDetector if gamma else Detector).load(detector_dir)
     metadata = {"encoder": det.encoder, "encoder_weights": det.encoder_weights,
                 "encoder_weights_digest": det.encoder_weights_digest, "encoder_precision": det.encoder_precision,
-                "preprocess_hash": det.preprocess_hash, "threshold": det.threshold,
-                "target_fpr": det.target_fpr, "method": det.method, "feature_dim": det.feature_dim}
-    return dict(python_model=str(MODEL_CODE), artifacts={ARTIFACT: detector_dir}, signature=SIGNATURE,
+                "preprocess_hash": det.preprocess_hash, "threshold": det.threshold, "target_fpr": det.target_fpr,
+                "method": det.method}
+    if gamma:
+        metadata |= {"token_grid": list(det.grid), "token_dim": det.token_dim, "sources": list(det.sources),
+                     "masks": det.has_masks}
+    else:
+        metadata["feature_dim"] = det.feature_dim
+    return dict(python_model=str(MODEL_CODE), artifacts={ARTIFACT: detector_dir},
+                signature=GAMMA_SIGNATURE if gamma else SIGNATURE,
                 input_example=pd.DataFrame({INPUT_COLUMN: [b64(example_image())]}),
                 pip_requirements=pip_requirements(), metadata=metadata, model_config={"device": "cpu", **SERVING_LIMITS},
                 code_paths=[stage_serving_code(tmp)])
@@ -198,7 +241,8 @@ def _model_kwargs(detector_dir: str, tmp: str) -> dict[str, Any]:
 
 def log_detector(detector: Any, *, name: str = "detector", registered_model_name: str | None = None,
                  **kwargs: Any) -> Any:
-    """Log a Detector (object or saved directory) into the active run; returns MLflow's ModelInfo.
+    """Log a Detector or GammaDetector (object or saved directory) into the active run; returns
+    MLflow's ModelInfo.
 
     ``registered_model_name`` registers it in the same call; ``gendet.mlops.registry.register`` does that
     and sets the ``challenger`` alias.
@@ -209,7 +253,7 @@ def log_detector(detector: Any, *, name: str = "detector", registered_model_name
 
 
 def save_detector_model(detector: Any, path: str) -> str:
-    """Write a Detector as a local MLflow model directory (for ``mlflow models serve -m path``)."""
+    """Write a Detector or GammaDetector as a local MLflow model directory (for ``mlflow models serve -m path``)."""
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.pyfunc.save_model(path, **_model_kwargs(_detector_dir(detector, tmp), tmp))
     return path

@@ -20,6 +20,7 @@ from PIL import Image
 from gendet import GendetError
 from gendet.data import decode
 
+NO_MASKS = "masks need a GAMMA model with segmentation heads (`gendet train-gamma`); this model has none"
 SMALL_BATCH = 256  # up to this many rows the heads run single-threaded (see one_thread_if)
 
 
@@ -104,31 +105,42 @@ class ImageScorer:
     def result(self, score: float) -> dict[str, Any]:
         return {"score": float(score), "is_fake": bool(score > self.threshold), "threshold": self.threshold}
 
-    def score_bytes(self, items: Sequence[bytes | Exception]) -> list[dict[str, Any]]:
-        """One dict per item, in order: ``score``/``is_fake``/``threshold``, or ``error`` when the
-        item is an exception already (a failed read) or does not decode."""
+    def decoded(self, items: Sequence[bytes | Exception]) -> tuple[list[dict[str, Any]], list[np.ndarray],
+                                                                   list[int], list[tuple[int, int]]]:
+        """(results with ``error`` filled for the items that failed, the encoder pixels of the others,
+        their indices, their images' (w, h) sizes)."""
         results: list[dict[str, Any]] = [{} for _ in items]
-        images, where = [], []
+        images, where, sizes = [], [], []
         for i, item in enumerate(items):
             try:
                 if isinstance(item, Exception):
                     raise ItemError(str(item))
                 # Each image is reduced to its encoder-sized pixels as soon as it is decoded, so a
                 # request holds one full-resolution image at a time, not all of them.
-                images.append(self.pixels(decode_image(item, self.max_pixels)))
+                image = decode_image(item, self.max_pixels)
+                images.append(self.pixels(image))
                 where.append(i)
+                sizes.append(image.size)
             except ItemError as exc:
                 results[i] = {"error": str(exc)}
             except Exception as exc:  # noqa: BLE001 - an image the transforms choke on fails alone (as in extraction)
                 results[i] = {"error": f"preprocess_error: {type(exc).__name__}: {exc}"}
+        return results, images, where, sizes
+
+    def score_bytes(self, items: Sequence[bytes | Exception], *, masks: bool = False) -> list[dict[str, Any]]:
+        """One dict per item, in order: ``score``/``is_fake``/``threshold``, or ``error`` when the
+        item is an exception already (a failed read) or does not decode. ``masks`` is for GAMMA
+        models (``gendet.serve.gamma_scorer``); a GenDet detector has none to give."""
+        if masks:
+            raise GendetError(NO_MASKS)
+        results, images, where, _ = self.decoded(items)
         if images:
             for i, score in zip(where, self.score_images(images)):
                 results[i] = self.result(score)
         return results
 
+    @property
+    def has_masks(self) -> bool:
+        """Whether ``score_bytes`` gives ``fake_fraction`` and, asked, masks (GAMMA with segmentation heads)."""
+        return False
 
-def load_scorer(uri: str, *, device: str = "cpu", threshold: float | None = None) -> ImageScorer:
-    """Load a model once (any URI ``gendet.serve.loading.load_detector`` takes) with its encoder."""
-    from gendet.serve.loading import load_detector
-
-    return ImageScorer.from_detector(load_detector(uri), device=device, threshold=threshold)
