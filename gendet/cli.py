@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "zoo": ("gendet.zoo.cli", "build the offline photo corpus and generator zoo, and write demo shards"),
     "extract": ("pipelines.extract", "shards -> Parquet feature store (Ray Data)"),
     "train": ("pipelines.train", "GenDet and its baselines on a feature store (Ray Train), logged to MLflow"),
+    "train-gamma": ("pipelines.train_gamma", "GAMMA (token grids, masks) on a token feature store (Ray Train), logged to MLflow"),
     "sweep": ("pipelines.sweep", "a grid of training settings (alpha x M, ...) on Ray Tune, one MLflow run per trial"),
     "evaluate": ("pipelines.evaluate", "per-subset metrics table of a model on a feature store"),
     "predict": ("gendet.serve.predict", "score images, folders or URLs: one JSON line per image"),

@@ -4,7 +4,10 @@ Ray Data streams the store's evaluation rows (of a variant over ``--ray-min-rows
 ones are scored in this process, by the same scorer) through a scoring actor (features in, one score per
 method out: no image is decoded, no encoder loaded), the driver collects the small score table and
 builds ``metrics.json`` with ``gendet.eval.metrics``. ``--degrade all`` adds Table 4: the same model on
-every degraded variant of the store (``gendet extract --degrade SPEC``), one row each.
+every degraded variant of the store (``gendet extract --degrade SPEC``), one row each. A GAMMA model
+(``gamma.json``, from ``gendet train-gamma``) is scored instead on the store's token variant(s), in
+this process (``gendet.method.gamma_eval``: the same per-subset table, plus pixel F1/IoU for the
+subsets with masks).
 
 The scoring itself is the library's (``gendet.eval.scoring``); this module runs it on Ray Data.
 Before any scoring (``preflight``): the model loads, the MLflow server answers (for ``models:/``,
@@ -31,7 +34,8 @@ from gendet.eval.tables import degradation_table, table
 from gendet.features.contents import check_rows
 from gendet.features.store import Variant, feature_files, list_variants, resolve_variant
 from gendet.method.detector import Detector
-from gendet.serve.loading import load_detector
+from gendet.method.gamma_detector import GammaDetector
+from gendet.serve.loading import load_model
 
 
 def score_variant(detectors: dict[str, Detector], variant: Variant, splits: tuple[str, ...] = (), *,
@@ -94,7 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "env GENDET_SHARED_FS=1 does the same")
 
 
-def preflight(args: argparse.Namespace) -> tuple[Detector, dict[str, Variant]]:
+def preflight(args: argparse.Namespace) -> tuple[Detector | GammaDetector, dict[str, Variant]]:
     """Everything the run needs, before any scoring, each failure one line; returns the model and
     {degrade: variant} to score."""
     for url, what in ((args.features, "FEATURES"), (args.out, "--out")):
@@ -103,7 +107,8 @@ def preflight(args: argparse.Namespace) -> tuple[Detector, dict[str, Variant]]:
         from gendet.mlops.tracking import check_server
 
         check_server()  # seconds, not MLflow's minutes of retries
-    det = load_detector(args.model)
+    det = load_model(args.model)
+    gamma = isinstance(det, GammaDetector)
     if args.mlflow_run:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
@@ -114,11 +119,20 @@ def preflight(args: argparse.Namespace) -> tuple[Detector, dict[str, Variant]]:
             raise GendetError(f"--mlflow-run {args.mlflow_run}: no such run in the tracking store ({exc.error_code}); "
                               "pass a run id of MLFLOW_TRACKING_URI's store") from None
     encoder = args.encoder or det.encoder or None
-    degrades = ([""] + sorted({v.degrade for v in list_variants(args.features) if v.degrade})
+    degrades = ([""] + sorted({v.degrade for v in list_variants(args.features) if v.degrade and (v.has_tokens or not gamma)})
                 if args.degrade == "all" else [args.degrade])
-    variants = {degrade: resolve_variant(args.features, encoder=encoder, degrade=degrade) for degrade in degrades}
+    if gamma:
+        from gendet.features.tokens import resolve_token_variant
+        from gendet.method.gamma_eval import check_token_variant
+
+        variants = {d: resolve_token_variant(args.features, encoder=encoder, degrade=d) for d in degrades}
+    else:
+        variants = {degrade: resolve_variant(args.features, encoder=encoder, degrade=degrade) for degrade in degrades}
     for variant in variants.values():
-        scoring.check_matches({det.method: det}, variant)
+        if gamma:
+            check_token_variant(det, variant)
+        else:
+            scoring.check_matches({det.method: det}, variant)
         check_rows(variant.url, eval_splits=args.eval_splits)
     gio.check_writable(os.path.dirname(args.out) or ".", "--out")
     return det, variants
@@ -132,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
     degrades = list(variants)
     by_degrade = {}
     for degrade, variant in variants.items():
+        if isinstance(det, GammaDetector):
+            by_degrade[degrade] = evaluate_gamma(det, variant, args)
+            continue
         by_degrade[degrade] = evaluate_store({det.method: det}, variant, args.eval_splits, model_uris={det.method: args.model},
                                              ray_min_rows=args.ray_min_rows)[0][det.method]
     main_report = by_degrade[degrades[0]]
@@ -139,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
         main_report = {**main_report, "degraded": {d or "none": r for d, r in by_degrade.items()}}
     gio.write_bytes_atomic(args.out, (json.dumps(json_safe(main_report), indent=2) + "\n").encode())
     text = table({det.method: by_degrade[degrades[0]]})
+    if isinstance(det, GammaDetector):
+        from gendet.method.gamma_eval import report_table
+
+        text = report_table(by_degrade[degrades[0]], det.method)
     if len(degrades) > 1:
         text += "\n\n" + degradation_table(by_degrade)
     print(text)
@@ -150,10 +171,21 @@ def run(args: argparse.Namespace) -> int:
         client = MlflowClient()
         client.log_dict(args.mlflow_run, json_safe(main_report), "evaluate/metrics.json")
         client.log_text(args.mlflow_run, text, "evaluate/table.md")
-        for key, value in (("eval_mean_acc", main_report["mean_acc"]), ("eval_mAP", main_report["mAP"])):
+        for key, value in (("eval_mean_acc", main_report["mean_acc"]), ("eval_mAP", main_report["mAP"]),
+                           ("eval_mean_pixel_f1", main_report.get("mean_pixel_f1")),
+                           ("eval_mean_pixel_iou", main_report.get("mean_pixel_iou"))):
             if value is not None:
                 client.log_metric(args.mlflow_run, key, float(value))
     return 0
+
+
+def evaluate_gamma(det: GammaDetector, variant: Variant, args: argparse.Namespace) -> dict:
+    """metrics.json of a GAMMA model on a token variant's eval splits (pixel metrics included)."""
+    from gendet.features.tokens import load_token_rows
+    from gendet.method.gamma_eval import gamma_report
+
+    rows = load_token_rows(args.features, encoder=variant.encoder, degrade=variant.degrade, splits=args.eval_splits)
+    return gamma_report(det, rows, model=args.model)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
