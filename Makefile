@@ -1,6 +1,6 @@
 # The README's set-up: `make demo` and `make test` on a fresh machine (CI runs `make test`).
 # Both make the same virtual environment with the same install; a rerun reuses it until
-# pyproject.toml changes.
+# pyproject.toml or constraints.txt changes.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
@@ -11,13 +11,17 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: install photos demo test test-fast lint clean
 MATE := /usr/share/backgrounds/mate/nature
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins the tested set (pip backtracked through every torch without it: the file says why);
+# `make install CONSTRAINTS=` resolves pyproject.toml's ranges freely instead.
+CONSTRAINTS ?= constraints.txt
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch's CUDA build and its libraries take ~7 GB in the venv; pip's wheel cache would double that
 	@avail=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$avail" -ge 10 ] || \
 	  echo "install: $$avail GB free on this disk; the venv needs about 7 GB (torch's CUDA build): free some if pip runs out"
-	$(BIN)/python -m pip install --no-cache-dir -e ".[test]"
+	$(BIN)/python -m pip install --no-cache-dir $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed photos

@@ -55,19 +55,22 @@ def test_extract_survives_a_lost_worker_node(ray_cluster, moto_s3, tmp_path):
                      "--batch-size", "16", "--concurrency", "2")
     assert submit.returncode == 0, submit.stdout + submit.stderr
 
-    # Lose a node that runs an encoder actor while it encodes (its first part files are written).
-    deadline, killed = time.monotonic() + 600, None
+    # Lose a node that runs an encoder actor while it encodes (part files or finished shards are
+    # written, not every shard). The actors' nodes are found while the job starts, so the kill
+    # follows the first written file at once: encoding these shards takes seconds on a quiet box.
+    deadline, killed, actors = time.monotonic() + 600, None, []
     while time.monotonic() < deadline and killed is None:
-        fs.invalidate_cache()
-        if fs.glob(f"{bucket}/lost/features/*/_parts/*/*.parquet"):
+        if not actors:
             actors = [n for n in nodes_running(cluster, "PartWritingMapper") if n.startswith("w")]
-            if actors:
-                killed = actors[0]
-                cluster.kill(killed)
-                fs.invalidate_cache()
-                done = fs.glob(f"{bucket}/lost/features/*/*.stats.json")
-                assert len(done) < N_SHARDS, "the job finished before a node could be lost: make it longer"
-        else:
+        fs.invalidate_cache()
+        written = fs.glob(f"{bucket}/lost/features/*/_parts/*/*.parquet") or fs.glob(f"{bucket}/lost/features/*/*.stats.json")
+        if actors and written:
+            killed = actors[0]
+            cluster.kill(killed)
+            fs.invalidate_cache()
+            done = fs.glob(f"{bucket}/lost/features/*/*.stats.json")
+            assert len(done) < N_SHARDS, "the job finished before a node could be lost: make it longer"
+        elif not written:
             assert job_status(cluster, "extract-lost") in ("PENDING", "RUNNING"), job_logs(cluster, "extract-lost")[-3000:]
         time.sleep(0.2)
     assert killed, "no encoder actor ran on a worker node with the job under way"
