@@ -9,7 +9,10 @@ on a few files from ``models:/gendet@champion`` -> a new family's shards arrive:
 only them and scores the champion on them; when the new family slips, ``refresh --fix`` retrains
 with a few of its images (``--fix-shots``), recalibrates, registers a challenger and runs the gate
 over every known family, which promotes it only if no old family falls by more than 2 points. It
-ends with the table and the path of ``OUT/report.md``.
+ends with the table and the path of ``OUT/report.md``. With ``--gamma`` (the default, except with
+``--small``) a step after Table 4 trains GAMMA (``pipelines.demo_gamma``: manipulations of the training
+family's reals, a token variant of the store, ``train-gamma`` registered as ``gendet-gamma``) and the
+report puts it beside GenDet, with pixel F1/IoU and overlays of a few inpaint_f8 fakes.
 
 Every step is the same code as its verb (``pipelines.extract``, ``pipelines.train``, ...); this
 module only chooses the arguments. Reruns reuse what is there: zoo shards whose summary matches,
@@ -65,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fix-shots", type=int, default=FIX_SHOTS, help="when the new family slips, refresh retrains with this "
                                                                     "many of its fakes (and reals), gates and promotes")
     p.add_argument("--no-fix", action="store_true", help="refresh only alerts: no retrain, gate or promotion")
+    p.add_argument("--gamma", action=argparse.BooleanOptionalAction, default=None,
+                   help="GAMMA beside GenDet: manipulations, token extraction, train-gamma (registered as gendet-gamma), "
+                        "pixel metrics and overlays (default: on, off with --small)")
 
 
 class Steps:
@@ -164,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the demo keeps its runs in OUT/mlflow.db
     shards, features, incoming = (gio.join(out, d) for d in ("shards", "features", "incoming"))
     degrades = () if args.no_degrade else (DEGRADES[::3] if args.small else DEGRADES)
-    step = Steps(8)
+    gamma = args.gamma if args.gamma is not None else not args.small  # small: CI's time (README)
+    step = Steps(9 if gamma else 8)
 
     with step(f"photo corpus and generator zoo -> shards ({len(families)} families)"):
         zoo = zoo_shards(shards, families, args.small)
@@ -175,6 +182,12 @@ def run(args: argparse.Namespace) -> int:
         summary = train.train(train_args(features, out, args))
     with step("Table 4: every method on the degraded variants"):
         by_degrade = degraded_reports(features, gio.join(out, "detectors"), degrades, METHODS)
+    gammas: dict = {}
+    if gamma:
+        from pipelines.demo_gamma import run_gamma
+
+        with step(f"GAMMA: manipulations of {args.train_family}, token extraction, train-gamma, overlays"):
+            gammas = run_gamma(out, shards, features, args.train_family, ENCODER, args.num_workers)
     # The gate may refuse (its real-image floor): then the demo goes on with the challenger, and says so.
     model = f"models:/gendet@{'champion' if summary['gate']['promoted'] else 'challenger'}"
     with step(f"predict: a few files with {model}"):
@@ -195,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
         report_url, headline = write_demo_report(out, DemoReport(
             train_family=args.train_family, new_family=args.new_family, zoo=zoo, extracted=extracted, summary=summary,
             by_degrade=by_degrade, predictions=predictions, predictions_model=model, refresh=fresh, times=step.times,
-            degrade_note=DEGRADE_NOTE))
+            degrade_note=DEGRADE_NOTE, gamma=gammas, overlays=gammas.get("overlays", ""),
+            overlays_note=gammas.get("overlays_note", "")))
     print("\n" + headline)
     print(f"report: {report_url}\nMLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db "
           f"(total {time.perf_counter() - step.started:.0f} s)")

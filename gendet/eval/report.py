@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gendet import io as gio
 from gendet.eval import tables
@@ -66,6 +66,9 @@ class DemoReport:
     """A GAMMA overlay grid PNG (``overlay_section``); empty: no such section."""
     overlays_note: str = ""
     """Under the overlay grid: which model, which images."""
+    gamma: dict = field(default_factory=dict)
+    """The demo's GAMMA step (``pipelines.demo_gamma.run_gamma``): its ``metrics`` (metrics.json), training
+    ``summary``, ``train_subsets``, ``manipulated`` counts, ``token_grid``; empty: no GAMMA sections."""
 
 
 def _sources(zoo: dict) -> str:
@@ -96,6 +99,34 @@ def _fix_text(fix: dict | None) -> str:
                                      "fakes caught after"], rows))
 
 
+def gamma_sections(gamma: dict, gendet: dict, seen: list[str]) -> list[tuple[str, str]]:
+    """GAMMA beside GenDet on GenDet's subsets (the headline's format), then the partial fakes (subsets
+    with masks: the zoo's inpaint_f8, the training family's test manipulations): fakes caught, pixel F1/IoU."""
+    if not gamma:
+        return []
+    metrics, summary, gate = gamma["metrics"], gamma["summary"], gamma["summary"].get("gate", {})
+    shared = {**metrics, "subsets": {s: v for s, v in metrics["subsets"].items() if s in gendet["subsets"]}}
+    both = {"gendet": gendet, "gamma": shared}
+    masked = sorted((s for s, v in metrics["subsets"].items() if v.get("n_masked")),
+                    key=lambda s: (s not in gendet["subsets"], s))
+    body = [f"GAMMA trained on {', '.join(f'`{s}`' for s in gamma['train_subsets'])} (train split; "
+            f"{gamma['token_grid']} tokens of the same encoder; manipulations written: `{json.dumps(gamma['manipulated'])}`). "
+            "Test split, %.", "**Accuracy at 0.5**", tables.methods_table(both, seen, metric="acc"),
+            "**Average precision**", tables.methods_table(both, seen, metric="ap"),
+            "**Accuracy at the calibrated threshold**", tables.methods_table(both, seen, metric="acc_calibrated")]
+    if masked:  # partial fakes: the training family's test manipulations (seen kinds) and the zoo's inpaint_f8
+        rows = [[s, v.get("n_masked"), *(tables.pct(v.get(k)) for k in ("fake_acc", "fake_acc_calibrated", "pixel_f1",
+                                                                          "pixel_iou"))]
+                for s, v in ((s, metrics["subsets"][s]) for s in masked)]
+        body += ["**Partial fakes: where GAMMA says it is fake** (pixel F1/IoU on the token canvas, mean over images)",
+                 tables.markdown_table(["subset", "masked images", "fakes caught at 0.5", "at the calibrated threshold",
+                                        "pixel F1", "pixel IoU"], rows)]
+    body.append(f"MLflow run `{summary.get('run_id')}`; registered as `{gate.get('registered')}` version "
+                f"{gate.get('version')}, promoted to champion: **{gate.get('promoted')}** ({gate.get('reason')}). Seconds: "
+                + ", ".join(f"{k} {v}" for k, v in gamma.get("seconds", {}).items()) + ".")
+    return [("GAMMA beside GenDet: image and pixel level", "\n\n".join(body))]
+
+
 def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
     """OUT/report.md: tables, plots, predictions, the refresh verdict; returns (path, headline table)."""
     seen = [r.train_family]
@@ -115,6 +146,7 @@ def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
          f"(target FPR {reports['gendet'].get('target_fpr')})", tables.methods_table(reports, seen, metric="acc_calibrated")),
         ("Table 4: mean accuracy on unseen families under degradation",
          tables.degradation_by_method(r.by_degrade, seen) + (f"\n\n{r.degrade_note}" if r.degrade_note else "")),
+        *gamma_sections(r.gamma, reports["gendet"], seen),
         ("Plots", plots),
         *([overlay_section(r.overlays, out, r.overlays_note)] if r.overlays else []),
         ("Registry", f"MLflow run `{r.summary['run_id']}`, model `{r.summary['model_uri']}`; registered as "

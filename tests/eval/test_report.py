@@ -57,3 +57,24 @@ def test_demo_report_names_the_world_and_the_degradations_note(tmp_path):
     assert "resize:64 halves the 128 px crops." in text
     assert "3 photos (scikit-image 2, mate-backgrounds 1); native crops of 64, 128 px, 50% of each label's images " \
            "JPEG (q 70-95), the rest PNG" in text
+
+
+def test_gamma_sections_put_gamma_beside_gendet_and_the_partial_fakes_in_their_own_table():
+    gendet = {"subsets": {"seen": {"acc": 0.9, "ap": 1.0, "acc_calibrated": 0.9},
+                          "inpaint_f8": {"acc": 0.5, "ap": 0.6, "acc_calibrated": 0.55}}}
+    metrics = {"subsets": {"seen": {"acc": 0.8, "ap": 0.95, "acc_calibrated": 0.85},
+                           "inpaint_f8": {"acc": 0.75, "ap": 0.8, "acc_calibrated": 0.7, "fake_acc": 0.8,
+                                          "fake_acc_calibrated": 0.7, "n_masked": 12, "pixel_f1": 0.4, "pixel_iou": 0.3},
+                           "copy_move": {"acc": None, "fake_acc": 0.25, "n_masked": 3, "pixel_f1": 0.1, "pixel_iou": 0.05}}}
+    gamma = {"metrics": metrics, "train_subsets": ["seen", "copy_move"], "manipulated": {"copy_move": 3},
+             "token_grid": "8x8", "seconds": {"train_gamma": 60.0},
+             "summary": {"run_id": "r2", "gate": {"registered": "gendet-gamma", "version": "1", "promoted": False,
+                                                  "reason": "below the floor"}}}
+    assert report.gamma_sections({}, gendet, ["seen"]) == []
+    [(heading, body)] = report.gamma_sections(gamma, gendet, ["seen"])
+    lines = body.splitlines()
+    assert lines.count("| method | seen (train) | inpaint_f8 | mean unseen |") == 3  # acc, AP, calibrated: GenDet's columns
+    assert "| gendet | 90.0 | 50.0 | 50.0 |" in lines and "| gamma | 80.0 | 75.0 | 75.0 |" in lines
+    rows = [line for line in lines if line.startswith(("| inpaint_f8 |", "| copy_move |"))]
+    assert rows == ["| inpaint_f8 | 12 | 80.0 | 70.0 | 40.0 | 30.0 |", "| copy_move | 3 | 25.0 | – | 10.0 | 5.0 |"]
+    assert "`gendet-gamma` version 1, promoted to champion: **False** (below the floor)" in body
