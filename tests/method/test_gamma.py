@@ -9,6 +9,7 @@ from gendet.eval.pixel import pixel_metrics
 from gendet.method.gamma import (
     GammaConfig,
     GammaNet,
+    GammaOutput,
     gamma_loss,
     pixel_masks,
     predict_gamma,
@@ -79,8 +80,30 @@ def test_targets_and_losses():
     net = _net()
     out = net(torch.randn(2, 64, DIM))
     loss, parts = gamma_loss(out, torch.tensor([0, 1]), torch.rand(2, 64), torch.randint(0, 3, (2, 64)), SMALL)
-    assert set(parts) == {"cls", "seg", "source"}
-    assert float(loss.detach()) == pytest.approx(parts["cls"] + parts["seg"] + 0.5 * parts["source"], rel=1e-5)
+    assert set(parts) == {"cls", "seg", "dice", "source"}  # Dice by default (dice_weight 1)
+    assert float(loss.detach()) == pytest.approx(parts["cls"] + parts["seg"] + parts["dice"] + 0.5 * parts["source"],
+                                                 rel=1e-5)
+
+
+def test_dice_counts_only_images_with_a_manipulated_token_and_rewards_overlap():
+    cfg = GammaConfig(width=32, heads=4, dice_weight=2.0)
+    target = torch.zeros(3, 4)
+    target[1, :2] = 1.0  # image 0 authentic (no Dice), images 1 and 2 partial fakes
+    target[2, 3] = 1.0
+
+    def dice_of(seg_logits):
+        out = GammaOutput(cls_logit=torch.zeros(3), seg_logits=seg_logits, source_logits=None)
+        loss, parts = gamma_loss(out, torch.tensor([0, 1, 1]), target, None, cfg)
+        assert float(loss.detach()) == pytest.approx(parts["cls"] + parts["seg"] + 2.0 * parts["dice"], rel=1e-5)
+        return parts["dice"]
+
+    right = torch.where(target > 0, 10.0, -10.0)
+    wrong = -right
+    assert dice_of(right) < 0.01 < 0.7 < dice_of(wrong)  # 1 - 1/5 with the +1 smoothing on 4 tokens
+    right[0] = 10.0  # the authentic image's tokens: BCE's business, not Dice's
+    assert dice_of(right) < 0.01
+    out = GammaOutput(cls_logit=torch.zeros(1), seg_logits=torch.zeros(1, 4), source_logits=None)
+    assert "dice" not in gamma_loss(out, torch.tensor([0]), torch.zeros(1, 4), None, cfg)[1]  # no manipulated token
 
 
 def test_pixel_masks_upsample_bilinearly_and_threshold():

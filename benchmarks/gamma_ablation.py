@@ -1,0 +1,460 @@
+"""GAMMA against GenDet, and GAMMA's ablation (issue 13, "What it must show"), over seeds.
+
+The world is the demo's (``pipelines.demo.zoo_shards``: every installed photo source, native crops of
+64/128/256 px, half of each label's images JPEG, the photo split train/val/test) with every zoo family.
+Training side, all from train-split photos: the reals, the fakes of the training family
+(``ae_nearest_f8``, the demo's) and one manipulation of each of its train-split reals
+(``gendet.data.manipulation_shards``: splice with the training family's fakes as donors, copy_move,
+perturb, and inpaint by the *training* family's generator, never ``inpaint_f8``). Test side: the
+test-split reals and fakes of every family; ``inpaint_f8``'s fakes regenerate one blob of 15-50 % of
+a real photo and carry their masks (``mask.png`` in the zoo's shards). Tuning and the calibrated
+threshold use the val split of the training side only.
+
+Arms (each trained per seed on ``spectrum:v2``'s 16 x 16 x 96 token grid or its pooled 344-d feature,
+computed here in-process with ``Encoder.features_and_tokens``):
+
+* ``gamma``: the full model on reals + whole fakes + manipulations (seg targets: the masks on the grid);
+* ``gamma -manip``: reals + whole fakes only (seg targets 0 for reals, 1 for fakes);
+* ``gamma +gen``: reals + whole fakes + the generated kinds only (splice, inpaint: no copy-move or
+  perturb, which the encoder barely sees), and ``gendet +gen`` / ``probe +gen`` on its rows;
+* ``gamma +dice``: head 1 also trained with a soft Dice loss (``dice_weight=1``: overlap, not per token);
+  ``gamma +gen +dice``: both;
+* ``gamma -reverse``: ``reverse_attention=False``; ``gamma -seg``: ``seg_heads=False`` (no reverse either);
+* ``gendet`` / ``linear_probe``: ``train_all`` on the pooled features of reals + whole fakes (the
+  standard protocol), and ``gendet +manip`` / ``probe +manip`` on the same rows as ``gamma``.
+
+Every arm's data is balanced: as many reals as fakes, the training family's own reals first, then
+real crops other families drew from train-split photos (no fake of another family is ever shown).
+Scores: accuracy at 0.5 and at a threshold set for 5 % FPR on the val-split reals (every family's),
+AP; pixel F1/IoU of head 1's masks (``pixel_masks`` on the 256 px token canvas, ``gendet.eval.pixel``)
+on partial fakes: the test ``inpaint_f8`` fakes and, training-side, the val manipulations per kind.
+
+    nice -n 10 python benchmarks/gamma_ablation.py --seeds 0 1 2      # -> results/gamma-ablation-cpu2.md|json
+    nice -n 10 python benchmarks/gamma_ablation.py --seeds 0 --arms gamma --tag pilot
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gendet import io as gio  # noqa: E402
+from gendet.config import to_dict  # noqa: E402
+from gendet.data.decode import BadSample, decode_image  # noqa: E402
+from gendet.data.manipulation_shards import ManipulateConfig, build_manipulated_shards  # noqa: E402
+from gendet.data.manipulations import MASK_MEMBER, decode_mask  # noqa: E402
+from gendet.data.shards import group_samples, iter_tar_members, key_problem, list_shards, parse_sample  # noqa: E402
+from gendet.encoders.registry import load_encoder  # noqa: E402
+from gendet.encoders.tokens import geometry_mask  # noqa: E402
+from gendet.eval import metrics, tables  # noqa: E402
+from gendet.eval.pixel import pixel_metrics  # noqa: E402
+from gendet.features.sources import TensorSource  # noqa: E402
+from gendet.method.config import preset  # noqa: E402
+from gendet.method.gamma import GammaConfig, pixel_masks, predict_gamma, source_targets, train_gamma  # noqa: E402
+from gendet.method.trainer import train_all  # noqa: E402
+from gendet.zoo.config import parse_families  # noqa: E402
+from pipelines import demo  # noqa: E402
+
+TRAIN_FAMILY = demo.TRAIN_FAMILY
+PARTIAL = "inpaint_f8"
+KINDS = ("splice", "copy_move", "perturb", "inpaint")
+TARGET_FPR = 0.05
+MASK_GRID = (0.2, 0.3, 0.4, 0.5)
+GENERATED_KINDS = ("splice", "inpaint")  # manipulations whose region a generator made (the `+gen` arms)
+GAMMA_ARMS = {"gamma": ("full", {}), "gamma -manip": ("whole", {}), "gamma +gen": ("generated", {}),
+              "gamma +dice": ("full", {"dice_weight": 1.0}), "gamma +gen +dice": ("generated", {"dice_weight": 1.0}),
+              "gamma -reverse": ("full", {"reverse_attention": False}),
+              "gamma -seg": ("full", {"seg_heads": False, "reverse_attention": False})}
+LADDER_ARMS = {"gendet": "whole", "gendet +manip": "full", "gendet +gen": "generated"}  # each also gives its linear probe
+ARMS = (*GAMMA_ARMS, *LADDER_ARMS)
+
+
+# --- the world: zoo shards, manipulations, encoded arrays (cached) ---------------------------------
+
+def build_world(cache: str) -> tuple[dict, dict]:
+    zoo = demo.zoo_shards(os.path.join(cache, "shards"), list(parse_families("all")), False)
+    manip_dir = os.path.join(cache, "manip")
+    summary_path = os.path.join(manip_dir, "summary.json")
+    if os.path.exists(summary_path):
+        return zoo, json.loads(Path(summary_path).read_text())
+    from gendet.zoo.manipulate import inpaint_maker  # the zoo's generators: loaded only when building
+
+    train_shards = os.path.join(cache, "shards", f"{TRAIN_FAMILY}-*.tar")
+    cfg = ManipulateConfig(kinds=KINDS, per_image=1, seed=0)
+    t0 = time.perf_counter()
+    summary = build_manipulated_shards(train_shards, manip_dir, cfg, donors=train_shards,
+                                       makers={"inpaint": inpaint_maker((TRAIN_FAMILY,), area=cfg.area)})
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    Path(summary_path).write_text(json.dumps(summary))
+    return zoo, summary
+
+
+def _wanted(meta: dict, manipulated: bool, extra_reals: set[str], key: str) -> bool:
+    """Rows any arm reads: the training family (every split), the manipulations (train, val), every
+    family's val reals (calibration) and test rows, and the drawn extra train reals."""
+    split, family, real = meta.get("split"), meta["subset"], meta["label"] == "real"
+    if manipulated:
+        return split in ("train", "val")
+    return family == TRAIN_FAMILY or split == "test" or (split == "val" and real) or (
+        split == "train" and real and f"{family}/{key}" in extra_reals)
+
+
+def _samples(urls: list[str]):
+    for url in urls:
+        for key, parts in group_samples(iter_tar_members(gio.read_bytes(url))):
+            if key_problem(key):
+                continue
+            try:
+                meta, image = parse_sample(parts)
+            except BadSample:
+                continue
+            mask = parts.get(MASK_MEMBER)
+            yield key, meta, image, decode_mask(mask) if mask else None
+
+
+def _extra_reals(cache: str, count: int) -> set[str]:
+    import pyarrow.parquet as pq
+
+    index = pq.read_table(os.path.join(cache, "shards", "zoo_index.parquet"), columns=["key", "family", "label", "split"])
+    rows = index.to_pandas()
+    rows = rows[(rows.family != TRAIN_FAMILY) & (rows.label == "real") & (rows.split == "train")].sort_values(["family", "key"])
+    picked = rows.sample(n=min(count, len(rows)), random_state=0)
+    return {f"{f}/{k}" for f, k in zip(picked.family, picked.key)}
+
+
+def encode_world(cache: str, zoo: dict, manip: dict, batch: int = 64) -> dict[str, np.ndarray]:
+    """Pooled features, tokens, head targets and canvas masks of every row an arm reads (cached)."""
+    stamp = hashlib.sha256(json.dumps([zoo["config"], zoo["families"], manip["counts"], demo.ENCODER]).encode()).hexdigest()[:10]
+    path = os.path.join(cache, f"encoded-{stamp}.npz")
+    if os.path.exists(path):
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    encoder = load_encoder(demo.ENCODER)
+    extra = _extra_reals(cache, int(zoo["families"][TRAIN_FAMILY]["fake"]))
+    meta_cols = {k: [] for k in ("key", "subset", "family", "kind", "split")}
+    y, pooled, tokens, tmask, gen, canvas, canvas_row = [], [], [], [], [], [], []
+    pending: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if pending:
+            f, t = encoder.features_and_tokens(torch.stack(pending))
+            pooled.append(f.float().numpy())
+            tokens.append(t.to(torch.float16).numpy())
+            pending.clear()
+
+    t0 = time.perf_counter()
+    zoo_urls = list_shards(os.path.join(cache, "shards", "*.tar"))
+    manip_urls = list_shards(os.path.join(cache, "manip", "*.tar"))
+    for manipulated, urls in ((False, zoo_urls), (True, manip_urls)):
+        for key, meta, image, mask in _samples(urls):
+            if not _wanted(meta, manipulated, extra, key):
+                continue
+            try:
+                pending.append(encoder.preprocess(decode_image(image)))
+            except BadSample:
+                continue
+            fake = meta["label"] == "fake"
+            kind = meta.get("manipulation") or ("whole" if fake else "real")
+            family = meta.get("family", "") if manipulated else meta["subset"]
+            for col, value in (("key", key), ("subset", meta["subset"]), ("family", family), ("kind", kind),
+                               ("split", meta.get("split", ""))):
+                meta_cols[col].append(value)
+            y.append(int(fake))
+            n = encoder.token_grid[0] * encoder.token_grid[1]
+            if mask is not None and mask.any() and not mask.all():
+                tm = encoder.token_mask(mask)
+                canvas.append(geometry_mask(encoder.preprocessor, mask) > 0.5)
+                canvas_row.append(len(y) - 1)
+            else:
+                tm = np.full(n, float(fake), np.float32)
+            tmask.append(tm)
+            generated = kind in ("whole", "splice", "inpaint")
+            gen.append(tm if generated else np.zeros(n, np.float32))
+            if len(pending) == batch:
+                flush()
+    flush()
+    out = {k: np.array(v) for k, v in meta_cols.items()}
+    out |= {"y": np.array(y, np.int64), "pooled": np.concatenate(pooled), "tokens": np.concatenate(tokens),
+            "token_mask": np.stack(tmask).astype(np.float32), "generated": np.stack(gen).astype(np.float32),
+            "canvas": np.stack(canvas), "canvas_row": np.array(canvas_row, np.int64),
+            "grid": np.array(encoder.token_grid), "encode_seconds": np.array(time.perf_counter() - t0)}
+    np.savez(path, **out)
+    return out
+
+
+# --- training sets and the arms ----------------------------------------------------------------------
+
+def training_rows(w: dict[str, np.ndarray], data: str, split: str = "train") -> np.ndarray:
+    """Row indices of one arm's training set: fakes (whole, + every manipulation for ``full``, + the
+    generated kinds only for ``generated``) and as many reals, the training family's first."""
+    in_split = w["split"] == split
+    whole = in_split & (w["subset"] == TRAIN_FAMILY) & (w["kind"] == "whole")
+    manip = in_split & np.isin(w["kind"], {"full": KINDS, "generated": GENERATED_KINDS, "whole": ()}[data])
+    fakes = np.flatnonzero(whole | manip)
+    own = np.flatnonzero(in_split & (w["kind"] == "real") & (w["subset"] == TRAIN_FAMILY))
+    other = np.flatnonzero(in_split & (w["kind"] == "real") & (w["subset"] != TRAIN_FAMILY))
+    reals = np.concatenate([own, other])[:len(fakes)]
+    return np.concatenate([reals, fakes])
+
+
+def gamma_targets(w: dict[str, np.ndarray], rows: np.ndarray, families: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head 1 (manipulated share per token) and head 2 (0 camera, k = training family k) targets."""
+    index = {f: i + 1 for i, f in enumerate(families)}
+    family = torch.tensor([index.get(f, 0) if y else 0 for f, y in zip(w["family"][rows], w["y"][rows])])
+    return torch.from_numpy(w["token_mask"][rows]), source_targets(torch.from_numpy(w["generated"][rows]), family)
+
+
+def run_gamma(w: dict[str, np.ndarray], data: str, overrides: dict, base: GammaConfig, seed: int) -> tuple[dict, float]:
+    rows = training_rows(w, data)
+    cfg = GammaConfig(**{**to_dict(base), **overrides, "seed": seed})
+    masks, sources = gamma_targets(w, rows, [TRAIN_FAMILY])
+    t0 = time.perf_counter()
+    net, history = train_gamma(torch.from_numpy(w["tokens"][rows].astype(np.float32)), torch.from_numpy(w["y"][rows]),
+                               grid=tuple(int(g) for g in w["grid"]), cfg=cfg, token_masks=masks,
+                               token_sources=sources, num_sources=2)
+    seconds = time.perf_counter() - t0
+    out = predict_gamma(net, torch.from_numpy(w["tokens"].astype(np.float32)))
+    pred = {"score": out["score"].numpy().astype(np.float64)}
+    if "token_probs" in out:
+        pred["token_probs"] = out["token_probs"]
+    pred["threshold"] = cfg.mask_threshold
+    pred["final_loss"] = history[-1]
+    return pred, seconds
+
+
+def run_ladder(w: dict[str, np.ndarray], data: str, seed: int, preset_name: str) -> tuple[dict[str, dict], float]:
+    rows = training_rows(w, data)
+    cfg = preset(preset_name, seed=seed, train_subsets=(TRAIN_FAMILY,), methods=("linear_probe", "gendet"))
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    result = train_all(cfg, TensorSource(w["pooled"][rows], w["y"][rows], batch_size=cfg.batch_size, seed=seed))
+    seconds = time.perf_counter() - t0
+    return {m: {"score": det.score(w["pooled"])} for m, det in result.detectors.items()}, seconds
+
+
+# --- scoring -------------------------------------------------------------------------------------------
+
+def score(w: dict[str, np.ndarray], pred: dict) -> dict:
+    """Per test family acc@0.5, acc@cal, AP; pixel F1/IoU of partial fakes (test inpaint_f8, val kinds)."""
+    s = pred["score"]
+    val_reals = (w["split"] == "val") & (w["kind"] == "real")
+    cut = metrics.calibrated_threshold(s[val_reals], TARGET_FPR)
+    test = w["split"] == "test"
+    report = metrics.metrics_report(s[test], w["y"][test], w["subset"][test], threshold=0.5, calibrated_threshold=cut,
+                                    target_fpr=TARGET_FPR, model="", encoder=demo.ENCODER)
+    out = {"threshold_cal": cut, "families": {f: {k: m[k] for k in ("acc", "acc_calibrated", "ap", "real_acc", "fake_acc")}
+                                              for f, m in report["subsets"].items()}}
+    val = (w["split"] == "val") & (w["subset"] == TRAIN_FAMILY) & np.isin(w["kind"], ("real", "whole"))
+    out["val_train_family_acc"] = float(((s[val] > 0.5) == w["y"][val].astype(bool)).mean())
+    val_manip = (w["split"] == "val") & np.isin(w["kind"], KINDS)
+    out["val_manip_fake_acc"] = float((s[val_manip] > 0.5).mean())
+    if "token_probs" in pred:
+        out["pixel"] = pixel_scores(w, pred, pred["threshold"])
+        out["mask_threshold_tuned"], out["pixel_tuned"] = tuned_mask_threshold(w, pred)
+    return out
+
+
+def pixel_scores(w: dict[str, np.ndarray], pred: dict, threshold: float) -> dict:
+    """Per family F1/IoU of head 1's masks at ``threshold``: the test partial fakes (+ that family's
+    test reals: false pixel rate), the val manipulations per kind and the training family's val reals."""
+    grid, size = tuple(int(g) for g in w["grid"]), w["canvas"].shape[1:]
+    rows = w["canvas_row"]
+    keep = (w["split"][rows] == "test") | ((w["split"][rows] == "val") & np.isin(w["kind"][rows], KINDS))
+    rows, truth = rows[keep], w["canvas"][keep]
+    names = np.where(w["split"][rows] == "test", w["subset"][rows], np.char.add("val ", w["kind"][rows].astype(str)))
+    reals = np.flatnonzero((w["split"] == "test") & (w["subset"] == PARTIAL) & (w["kind"] == "real"))
+    val_reals = np.flatnonzero((w["split"] == "val") & (w["subset"] == TRAIN_FAMILY) & (w["kind"] == "real"))
+    preds = pixel_masks(pred["token_probs"][np.concatenate([rows, reals, val_reals])], grid, size, threshold)
+    truths = [*truth, *np.zeros((len(reals) + len(val_reals), *size), bool)]
+    result = pixel_metrics(list(preds), truths, [*names, *[PARTIAL] * len(reals), *["val real"] * len(val_reals)])
+    fam = {k: {m: v[m] for m in ("n", "f1", "iou", "real_false_pixel_rate")} for k, v in result["families"].items()}
+    whole = (w["split"] == "test") & (w["kind"] == "whole") & (w["subset"] != TRAIN_FAMILY)
+    fam["unseen whole fakes"] = {"pred_fraction": float((pred["token_probs"][whole] > threshold).float().mean())}
+    return fam
+
+
+def tuned_mask_threshold(w: dict[str, np.ndarray], pred: dict) -> tuple[float, dict]:
+    """The threshold of ``MASK_GRID`` with the best mean val IoU over the generated kinds (inpaint by
+    the training family, splice): chosen on training-side val rows only."""
+    best = None
+    for t in MASK_GRID:
+        px = pixel_scores(w, pred, t)
+        value = np.mean([px[f"val {k}"]["iou"] for k in ("inpaint", "splice")])
+        if best is None or value > best[0]:
+            best = (value, t, px)
+    return best[1], best[2]
+
+
+# --- the report ------------------------------------------------------------------------------------------
+
+def _ms(values: list[float], scale: float = 100.0) -> str:
+    v = np.array([x for x in values if x is not None and not np.isnan(x)], dtype=float) * scale
+    if not v.size:
+        return "–"
+    return f"{v.mean():.1f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.1f}"
+
+
+def report(records: list[dict], costs: list[dict], args, w: dict, world_line: str, seconds: float) -> str:
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    families = sorted(records[0]["families"])
+    unseen = [f for f in families if f != TRAIN_FAMILY]
+    whole = [f for f in unseen if f != PARTIAL]
+    by = {m: [r for r in records if r["method"] == m] for m in methods}
+
+    def col(m: str, f) -> list[float]:
+        return [f(r) for r in by[m]]
+
+    head = ["method", f"{PARTIAL} acc", f"{PARTIAL} acc cal", f"{PARTIAL} AP", f"{PARTIAL} mask F1 / IoU @0.5",
+            f"{PARTIAL} mask F1 / IoU @val-tuned", "unseen whole acc", "unseen whole acc cal", "unseen whole AP",
+            f"{TRAIN_FAMILY} acc (seen)"]
+    body = []
+    for m in methods:
+        px = [f"{_ms(col(m, lambda r, p=p: r[p][PARTIAL]['f1']))} / {_ms(col(m, lambda r, p=p: r[p][PARTIAL]['iou']))}"
+              if by[m][0].get(p) else "–" for p in ("pixel", "pixel_tuned")]
+        body.append([m, *(_ms(col(m, lambda r, k=k: r["families"][PARTIAL][k])) for k in ("acc", "acc_calibrated", "ap")), *px,
+                     *(_ms(col(m, lambda r, k=k: np.mean([r["families"][f][k] for f in whole])))
+                       for k in ("acc", "acc_calibrated", "ap")),
+                     _ms(col(m, lambda r: r["families"][TRAIN_FAMILY]["acc"]))])
+    sections = [f"# GAMMA vs GenDet and GAMMA's ablation, seeds {args.seeds}", world_line,
+                "## Headline (test split; mean ± sd over seeds, %)", tables.markdown_table(head, body),
+                f"`unseen whole`: mean over the {len(whole)} whole-image families never trained on ({', '.join(whole)}). "
+                "`acc cal`: at the threshold giving 5 % FPR on every family's val-split reals. Mask F1 / IoU on the "
+                f"{PARTIAL} test fakes at the 256 px token canvas; `@val-tuned`: head 1's threshold chosen per run from "
+                f"{list(MASK_GRID)} by the mean val IoU of the training-side inpaint and splice manipulations."]
+    for metric, label in (("acc", "accuracy at 0.5"), ("acc_calibrated", "accuracy at the val-reals threshold (5 % FPR)"),
+                          ("ap", "AP")):
+        rows = [[m, *(_ms(col(m, lambda r, f=f, k=metric: r["families"][f][k])) for f in families)] for m in methods]
+        sections += [f"## Per family, {label}", tables.markdown_table(["method", *families], rows)]
+    pix = [m for m in methods if by[m][0].get("pixel")]
+    for part, label in (("pixel", "at 0.5"), ("pixel_tuned", "at the val-tuned threshold")):
+        if not pix:
+            break
+        names = [k for k in by[pix[0]][0][part] if k not in ("unseen whole fakes", "val real")]
+        rows = [[m, *(f"{_ms(col(m, lambda r, k=k, p=part: r[p][k]['f1']))} / "
+                      f"{_ms(col(m, lambda r, k=k, p=part: r[p][k]['iou']))}" for k in names),
+                 *(_ms(col(m, lambda r, k=k, p=part: r[p][k]["real_false_pixel_rate"])) for k in (PARTIAL, "val real")),
+                 _ms(col(m, lambda r, p=part: r[p]["unseen whole fakes"]["pred_fraction"])),
+                 _ms(col(m, lambda r, p=part: r.get("mask_threshold_tuned", 0.5) if p == "pixel_tuned" else 0.5))]
+                for m in pix]
+        columns = ["method", *names, f"{PARTIAL} test reals: false pixel rate", "val reals: false pixel rate",
+                   "unseen whole fakes: predicted fraction", "threshold (%)"]
+        sections += [f"## Pixel F1 / IoU of head 1's masks {label} (%, 256 px token canvas; `val <kind>`: training-side "
+                     "manipulations of val photos, seen kinds)", tables.markdown_table(columns, rows)]
+    cost_rows = []
+    for arm in dict.fromkeys(c["arm"] for c in costs):
+        cs = [c for c in costs if c["arm"] == arm]
+        cost_rows.append([arm, str(cs[0]["rows"]), f"{np.mean([c['seconds'] for c in cs]):.1f} ± "
+                          f"{np.std([c['seconds'] for c in cs], ddof=1) if len(cs) > 1 else 0.0:.1f}",
+                          ", ".join(f"{c['load_avg_1min']:.1f}" for c in cs)])
+    sections += ["## Training cost (seconds per run, this machine, same run)",
+                 tables.markdown_table(["arm", "training rows", "seconds (mean ± sd over seeds)",
+                                        "1-min load average after each run"], cost_rows),
+                 "Seconds: wall time of the training call alone (`train_gamma`; `train_all` with the linear probe and GenDet, "
+                 "its teacher included), single-threaded, measured when the run was made (finished runs are kept under "
+                 "`--cache` and reused). GenDet's rows are pooled 344-d vectors; GAMMA's are 256 tokens x 96.",
+                 f"Encoding once (features + tokens + token masks, {len(w['y'])} images): {float(w['encode_seconds']):.0f} s; "
+                 f"this invocation {seconds:.0f} s."]
+    return "\n\n".join(sections) + "\n"
+
+
+def run_folder(args, base: GammaConfig) -> str:
+    """Where finished runs are kept (one JSON per arm and seed), keyed by everything that shapes them:
+    a rerun, or a second process given other seeds, reuses them."""
+    key = json.dumps([to_dict(base), args.preset, args.cache], sort_keys=True)
+    folder = os.path.join(args.cache, "runs", hashlib.sha256(key.encode()).hexdigest()[:10])
+    os.makedirs(folder, exist_ok=True)
+    Path(folder, "config.json").write_text(key)
+    return folder
+
+
+def one_run(w: dict[str, np.ndarray], arm: str, seed: int, base: GammaConfig, preset_name: str, runs: str) -> dict:
+    path = Path(runs, f"{arm.replace(' ', '_')}-seed{seed}.json")
+    if path.exists():
+        return json.loads(path.read_text())
+    if arm in GAMMA_ARMS:
+        data, overrides = GAMMA_ARMS[arm]
+        pred, sec = run_gamma(w, data, overrides, base, seed)
+        preds = {arm: pred}
+    else:
+        data = LADDER_ARMS[arm]
+        ladder, sec = run_ladder(w, data, seed, preset_name)
+        suffix = arm.removeprefix("gendet")
+        preds = {f"gendet{suffix}": ladder["gendet"], f"linear_probe{suffix}": ladder["linear_probe"]}
+    got = {"cost": {"arm": arm, "seed": seed, "seconds": sec, "rows": int(len(training_rows(w, data))),
+                    "load_avg_1min": os.getloadavg()[0]},
+           "records": [{"method": method, "seed": seed, **score(w, pr)} for method, pr in preds.items()]}
+    if arm in GAMMA_ARMS:
+        got["records"][0]["final_losses"] = preds[arm]["final_loss"]
+    r = got["records"][0]
+    print(f"  seed {seed} {arm}: {sec:.0f} s, {PARTIAL} acc {r['families'][PARTIAL]['acc']:.3f}"
+          + (f" IoU {r['pixel'][PARTIAL]['iou']:.3f}" if "pixel" in r else "")
+          + f", val manip caught {r['val_manip_fake_acc']:.3f}", flush=True)
+    path.write_text(json.dumps(metrics.json_safe(got)))
+    return got
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cache", default="/work/bench-cache/gamma", help="world, manipulations and encoded arrays (reused)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seg-weight", type=float, default=2.0, help="head 1's loss weight (GammaConfig.seg_weight)")
+    p.add_argument("--mask-threshold", type=float, default=0.5, help="head 1's pixel threshold (tuned on val manipulations)")
+    p.add_argument("--preset", default="demo", help="GenDet's TrainConfig preset (the demo's)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tag", default="", help="appended to the result files' names")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    zoo, manip = build_world(args.cache)
+    w = encode_world(args.cache, zoo, manip)
+    base = GammaConfig(width=args.width, layers=args.layers, heads=4, epochs=args.epochs, lr=args.lr,
+                       seg_weight=args.seg_weight, mask_threshold=args.mask_threshold,
+                       dice_weight=0.0)  # BCE alone: the `+dice` arms add it (GammaConfig's default since)
+    runs = run_folder(args, base)
+    records, costs = [], []
+    for seed in args.seeds:
+        for arm in args.arms:
+            got = one_run(w, arm, seed, base, args.preset, runs)
+            costs.append(got["cost"])
+            records += got["records"]
+    counts = {k: int(v) for k, v in manip["counts"].items()}
+    world_line = (f"`python benchmarks/gamma_ablation.py {' '.join(sys.argv[1:])}` on {os.cpu_count()} cores (shared with other "
+                  f"agents, nice 10, torch threads {torch.get_num_threads()}), torch {torch.__version__}, "
+                  f"{time.strftime('%Y-%m-%d')}. World: the demo's ({zoo['photos']} photos: {zoo['corpus']['found']}; crops of "
+                  f"64/128/256 px, half of each label JPEG), every zoo family; encoder {demo.ENCODER} (tokens "
+                  f"{int(w['grid'][0])}x{int(w['grid'][1])}x{w['tokens'].shape[2]}, pooled {w['pooled'].shape[1]}-d). "
+                  f"Trained on {TRAIN_FAMILY} (train split) + manipulations of its train/val reals {counts} "
+                  f"(inpaint by {TRAIN_FAMILY}'s generator); {PARTIAL} test fakes and masks: the zoo's shards (mask.png). "
+                  f"GAMMA: width {args.width}, {args.layers} layers, 4 heads, {args.epochs} epochs, lr {args.lr}, batch 64, "
+                  f"seg weight {args.seg_weight}, source weight 0.5, "
+                  f"mask threshold {args.mask_threshold}. "
+                  f"GenDet and the probe: preset `{args.preset}`, no Platt scaling. Test rows per family: "
+                  f"{int(((w['split'] == 'test') & (w['subset'] == PARTIAL) & (w['y'] == 1)).sum())} fakes and as many reals.")
+    text = report(records, costs, args, w, world_line, time.perf_counter() - started)
+    name = f"gamma-ablation-cpu{os.cpu_count()}{'-' + args.tag if args.tag else ''}"
+    out = REPO / "benchmarks" / "results"
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps(metrics.json_safe({"records": records, "costs": costs, "args": vars(args)}),
+                                                 indent=1))
+    print(text)
+    print("wrote", out / f"{name}.md")
+
+
+if __name__ == "__main__":
+    main()
