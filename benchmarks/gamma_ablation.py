@@ -49,12 +49,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gendet import io as gio  # noqa: E402
 from gendet.config import to_dict  # noqa: E402
 from gendet.data.decode import BadSample, decode_image  # noqa: E402
 from gendet.data.manipulation_shards import ManipulateConfig, build_manipulated_shards  # noqa: E402
 from gendet.data.manipulations import MASK_MEMBER, decode_mask  # noqa: E402
-from gendet.data.shards import group_samples, iter_tar_members, key_problem, list_shards, parse_sample  # noqa: E402
+from gendet.data.shards import list_shards, usable_sample_parts  # noqa: E402
 from gendet.encoders.registry import load_encoder  # noqa: E402
 from gendet.encoders.tokens import geometry_mask  # noqa: E402
 from gendet.eval import metrics, tables  # noqa: E402
@@ -84,19 +83,12 @@ ARMS = (*GAMMA_ARMS, *LADDER_ARMS)
 
 def build_world(cache: str) -> tuple[dict, dict]:
     zoo = demo.zoo_shards(os.path.join(cache, "shards"), list(parse_families("all")), False)
-    manip_dir = os.path.join(cache, "manip")
-    summary_path = os.path.join(manip_dir, "summary.json")
-    if os.path.exists(summary_path):
-        return zoo, json.loads(Path(summary_path).read_text())
-    from gendet.zoo.manipulate import inpaint_maker  # the zoo's generators: loaded only when building
+    from gendet.zoo.manipulate import inpaint_maker  # the zoo's generators
 
     train_shards = os.path.join(cache, "shards", f"{TRAIN_FAMILY}-*.tar")
     cfg = ManipulateConfig(kinds=KINDS, per_image=1, seed=0)
-    t0 = time.perf_counter()
-    summary = build_manipulated_shards(train_shards, manip_dir, cfg, donors=train_shards,
+    summary = build_manipulated_shards(train_shards, os.path.join(cache, "manip"), cfg, donors=train_shards, reuse=True,
                                        makers={"inpaint": inpaint_maker((TRAIN_FAMILY,), area=cfg.area)})
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    Path(summary_path).write_text(json.dumps(summary))
     return zoo, summary
 
 
@@ -112,13 +104,7 @@ def _wanted(meta: dict, manipulated: bool, extra_reals: set[str], key: str) -> b
 
 def _samples(urls: list[str]):
     for url in urls:
-        for key, parts in group_samples(iter_tar_members(gio.read_bytes(url))):
-            if key_problem(key):
-                continue
-            try:
-                meta, image = parse_sample(parts)
-            except BadSample:
-                continue
+        for key, meta, image, parts in usable_sample_parts(url):
             mask = parts.get(MASK_MEMBER)
             yield key, meta, image, decode_mask(mask) if mask else None
 

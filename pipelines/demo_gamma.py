@@ -40,23 +40,13 @@ GAMMA_SETTINGS = ("width=64", "epochs=20")  # GammaConfig fields (--set): benchm
 
 def manipulated_shards(shards: str, out: str, train_family: str) -> dict[str, Any]:
     """Write ``out``'s manipulated shards of ``train_family``'s reals unless its summary matches."""
-    from gendet.config import to_dict
     from gendet.data.manipulation_shards import ManipulateConfig, build_manipulated_shards
+    from gendet.zoo.manipulate import inpaint_maker
 
     cfg = ManipulateConfig(kinds=KINDS, per_image=1, seed=0)
-    inputs = gio.join(shards, f"{train_family}-*.tar")
-    sizes = gio.fingerprints(gio.glob(shards, f"{train_family}-*.tar"))
-    stamp = {"config": to_dict(cfg), "family": train_family, "inputs": {gio.basename(u): f["size"] for u, f in sizes.items()}}
-    summary_url = gio.join(out, "manipulated_summary.json")
-    if gio.exists(summary_url) and (old := gio.read_json(summary_url)).get("stamp") == json.loads(json.dumps(stamp)):
-        return old
-    from gendet.zoo.manipulate import inpaint_maker  # the zoo's generators: loaded only when building
-
-    summary = build_manipulated_shards(inputs, out, cfg, donors=inputs,
-                                       makers={"inpaint": inpaint_maker((train_family,), area=cfg.area)})
-    summary["stamp"] = stamp
-    gio.write_json_atomic(summary_url, summary)
-    return summary
+    inputs = gio.join(shards, f"{train_family}-*.tar")  # the maker's family is the inputs' (in their names)
+    return build_manipulated_shards(inputs, out, cfg, donors=inputs, reuse=True,
+                                    makers={"inpaint": inpaint_maker((train_family,), area=cfg.area)})
 
 
 def extract_tokens(shard_dirs: list[str], features: str, encoder: str, grid: str) -> dict[str, dict]:
@@ -75,11 +65,12 @@ def extract_tokens(shard_dirs: list[str], features: str, encoder: str, grid: str
 def train_subsets(features: str, encoder: str, train_family: str) -> list[str]:
     """The training family and every manipulation subset with training rows in the token variant
     (a small world may draw no train image of some kind)."""
+    from gendet.data.manipulation_shards import subset_name
     from gendet.features.contents import row_counts
     from gendet.features.tokens import resolve_token_variant
 
     counts = row_counts(resolve_token_variant(features, encoder=encoder).url)
-    wanted = [train_family, *(f"{k}-{train_family}" if k in ("splice", "inpaint") else k for k in KINDS)]
+    wanted = [train_family, *(subset_name(k, train_family if k in ("splice", "inpaint") else "") for k in KINDS)]
     return [s for s in wanted if counts.get(("train", s))]
 
 
@@ -99,15 +90,12 @@ def masked_test_fakes(shards: str, limit: int) -> list[tuple[str, bytes, str, An
     import numpy as np
 
     from gendet.data.manipulations import MASK_MEMBER, decode_mask
-    from gendet.data.shards import IMAGE_EXTS, group_samples, iter_tar_members, key_problem, parse_sample
+    from gendet.data.shards import IMAGE_EXTS, usable_sample_parts
 
     found = []
     for url in sorted(gio.glob(shards, f"{MASKED_FAMILY}-*.tar")):
-        for key, parts in group_samples(iter_tar_members(gio.read_bytes(url))):
-            if key_problem(key) or not parts.get(MASK_MEMBER):
-                continue
-            meta, image = parse_sample(parts)
-            if meta["label"] == "fake" and meta.get("split") == "test":
+        for key, meta, image, parts in usable_sample_parts(url):
+            if parts.get(MASK_MEMBER) and meta["label"] == "fake" and meta.get("split") == "test":
                 ext = next(e for e in IMAGE_EXTS if e in parts)
                 found.append((key, image, ext, decode_mask(parts[MASK_MEMBER]).astype(bool)))
     by_size: dict[int, list] = {}

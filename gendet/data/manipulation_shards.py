@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ from PIL import Image
 
 from gendet import GendetError
 from gendet import io as gio
-from gendet.config import check
+from gendet.config import check, to_dict
 from gendet.data.decode import BadSample, decode_image
 from gendet.data.manipulations import (
     KINDS,
@@ -60,6 +61,9 @@ from gendet.data.shards import (
 Maker = Callable[[np.ndarray, np.random.Generator], Manipulated]
 """An extra kind: (real image uint8 [H, W, 3], rng) -> Manipulated, ``detail['family']`` naming
 the generator (``gendet.zoo.manipulate.inpaint_maker``)."""
+
+
+SUMMARY = "manipulated_summary.json"  # beside the shards: what made them (build_manipulated_shards)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -131,19 +135,29 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _subset(result: Manipulated, family: str) -> str:
-    return f"{result.kind}-{family}" if family else result.kind
+def subset_name(kind: str, family: str = "") -> str:
+    """A manipulated sample's subset: the kind, with the generator after a dash when one made the
+    region (``splice-<donor subset>``, ``inpaint-<family>``)."""
+    return f"{kind}-{family}" if family else kind
 
 
 def build_manipulated_shards(shards: str, out_url: str, cfg: ManipulateConfig, *, donors: str | None = None,
-                             makers: dict[str, Maker] | None = None) -> dict[str, Any]:
-    """Write the manipulated shards of ``shards``' real images under ``out_url``; returns a summary
-    (counts per kind, shards written). ``donors``: other shards whose fakes are the splice donors."""
+                             makers: dict[str, Maker] | None = None, reuse: bool = False) -> dict[str, Any]:
+    """Write the manipulated shards of ``shards``' real images under ``out_url``; returns (and writes,
+    as ``SUMMARY``) a summary: counts per kind, shards written, and the stamp of what made them (the
+    config, the kinds ``makers`` add, the input and donor shards by name and size). ``donors``: other
+    shards whose fakes are the splice donors. With ``reuse``, a summary of the same stamp is returned
+    and nothing is written (as ``build_zoo_shards`` does)."""
     makers = dict(makers or {})
     unknown = sorted(set(cfg.kinds) - set(KINDS) - set(makers))
     if unknown:
         raise GendetError(f"manipulation kinds {unknown} unknown; choose from {sorted({*KINDS, *makers})}")
     urls = list_shards(shards)
+    stamp = json.loads(json.dumps({"config": to_dict(cfg), "makers": sorted(makers), "inputs": _sizes(urls),
+                                   "donors": _sizes(list_shards(donors)) if donors else None}))
+    summary_url = gio.join(out_url, SUMMARY)
+    if reuse and gio.exists(summary_url) and (old := gio.read_json(summary_url)).get("stamp") == stamp:
+        return old
     pools = donor_pools(list_shards(donors) if donors else urls, cfg.donor_pool, cfg.seed) if "splice" in cfg.kinds else {}
     counts: dict[str, int] = {"real": 0, "fake": 0, "skipped": 0, **{k: 0 for k in cfg.kinds}}
     written: list[str] = []
@@ -185,7 +199,13 @@ def build_manipulated_shards(shards: str, out_url: str, cfg: ManipulateConfig, *
     if not counts["fake"] and not counts["real"]:
         raise GendetError(f"{shards}: no real images to manipulate in {len(urls)} shard(s); the manipulations start from "
                           "samples labelled real")
-    return {"counts": counts, "shards": [gio.basename(u) for u in written], "inputs": len(urls)}
+    summary = {"counts": counts, "shards": [gio.basename(u) for u in written], "inputs": len(urls), "stamp": stamp}
+    gio.write_json_atomic(summary_url, summary)
+    return summary
+
+
+def _sizes(urls: list[str]) -> dict[str, int]:
+    return {gio.basename(u): f["size"] for u, f in gio.fingerprints(urls).items()}
 
 
 def _manipulated_sample(key: str, image: np.ndarray, base: dict[str, str], cfg: ManipulateConfig,
@@ -214,7 +234,7 @@ def _manipulated_sample(key: str, image: np.ndarray, base: dict[str, str], cfg: 
     extra = {"manipulation": kind, "fake_fraction": result.fraction, "generated_fraction": result.generated_fraction,
              "family": family, "original_key": key, "donor_key": donor_key, "manipulation_detail": result.detail}
     return Sample(key=sanitize_key(f"{key}-{kind}-{copy}"), image=encode_png(result.image), image_ext="png", label="fake",
-                  subset=_subset(result, family), **base, extra=extra, files={MASK_MEMBER: encode_mask(result.mask)})
+                  subset=subset_name(result.kind, family), **base, extra=extra, files={MASK_MEMBER: encode_mask(result.mask)})
 
 
 def read_masks(url: str) -> dict[str, np.ndarray]:

@@ -258,9 +258,9 @@ def parse_sample(parts: dict[str, bytes | None]) -> tuple[dict[str, Any], bytes 
     return meta, parts[image_exts[0]]
 
 
-def usable_samples(url: str) -> Iterator[tuple[str, dict[str, Any], bytes, str]]:
-    """(key, meta, image bytes, image extension) of every usable sample of one shard; broken ones
-    are skipped (extraction is where they are quarantined and counted)."""
+def usable_sample_parts(url: str) -> Iterator[tuple[str, dict[str, Any], bytes, dict[str, bytes]]]:
+    """(key, meta, image bytes, every member by extension, e.g. ``mask.png``) of every usable sample
+    of one shard; broken ones are skipped (extraction is where they are quarantined and counted)."""
     for key, parts in group_samples(iter_tar_members(gio.read_bytes(url))):
         if key_problem(key):
             continue
@@ -269,7 +269,13 @@ def usable_samples(url: str) -> Iterator[tuple[str, dict[str, Any], bytes, str]]
         except BadSample:
             continue
         if image:
-            yield key, meta, image, next(e for e in IMAGE_EXTS if e in parts)
+            yield key, meta, image, parts
+
+
+def usable_samples(url: str) -> Iterator[tuple[str, dict[str, Any], bytes, str]]:
+    """(key, meta, image bytes, image extension) of every usable sample of one shard."""
+    for key, meta, image, parts in usable_sample_parts(url):
+        yield key, meta, image, next(e for e in IMAGE_EXTS if e in parts)
 
 
 def export_samples(shard_urls: Iterable[str], folder: str, *, split: str = "test", per_label: int = 3) -> list[str]:

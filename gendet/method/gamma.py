@@ -169,10 +169,10 @@ def gamma_loss(out: GammaOutput, labels: torch.Tensor, token_masks: torch.Tensor
     loss = F.binary_cross_entropy_with_logits(out.cls_logit, labels.float())
     parts = {"cls": float(loss.detach())}
     if out.seg_logits is not None and token_masks is not None:
-        seg = F.binary_cross_entropy_with_logits(out.seg_logits, token_masks.float())
+        target = token_masks.float()
+        seg = F.binary_cross_entropy_with_logits(out.seg_logits, target)
         loss = loss + cfg.seg_weight * seg
         parts["seg"] = float(seg.detach())
-        target = token_masks.float()
         touched = target.sum(1) > 0
         if cfg.dice_weight and bool(touched.any()):
             prob, target = torch.sigmoid(out.seg_logits[touched]), target[touched]

@@ -4,6 +4,7 @@
 import hashlib
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -209,6 +210,19 @@ def test_manipulated_shards_round_trip_with_their_masks(tmp_path):
     assert again == summary
     digest = [hashlib.sha256(open(u, "rb").read()).hexdigest() for u in (url, list_shards(str(tmp_path / "again"))[0])]
     assert digest[0] == digest[1]
+
+
+def test_a_rerun_with_reuse_keeps_shards_of_the_same_stamp_and_remakes_changed_ones(tmp_path):
+    src, out = _input_shards(tmp_path / "in"), str(tmp_path / "out")
+    cfg = ManipulateConfig(per_image=1, seed=1)
+    first = build_manipulated_shards(str(src), out, cfg)
+    (url,) = list_shards(out)
+    written = os.stat(url).st_mtime_ns
+    assert build_manipulated_shards(str(src), out, cfg, reuse=True) == first and os.stat(url).st_mtime_ns == written
+    assert first["stamp"]["inputs"] == {"sd14-000000.tar": os.path.getsize(src / "sd14-000000.tar")}
+    other = build_manipulated_shards(str(src), out, ManipulateConfig(per_image=2, seed=1), reuse=True)
+    assert other["counts"]["fake"] == 2 * first["counts"]["fake"] and os.stat(url).st_mtime_ns != written
+    assert json.loads((tmp_path / "out" / "manipulated_summary.json").read_text()) == other
 
 
 def test_manipulation_step_refuses_unknown_kinds_and_inputs_without_reals(tmp_path):
