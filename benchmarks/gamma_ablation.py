@@ -20,6 +20,7 @@ computed here in-process with ``Encoder.features_and_tokens``):
 * ``gamma +dice``: head 1 also trained with a soft Dice loss (``dice_weight=1``: overlap, not per token);
   ``gamma +gen +dice``: both;
 * ``gamma -reverse``: ``reverse_attention=False``; ``gamma -seg``: ``seg_heads=False`` (no reverse either);
+  ``gamma +gen -reverse`` / ``gamma +gen -seg``: the same on the ``+gen`` rows;
 * ``gendet`` / ``linear_probe``: ``train_all`` on the pooled features of reals + whole fakes (the
   standard protocol), and ``gendet +manip`` / ``probe +manip`` on the same rows as ``gamma``.
 
@@ -29,7 +30,13 @@ Scores: accuracy at 0.5 and at a threshold set for 5 % FPR on the val-split real
 AP; pixel F1/IoU of head 1's masks (``pixel_masks`` on the 256 px token canvas, ``gendet.eval.pixel``)
 on partial fakes: the test ``inpaint_f8`` fakes and, training-side, the val manipulations per kind.
 
+``--dice-weight`` and ``--seg-context`` set every GAMMA arm's (the first table: 0 and 0, its ``+dice`` arms
+1); ``--per-image N`` draws N manipulations per training-side real (its own world and cache: more partial
+fakes to learn from, ``ManipulateConfig.per_image``).
+
     nice -n 10 python benchmarks/gamma_ablation.py --seeds 0 1 2      # -> results/gamma-ablation-cpu2.md|json
+    nice -n 10 python benchmarks/gamma_ablation.py --seeds 0 1 2 --per-image 5 --seg-context 4 --dice-weight 2 \
+        --arms "gamma +gen" "gamma -manip" "gamma +gen -reverse" "gamma +gen -seg" gendet "gendet +gen" --tag x5
     nice -n 10 python benchmarks/gamma_ablation.py --seeds 0 --arms gamma --tag pilot
 """
 
@@ -74,20 +81,26 @@ GENERATED_KINDS = ("splice", "inpaint")  # manipulations whose region a generato
 GAMMA_ARMS = {"gamma": ("full", {}), "gamma -manip": ("whole", {}), "gamma +gen": ("generated", {}),
               "gamma +dice": ("full", {"dice_weight": 1.0}), "gamma +gen +dice": ("generated", {"dice_weight": 1.0}),
               "gamma -reverse": ("full", {"reverse_attention": False}),
-              "gamma -seg": ("full", {"seg_heads": False, "reverse_attention": False})}
+              "gamma -seg": ("full", {"seg_heads": False, "reverse_attention": False}),
+              "gamma +gen -reverse": ("generated", {"reverse_attention": False}),
+              "gamma +gen -seg": ("generated", {"seg_heads": False, "reverse_attention": False})}
 LADDER_ARMS = {"gendet": "whole", "gendet +manip": "full", "gendet +gen": "generated"}  # each also gives its linear probe
 ARMS = (*GAMMA_ARMS, *LADDER_ARMS)
 
 
 # --- the world: zoo shards, manipulations, encoded arrays (cached) ---------------------------------
 
-def build_world(cache: str) -> tuple[dict, dict]:
+def manip_folder(cache: str, per_image: int) -> str:
+    return os.path.join(cache, "manip" if per_image == 1 else f"manip-x{per_image}")
+
+
+def build_world(cache: str, per_image: int = 1) -> tuple[dict, dict]:
     zoo = demo.zoo_shards(os.path.join(cache, "shards"), list(parse_families("all")), False)
     from gendet.zoo.manipulate import inpaint_maker  # the zoo's generators
 
     train_shards = os.path.join(cache, "shards", f"{TRAIN_FAMILY}-*.tar")
-    cfg = ManipulateConfig(kinds=KINDS, per_image=1, seed=0)
-    summary = build_manipulated_shards(train_shards, os.path.join(cache, "manip"), cfg, donors=train_shards, reuse=True,
+    cfg = ManipulateConfig(kinds=KINDS, per_image=per_image, seed=0)
+    summary = build_manipulated_shards(train_shards, manip_folder(cache, per_image), cfg, donors=train_shards, reuse=True,
                                        makers={"inpaint": inpaint_maker((TRAIN_FAMILY,), area=cfg.area)})
     return zoo, summary
 
@@ -119,7 +132,7 @@ def _extra_reals(cache: str, count: int) -> set[str]:
     return {f"{f}/{k}" for f, k in zip(picked.family, picked.key)}
 
 
-def encode_world(cache: str, zoo: dict, manip: dict, batch: int = 64) -> dict[str, np.ndarray]:
+def encode_world(cache: str, zoo: dict, manip: dict, per_image: int = 1, batch: int = 64) -> dict[str, np.ndarray]:
     """Pooled features, tokens, head targets and canvas masks of every row an arm reads (cached)."""
     stamp = hashlib.sha256(json.dumps([zoo["config"], zoo["families"], manip["counts"], demo.ENCODER]).encode()).hexdigest()[:10]
     path = os.path.join(cache, f"encoded-{stamp}.npz")
@@ -141,7 +154,7 @@ def encode_world(cache: str, zoo: dict, manip: dict, batch: int = 64) -> dict[st
 
     t0 = time.perf_counter()
     zoo_urls = list_shards(os.path.join(cache, "shards", "*.tar"))
-    manip_urls = list_shards(os.path.join(cache, "manip", "*.tar"))
+    manip_urls = list_shards(os.path.join(manip_folder(cache, per_image), "*.tar"))
     for manipulated, urls in ((False, zoo_urls), (True, manip_urls)):
         for key, meta, image, mask in _samples(urls):
             if not _wanted(meta, manipulated, extra, key):
@@ -357,7 +370,7 @@ def report(records: list[dict], costs: list[dict], args, w: dict, world_line: st
 def run_folder(args, base: GammaConfig) -> str:
     """Where finished runs are kept (one JSON per arm and seed), keyed by everything that shapes them:
     a rerun, or a second process given other seeds, reuses them."""
-    key = json.dumps([to_dict(base), args.preset, args.cache], sort_keys=True)
+    key = json.dumps([to_dict(base), args.preset, args.cache] + ([args.per_image] if args.per_image != 1 else []), sort_keys=True)
     folder = os.path.join(args.cache, "runs", hashlib.sha256(key.encode()).hexdigest()[:10])
     os.makedirs(folder, exist_ok=True)
     Path(folder, "config.json").write_text(key)
@@ -401,17 +414,22 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seg-weight", type=float, default=2.0, help="head 1's loss weight (GammaConfig.seg_weight)")
     p.add_argument("--mask-threshold", type=float, default=0.5, help="head 1's pixel threshold (tuned on val manipulations)")
+    p.add_argument("--dice-weight", type=float, default=0.0,
+                   help="GammaConfig.dice_weight of every GAMMA arm (0: BCE alone; the `+dice` arms set 1)")
+    p.add_argument("--seg-context", type=int, default=0, help="GammaConfig.seg_context of every GAMMA arm")
+    p.add_argument("--per-image", type=int, default=1,
+                   help="manipulations drawn per training-side real (ManipulateConfig.per_image; its own world)")
     p.add_argument("--preset", default="demo", help="GenDet's TrainConfig preset (the demo's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="", help="appended to the result files' names")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    zoo, manip = build_world(args.cache)
-    w = encode_world(args.cache, zoo, manip)
+    zoo, manip = build_world(args.cache, args.per_image)
+    w = encode_world(args.cache, zoo, manip, args.per_image)
     base = GammaConfig(width=args.width, layers=args.layers, heads=4, epochs=args.epochs, lr=args.lr,
                        seg_weight=args.seg_weight, mask_threshold=args.mask_threshold,
-                       dice_weight=0.0)  # BCE alone: the `+dice` arms add it (GammaConfig's default since)
+                       dice_weight=args.dice_weight, seg_context=args.seg_context)
     runs = run_folder(args, base)
     records, costs = [], []
     for seed in args.seeds:
@@ -425,10 +443,12 @@ def main() -> None:
                   f"{time.strftime('%Y-%m-%d')}. World: the demo's ({zoo['photos']} photos: {zoo['corpus']['found']}; crops of "
                   f"64/128/256 px, half of each label JPEG), every zoo family; encoder {demo.ENCODER} (tokens "
                   f"{int(w['grid'][0])}x{int(w['grid'][1])}x{w['tokens'].shape[2]}, pooled {w['pooled'].shape[1]}-d). "
-                  f"Trained on {TRAIN_FAMILY} (train split) + manipulations of its train/val reals {counts} "
+                  f"Trained on {TRAIN_FAMILY} (train split) + manipulations of its train/val reals, "
+                  f"{args.per_image} per real, {counts} "
                   f"(inpaint by {TRAIN_FAMILY}'s generator); {PARTIAL} test fakes and masks: the zoo's shards (mask.png). "
                   f"GAMMA: width {args.width}, {args.layers} layers, 4 heads, {args.epochs} epochs, lr {args.lr}, batch 64, "
-                  f"seg weight {args.seg_weight}, source weight 0.5, "
+                  f"seg weight {args.seg_weight}, dice weight {args.dice_weight}, seg context {args.seg_context}, "
+                  "source weight 0.5, "
                   f"mask threshold {args.mask_threshold}. "
                   f"GenDet and the probe: preset `{args.preset}`, no Platt scaling. Test rows per family: "
                   f"{int(((w['split'] == 'test') & (w['subset'] == PARTIAL) & (w['y'] == 1)).sum())} fakes and as many reals.")

@@ -32,6 +32,9 @@ MODEL_NAME = "gendet-gamma"       # its own registered model: refresh and fix pr
 # The generated kinds only: copy-move and perturb, which the spectrum tokens barely see, cost the
 # whole-image families and inpaint_f8 (gamma +gen against gamma: benchmarks/results/gamma-ablation-cpu2.md).
 KINDS = ("splice", "inpaint")
+# Five draws per real: more partial fakes to learn where from (with GammaConfig's grid convolutions,
+# mask IoU 0.35 -> 0.50 against one draw: benchmarks/results/gamma-ablation-cpu2-x5.md; README).
+PER_IMAGE = 5
 MASKED_FAMILY = "inpaint_f8"       # the zoo family whose fakes carry their masks: the overlays' images
 OVERLAYS = 4
 TOKEN_GRID = "8x8"                 # spectrum:v2's 16x16 averaged 2x2 (measured against 16x16: README)
@@ -43,7 +46,7 @@ def manipulated_shards(shards: str, out: str, train_family: str) -> dict[str, An
     from gendet.data.manipulation_shards import ManipulateConfig, build_manipulated_shards
     from gendet.zoo.manipulate import inpaint_maker
 
-    cfg = ManipulateConfig(kinds=KINDS, per_image=1, seed=0)
+    cfg = ManipulateConfig(kinds=KINDS, per_image=PER_IMAGE, seed=0)
     inputs = gio.join(shards, f"{train_family}-*.tar")  # the maker's family is the inputs' (in their names)
     return build_manipulated_shards(inputs, out, cfg, donors=inputs, reuse=True,
                                     makers={"inpaint": inpaint_maker((train_family,), area=cfg.area)})

@@ -13,7 +13,9 @@ What each head predicts (decided):
   are manipulated, as ``gendet.data.manipulations`` defines it (spliced, inpainted, copy-moved or
   locally perturbed: not captured there by this image's camera). Target: the pixel mask averaged
   over each token's area (``gendet.encoders.tokens.grid_fractions``), so edge tokens get soft
-  targets; per-token BCE. Reals: all 0; wholly generated fakes (no mask stored): all 1.
+  targets; per-token BCE plus a soft Dice term over the images with a manipulated token. Reals:
+  all 0; wholly generated fakes (no mask stored): all 1. Its features pass through ``seg_context``
+  3 x 3 convolutions over the grid (``GridContext``) before its output layer: regions are blobs.
 * **segmentation head 2, source attribution** (``source_logits`` [B, T, K]): which source made the
   majority of a token's pixels: class 0 = a camera (authentic pixels, and copy-moved or perturbed
   ones, which no generator made), class k >= 1 = generator family k of the training families
@@ -66,11 +68,12 @@ class GammaConfig:
     """Weight of head 1's per-token BCE beside the classification BCE."""
     source_weight: float = 0.5
     """Weight of head 2's per-token cross-entropy."""
-    dice_weight: float = 1.0
+    dice_weight: float = 2.0
     """Weight of a soft Dice loss on head 1 over the images with a manipulated token (0: BCE alone).
     Per-token BCE on mostly-authentic grids pulls probabilities down (masks under-segment at 0.5);
-    Dice scores the overlap itself: inpaint_f8 mask IoU 0.28 -> 0.35 at 0.5, image accuracy alike
-    (benchmarks/results/gamma-ablation-cpu2.md, 3 seeds)."""
+    Dice scores the overlap itself: inpaint_f8 mask IoU 0.28 -> 0.35 at 0.5 with weight 1, image
+    accuracy alike (benchmarks/results/gamma-ablation-cpu2.md, 3 seeds); weight 2 with ``seg_context``
+    (benchmarks/results/gamma-ablation-cpu2-x5.md)."""
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
@@ -78,6 +81,10 @@ class GammaConfig:
     seed: int = 0
     mask_threshold: float = 0.5
     """Threshold on the upsampled token probabilities that makes a pixel mask."""
+    seg_context: int = 4
+    """3 x 3 convolutions over the token grid in segmentation head 1 (``GridContext``; 0 = none):
+    manipulated regions are contiguous, so a token's neighbours vote on it (4 layers: 9 x 9 tokens;
+    benchmarks/results/gamma-ablation-cpu2-x5.md)."""
 
     def __post_init__(self) -> None:
         check(self.width >= 8 and self.heads >= 1 and self.width % self.heads == 0,
@@ -90,6 +97,7 @@ class GammaConfig:
         check(self.epochs >= 1 and self.batch_size >= 1 and self.lr > 0 and self.weight_decay >= 0,
               "epochs, batch_size and lr must be positive, weight_decay >= 0")
         check(0.0 < self.mask_threshold < 1.0, f"mask_threshold {self.mask_threshold} must be in (0, 1)")
+        check(self.seg_context >= 0, f"seg_context {self.seg_context} must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +112,25 @@ class GammaOutput:
 
 def _head(width: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+
+
+class GridContext(nn.Module):
+    """``layers`` residual blocks over [B, T, W] tokens laid out on their grid: a per-token LayerNorm,
+    a 3 x 3 convolution, GELU. Strictly local (each layer reaches one token further), so what it adds
+    is the neighbourhood, not the image's statistics."""
+
+    def __init__(self, width: int, grid: tuple[int, int], layers: int):
+        super().__init__()
+        self.grid = grid
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(layers))
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, w = x.shape
+        for norm, conv in zip(self.norms, self.convs):
+            maps = norm(x).transpose(1, 2).reshape(b, w, *self.grid)
+            x = x + F.gelu(conv(maps)).flatten(2).transpose(1, 2)
+        return x
 
 
 class GammaNet(nn.Module):
@@ -121,6 +148,7 @@ class GammaNet(nn.Module):
         self.trunk = nn.Sequential(*[Block(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers)])
         if cfg.seg_heads:
             self.seg_features, self.source_features = _head(w), _head(w)
+            self.seg_context = GridContext(w, self.grid, cfg.seg_context)
             self.seg_out, self.source_out = nn.Linear(w, 1), nn.Linear(w, num_sources)
         if cfg.reverse_attention:
             self.query_norm, self.memory_norm = nn.LayerNorm(w), nn.LayerNorm(w)
@@ -134,7 +162,9 @@ class GammaNet(nn.Module):
 
     @classmethod
     def from_spec(cls, spec: dict) -> GammaNet:
-        return cls(spec["token_dim"], tuple(spec["grid"]), spec["num_sources"], from_dict(GammaConfig, spec["config"]))
+        # Models saved before seg_context existed have no grid convolutions: rebuild them so.
+        config = {"seg_context": 0, **spec["config"]}
+        return cls(spec["token_dim"], tuple(spec["grid"]), spec["num_sources"], from_dict(GammaConfig, config))
 
     def forward(self, tokens: torch.Tensor) -> GammaOutput:
         b, t, d = tokens.shape
@@ -146,7 +176,7 @@ class GammaNet(nn.Module):
         cls, patches = x[:, :1], x[:, 1:]
         seg = source = None
         if self.cfg.seg_heads:
-            seg_h, source_h = self.seg_features(patches), self.source_features(patches)
+            seg_h, source_h = self.seg_context(self.seg_features(patches)), self.source_features(patches)
             seg, source = self.seg_out(seg_h).squeeze(-1), self.source_out(source_h)
             if self.cfg.reverse_attention:
                 memory = self.memory_norm(torch.cat([seg_h, source_h], 1))

@@ -10,6 +10,7 @@ from gendet.method.gamma import (
     GammaConfig,
     GammaNet,
     GammaOutput,
+    GridContext,
     gamma_loss,
     pixel_masks,
     predict_gamma,
@@ -65,10 +66,37 @@ def test_ablation_switches_remove_their_parameters():
 
 @pytest.mark.parametrize("kw,fragment", [({"seg_heads": False}, "reverse_attention needs seg_heads"),
                                           ({"width": 30, "heads": 4}, "multiple of heads"),
-                                          ({"mask_threshold": 1.0}, "mask_threshold"), ({"epochs": 0}, "epochs")])
+                                          ({"mask_threshold": 1.0}, "mask_threshold"), ({"epochs": 0}, "epochs"),
+                                          ({"seg_context": -1}, "seg_context")])
 def test_config_is_checked(kw, fragment):
     with pytest.raises(ConfigError, match=fragment):
         GammaConfig(**kw)
+
+
+def test_grid_context_lets_only_neighbours_vote():
+    torch.manual_seed(0)
+    x = torch.randn(1, 64, 32)
+    poked = x.clone()
+    poked[0, 0] += 5.0 * torch.randn(32)  # token (0, 0)
+    for layers, reach in ((1, 1), (2, 2)):  # each 3 x 3 layer reaches one token further
+        ctx = GridContext(32, GRID, layers)
+        moved = (ctx(poked) - ctx(x)).abs().sum(-1).reshape(GRID) > 1e-5
+        rows, cols = torch.nonzero(moved, as_tuple=True)
+        assert int(rows.max()) == int(cols.max()) == reach and bool(moved[reach, reach])
+    assert torch.equal(GridContext(32, GRID, 0)(x), x)
+
+
+def test_models_saved_before_seg_context_load_without_it():
+    net = _net(GammaConfig(width=32, layers=1, heads=4, seg_context=2))
+    assert any(n.startswith("seg_context.") for n, _ in net.named_parameters())
+    spec = net.spec()
+    assert spec["config"]["seg_context"] == 2 and GammaNet.from_spec(spec).cfg.seg_context == 2
+    old = _net(GammaConfig(width=32, layers=1, heads=4, seg_context=0))
+    old_spec = old.spec()
+    del old_spec["config"]["seg_context"]
+    rebuilt = GammaNet.from_spec(old_spec)
+    rebuilt.load_state_dict(old.state_dict())  # strict: the same parameters
+    assert rebuilt.cfg.seg_context == 0
 
 
 def test_targets_and_losses():
@@ -80,8 +108,8 @@ def test_targets_and_losses():
     net = _net()
     out = net(torch.randn(2, 64, DIM))
     loss, parts = gamma_loss(out, torch.tensor([0, 1]), torch.rand(2, 64), torch.randint(0, 3, (2, 64)), SMALL)
-    assert set(parts) == {"cls", "seg", "dice", "source"}  # Dice by default (dice_weight 1)
-    assert float(loss.detach()) == pytest.approx(parts["cls"] + parts["seg"] + parts["dice"] + 0.5 * parts["source"],
+    assert set(parts) == {"cls", "seg", "dice", "source"}  # Dice by default (dice_weight 2)
+    assert float(loss.detach()) == pytest.approx(parts["cls"] + parts["seg"] + 2 * parts["dice"] + 0.5 * parts["source"],
                                                  rel=1e-5)
 
 

@@ -22,6 +22,7 @@ TINY = ("width=16", "layers=1", "heads=2", "epochs=2", "batch_size=16")
 def test_demo_gamma_step(ray_local, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(demo_gamma, "GAMMA_SETTINGS", TINY)
+    monkeypatch.setattr(demo_gamma, "PER_IMAGE", 1)  # the suite's time: the demo draws 5 per real
     out, family = tmp_path / "demo", demo.TRAIN_FAMILY
     shards, features = out / "shards", out / "features"
     demo.zoo_shards(str(shards), [family, demo_gamma.MASKED_FAMILY], small=True)
