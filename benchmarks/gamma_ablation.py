@@ -49,6 +49,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ sys.path.insert(0, str(REPO))
 from gendet.config import to_dict  # noqa: E402
 from gendet.data.decode import BadSample, decode_image  # noqa: E402
 from gendet.data.manipulation_shards import ManipulateConfig, build_manipulated_shards  # noqa: E402
-from gendet.data.manipulations import MASK_MEMBER, decode_mask  # noqa: E402
+from gendet.data.manipulations import GENERATED_KINDS, MASK_MEMBER, decode_mask  # noqa: E402
 from gendet.data.shards import list_shards, usable_sample_parts  # noqa: E402
 from gendet.encoders.registry import load_encoder  # noqa: E402
 from gendet.encoders.tokens import geometry_mask  # noqa: E402
@@ -67,7 +68,9 @@ from gendet.eval import metrics, tables  # noqa: E402
 from gendet.eval.pixel import pixel_metrics  # noqa: E402
 from gendet.features.sources import TensorSource  # noqa: E402
 from gendet.method.config import preset  # noqa: E402
-from gendet.method.gamma import GammaConfig, pixel_masks, predict_gamma, source_targets, train_gamma  # noqa: E402
+from gendet.method.gamma import GammaConfig, GammaTargets, pixel_masks, predict_gamma, train_gamma  # noqa: E402
+from gendet.method.gamma_detector import CAMERA  # noqa: E402
+from gendet.method.gamma_train import gamma_targets as store_targets  # noqa: E402
 from gendet.method.trainer import train_all  # noqa: E402
 from gendet.zoo.config import parse_families  # noqa: E402
 from pipelines import demo  # noqa: E402
@@ -77,7 +80,6 @@ PARTIAL = "inpaint_f8"
 KINDS = ("splice", "copy_move", "perturb", "inpaint")
 TARGET_FPR = 0.05
 MASK_GRID = (0.2, 0.3, 0.4, 0.5)
-GENERATED_KINDS = ("splice", "inpaint")  # manipulations whose region a generator made (the `+gen` arms)
 GAMMA_ARMS = {"gamma": ("full", {}), "gamma -manip": ("whole", {}), "gamma +gen": ("generated", {}),
               "gamma +dice": ("full", {"dice_weight": 1.0}), "gamma +gen +dice": ("generated", {"dice_weight": 1.0}),
               "gamma -reverse": ("full", {"reverse_attention": False}),
@@ -178,7 +180,7 @@ def encode_world(cache: str, zoo: dict, manip: dict, per_image: int = 1, batch: 
             else:
                 tm = np.full(n, float(fake), np.float32)
             tmask.append(tm)
-            generated = kind in ("whole", "splice", "inpaint")
+            generated = kind == "whole" or kind in GENERATED_KINDS
             gen.append(tm if generated else np.zeros(n, np.float32))
             if len(pending) == batch:
                 flush()
@@ -207,21 +209,24 @@ def training_rows(w: dict[str, np.ndarray], data: str, split: str = "train") -> 
     return np.concatenate([reals, fakes])
 
 
-def gamma_targets(w: dict[str, np.ndarray], rows: np.ndarray, families: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head 1 (manipulated share per token) and head 2 (0 camera, k = training family k) targets."""
-    index = {f: i + 1 for i, f in enumerate(families)}
-    family = torch.tensor([index.get(f, 0) if y else 0 for f, y in zip(w["family"][rows], w["y"][rows])])
-    return torch.from_numpy(w["token_mask"][rows]), source_targets(torch.from_numpy(w["generated"][rows]), family)
+def gamma_targets(w: dict[str, np.ndarray], rows: np.ndarray) -> GammaTargets:
+    """The heads' targets of ``rows`` by the library's rules (``gendet.method.gamma_train.gamma_targets``,
+    what ``train-gamma`` trains on): the world's arrays as token-store columns."""
+    kind = w["kind"][rows]
+    columns = SimpleNamespace(family=w["family"][rows], subset=w["subset"][rows], labels=w["y"][rows],
+                              manipulation=np.where(np.isin(kind, ("real", "whole")), "", kind),
+                              generated_fraction=w["generated"][rows].mean(1), token_mask=w["token_mask"][rows])
+    return store_targets(columns, (CAMERA, TRAIN_FAMILY))
 
 
 def run_gamma(w: dict[str, np.ndarray], data: str, overrides: dict, base: GammaConfig, seed: int) -> tuple[dict, float]:
     rows = training_rows(w, data)
     cfg = GammaConfig(**{**to_dict(base), **overrides, "seed": seed})
-    masks, sources = gamma_targets(w, rows, [TRAIN_FAMILY])
+    targets = gamma_targets(w, rows)
     t0 = time.perf_counter()
-    net, history = train_gamma(torch.from_numpy(w["tokens"][rows].astype(np.float32)), torch.from_numpy(w["y"][rows]),
-                               grid=tuple(int(g) for g in w["grid"]), cfg=cfg, token_masks=masks,
-                               token_sources=sources, num_sources=2)
+    net, history = train_gamma(torch.from_numpy(w["tokens"][rows].astype(np.float32)), targets.labels,
+                               grid=tuple(int(g) for g in w["grid"]), cfg=cfg, token_masks=targets.token_masks,
+                               token_sources=targets.token_sources, num_sources=2)
     seconds = time.perf_counter() - t0
     out = predict_gamma(net, torch.from_numpy(w["tokens"].astype(np.float32)))
     pred = {"score": out["score"].numpy().astype(np.float64)}
@@ -298,10 +303,7 @@ def tuned_mask_threshold(w: dict[str, np.ndarray], pred: dict) -> tuple[float, d
 # --- the report ------------------------------------------------------------------------------------------
 
 def _ms(values: list[float], scale: float = 100.0) -> str:
-    v = np.array([x for x in values if x is not None and not np.isnan(x)], dtype=float) * scale
-    if not v.size:
-        return "–"
-    return f"{v.mean():.1f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.1f}"
+    return tables.mean_sd([x * scale for x in values if x is not None and not np.isnan(x)])
 
 
 def report(records: list[dict], costs: list[dict], args, w: dict, world_line: str, seconds: float) -> str:
@@ -353,8 +355,7 @@ def report(records: list[dict], costs: list[dict], args, w: dict, world_line: st
     cost_rows = []
     for arm in dict.fromkeys(c["arm"] for c in costs):
         cs = [c for c in costs if c["arm"] == arm]
-        cost_rows.append([arm, str(cs[0]["rows"]), f"{np.mean([c['seconds'] for c in cs]):.1f} ± "
-                          f"{np.std([c['seconds'] for c in cs], ddof=1) if len(cs) > 1 else 0.0:.1f}",
+        cost_rows.append([arm, str(cs[0]["rows"]), tables.mean_sd([c["seconds"] for c in cs]),
                           ", ".join(f"{c['load_avg_1min']:.1f}" for c in cs)])
     sections += ["## Training cost (seconds per run, this machine, same run)",
                  tables.markdown_table(["arm", "training rows", "seconds (mean ± sd over seeds)",

@@ -27,11 +27,12 @@ import time
 from typing import Any
 
 from gendet import io as gio
+from gendet.data.manipulations import GENERATED_KINDS
 
 MODEL_NAME = "gendet-gamma"       # its own registered model: refresh and fix promote `gendet`
 # The generated kinds only: copy-move and perturb, which the spectrum tokens barely see, cost the
 # whole-image families and inpaint_f8 (gamma +gen against gamma: benchmarks/results/gamma-ablation-cpu2.md).
-KINDS = ("splice", "inpaint")
+KINDS = GENERATED_KINDS
 # Five draws per real: more partial fakes to learn where from (with GammaConfig's grid convolutions,
 # mask IoU 0.35 -> 0.50 against one draw: benchmarks/results/gamma-ablation-cpu2-x5.md; README).
 PER_IMAGE = 5
@@ -73,7 +74,7 @@ def train_subsets(features: str, encoder: str, train_family: str) -> list[str]:
     from gendet.features.tokens import resolve_token_variant
 
     counts = row_counts(resolve_token_variant(features, encoder=encoder).url)
-    wanted = [train_family, *(subset_name(k, train_family if k in ("splice", "inpaint") else "") for k in KINDS)]
+    wanted = [train_family, *(subset_name(k, train_family if k in GENERATED_KINDS else "") for k in KINDS)]
     return [s for s in wanted if counts.get(("train", s))]
 
 

@@ -77,20 +77,21 @@ def degradation_by_method(by_degrade: Mapping[str, Mapping[str, Mapping[str, Any
     return markdown_table(["degradation", *methods], rows)
 
 
+def mean_sd(values: Sequence[float]) -> str:
+    """``"mean ± sd"`` of ``values`` (one decimal; sd 0.0 for one value, "–" for none): a cell over seeds."""
+    import statistics
+
+    if not values:
+        return "–"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
+
+
 def over_seeds_table(runs: Sequence[Mapping[tuple[str, str], float | None]], methods: Sequence[str]) -> str:
     """Rows ``methods``, one column per number of the runs (keys ``(method, column)``), each cell
     mean ± sd over the runs (seeds) in %, runs where the number is None left out."""
-    import statistics
-
     columns = list(dict.fromkeys(k[1] for k in runs[0]))
-    body = []
-    for method in methods:
-        cells = []
-        for col in columns:
-            values = [100 * r[(method, col)] for r in runs if r.get((method, col)) is not None]
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.1f} ± {sd:.1f}" if values else "–")
-        body.append([method, *cells])
+    body = [[method, *(mean_sd([100 * r[(method, col)] for r in runs if r.get((method, col)) is not None])
+                       for col in columns)] for method in methods]
     return markdown_table(["method", *columns], body)
 
 

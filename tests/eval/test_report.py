@@ -36,6 +36,12 @@ def test_over_seeds_table_is_mean_and_sd_per_method_and_column():
     assert settings_suffix(["classifier_input=both", "alpha=0.5"]) == "-classifier-input-both-alpha-0.5"
 
 
+def test_mean_sd_cell_of_none_one_and_several_values():
+    from gendet.eval.tables import mean_sd
+
+    assert (mean_sd([]), mean_sd([188.25]), mean_sd([182.0, 191.0, 191.0])) == ("–", "188.2 ± 0.0", "188.0 ± 5.2")
+
+
 def test_demo_report_names_the_world_and_the_degradations_note(tmp_path):
     rep = {"subsets": {"seen": {"acc": 1.0, "ap": 1.0, "acc_calibrated": 1.0}, "x": {"acc": 0.8, "ap": 0.9,
                                                                                    "acc_calibrated": 0.7}},
