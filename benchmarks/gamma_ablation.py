@@ -10,8 +10,9 @@ test-split reals and fakes of every family; ``inpaint_f8``'s fakes regenerate on
 a real photo and carry their masks (``mask.png`` in the zoo's shards). Tuning and the calibrated
 threshold use the val split of the training side only.
 
-Arms (each trained per seed on ``spectrum:v2``'s 16 x 16 x 96 token grid or its pooled 344-d feature,
-computed here in-process with ``Encoder.features_and_tokens``):
+Arms (each trained per seed on ``spectrum:v2``'s 16 x 16 token grid, 288 values a token since 0.6.0 and
+96 in the tables before, or its pooled 344-d feature, computed here in-process with
+``Encoder.features_and_tokens``):
 
 * ``gamma``: the full model on reals + whole fakes + manipulations (seg targets: the masks on the grid);
 * ``gamma -manip``: reals + whole fakes only (seg targets 0 for reals, 1 for fakes);
@@ -63,7 +64,7 @@ from gendet.data.manipulation_shards import ManipulateConfig, build_manipulated_
 from gendet.data.manipulations import GENERATED_KINDS, MASK_MEMBER, decode_mask  # noqa: E402
 from gendet.data.shards import list_shards, usable_sample_parts  # noqa: E402
 from gendet.encoders.registry import load_encoder  # noqa: E402
-from gendet.encoders.tokens import geometry_mask  # noqa: E402
+from gendet.encoders.tokens import TOKEN_DIM, geometry_mask  # noqa: E402
 from gendet.eval import metrics, tables  # noqa: E402
 from gendet.eval.pixel import pixel_metrics  # noqa: E402
 from gendet.features.sources import TensorSource  # noqa: E402
@@ -136,7 +137,8 @@ def _extra_reals(cache: str, count: int) -> set[str]:
 
 def encode_world(cache: str, zoo: dict, manip: dict, per_image: int = 1, batch: int = 64) -> dict[str, np.ndarray]:
     """Pooled features, tokens, head targets and canvas masks of every row an arm reads (cached)."""
-    stamp = hashlib.sha256(json.dumps([zoo["config"], zoo["families"], manip["counts"], demo.ENCODER]).encode()).hexdigest()[:10]
+    shape = [zoo["config"], zoo["families"], manip["counts"], demo.ENCODER, TOKEN_DIM]
+    stamp = hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:10]
     path = os.path.join(cache, f"encoded-{stamp}.npz")
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as z:
@@ -362,7 +364,8 @@ def report(records: list[dict], costs: list[dict], args, w: dict, world_line: st
                                         "1-min load average after each run"], cost_rows),
                  "Seconds: wall time of the training call alone (`train_gamma`; `train_all` with the linear probe and GenDet, "
                  "its teacher included), single-threaded, measured when the run was made (finished runs are kept under "
-                 "`--cache` and reused). GenDet's rows are pooled 344-d vectors; GAMMA's are 256 tokens x 96.",
+                 f"`--cache` and reused). GenDet's rows are pooled {w['pooled'].shape[1]}-d vectors; GAMMA's are "
+                 f"{w['tokens'].shape[1]} tokens x {w['tokens'].shape[2]}.",
                  f"Encoding once (features + tokens + token masks, {len(w['y'])} images): {float(w['encode_seconds']):.0f} s; "
                  f"this invocation {seconds:.0f} s."]
     return "\n\n".join(sections) + "\n"
@@ -371,7 +374,8 @@ def report(records: list[dict], costs: list[dict], args, w: dict, world_line: st
 def run_folder(args, base: GammaConfig) -> str:
     """Where finished runs are kept (one JSON per arm and seed), keyed by everything that shapes them:
     a rerun, or a second process given other seeds, reuses them."""
-    key = json.dumps([to_dict(base), args.preset, args.cache] + ([args.per_image] if args.per_image != 1 else []), sort_keys=True)
+    key = json.dumps([to_dict(base), args.preset, args.cache, TOKEN_DIM] + ([args.per_image] if args.per_image != 1 else []),
+                     sort_keys=True)
     folder = os.path.join(args.cache, "runs", hashlib.sha256(key.encode()).hexdigest()[:10])
     os.makedirs(folder, exist_ok=True)
     Path(folder, "config.json").write_text(key)

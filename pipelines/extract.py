@@ -71,7 +71,7 @@ def build_dataset(plan: Any) -> Any:
     mapper_args = {"encoder": plan.info.encoder, "weights": cfg.weights, "precision": cfg.precision,
                    "device": "cuda" if cfg.num_gpus > 0 else "cpu", "feature_dtype": cfg.feature_dtype,
                    "threads": max(1, int(cfg.cpus_per_actor)), "variant_url": plan.info.url,
-                   "token_grid": plan.info.token_grid}
+                   "token_grid": plan.info.token_grid, "token_dim": plan.info.token_dim}
     # Autoscaling, not fixed: a fixed pool whose lost actors restart on the surviving nodes can take
     # every CPU there and leave none for decoding (measured: a stall until Ray Data's timeout).
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.concurrency, initial_size=cfg.concurrency)

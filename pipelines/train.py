@@ -261,7 +261,9 @@ def fit(args: argparse.Namespace, cfg: TrainConfig, variant, out_url: str | None
     init_ray()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train_config": to_dict(cfg), "dim": variant.dim, "variant_url": variant.url,
+        # workers run elsewhere (another node, another working directory): a local path goes absolute
+        train_loop_config={"train_config": to_dict(cfg), "dim": variant.dim,
+                           "variant_url": variant.url if "://" in variant.url else os.path.abspath(variant.url),
                            "detector_fields": variant.detector_fields(), "out_url": out_url, "use_gpu": args.use_gpu,
                            "fault_after_stage": args.fault_after_stage, "cache_rows": args.worker_cache_rows},
         scaling_config=ray.train.ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,

@@ -8,9 +8,18 @@ pooled feature, for models that look at *where* an image is fake (``gendet.metho
   encoder's input canvas (``TOKEN_PATCH``): the patch's Hann-windowed high-pass residual (the same
   residual the pooled feature uses: inside 64 px blocks for v2) as an azimuthal spectrum of 8
   radial bins and the folded 9 x 9 grid of (|ky|, |kx|) (each standardised per token), plus the
-  seven residual statistics of the patch. D = 8 + 81 + 7 = 96; grid 16 x 16 for v2 (256 px
-  canvas), 8 x 8 for v1 (128 px). v2 tiles crops under 256 px across its canvas, so their tokens
-  repeat once per tile, as do their masks (``token_mask`` puts a mask through the same geometry).
+  seven residual statistics of the patch: 96 values (``PATCH_DIM``, all that gendet 0.5 stored).
+  Then the same 96 measurements averaged over the four 16 px patches centred on the midpoints of
+  the token's edges, and over the four centred on its corners (the canvas reflect-padded by 8 px):
+  D = 3 x 96 = 288 (``TOKEN_DIM``), and a token reads 8 px past its own patch. Why: the Hann
+  window all but ignores a patch's border, so a blob that meets a token mostly near its edges was
+  barely measured; the shifted patches measure there and give every token nine looks instead of
+  one (inpaint_f8 mask IoU 0.50 -> 0.545, every seed over 0.5; unseen whole-image accuracy +2 points:
+  benchmarks/results/gamma-ablation-cpu2-tok288.md). Grid 16 x 16 for v2 (256 px canvas), 8 x 8 for
+  v1 (128 px). v2 tiles crops under 256 px across its canvas, so their tokens repeat once per
+  tile, as do their masks (``token_mask`` puts a mask through the same geometry). A GAMMA model
+  trained on 0.5's 96-wide tokens reads their first ``PATCH_DIM`` columns (``model_tokens``), and a
+  store of them keeps growing in them (``gendet.extract.manifest.stored_token_layout``).
 
 Masks on the grid: ``Encoder.token_mask(mask)`` takes an image's pixel mask through the encoder's
 preprocessing geometry (resize, crop, tiling) and gives each token the fraction of its pixels that
@@ -26,7 +35,8 @@ from PIL import Image
 
 TOKEN_PATCH = 16
 TOKEN_BINS = 8
-TOKEN_DIM = TOKEN_BINS + (TOKEN_PATCH // 2 + 1) ** 2 + 7
+PATCH_DIM = TOKEN_BINS + (TOKEN_PATCH // 2 + 1) ** 2 + 7
+TOKEN_DIM = 3 * PATCH_DIM
 
 
 def grid_fractions(masks: torch.Tensor | np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
@@ -65,15 +75,6 @@ def _hann(p: int, device: torch.device) -> torch.Tensor:
     return (w[:, None] * w[None, :]).float().to(device)
 
 
-def _patches(x: torch.Tensor, p: int) -> torch.Tensor:
-    """[B, H, W] -> [B, T, p, p] or [B, C, H, W] -> [B, T, C, p, p], T row-major."""
-    if x.dim() == 3:
-        b, h, w = x.shape
-        return x.reshape(b, h // p, p, w // p, p).permute(0, 1, 3, 2, 4).reshape(b, -1, p, p)
-    b, c, h, w = x.shape
-    return x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c, p, p)
-
-
 def _standardise(v: torch.Tensor) -> torch.Tensor:
     return (v - v.mean(-1, keepdim=True)) / (v.std(-1, keepdim=True, unbiased=False) + 1e-6)
 
@@ -106,18 +107,49 @@ def _fold(power: torch.Tensor) -> torch.Tensor:
     return ((power[:, : half + 1] + mirrored) / 2).flatten(1)
 
 
-def spectrum_patch_tokens(rgb: torch.Tensor, residual: torch.Tensor, azimuthal: torch.Tensor,
-                          patch: int = TOKEN_PATCH) -> torch.Tensor:
-    """Per-patch spectrum measurements (module docstring): rgb [B, 3, S, S] in [0, 1], its
-    high-pass residual [B, S, S] and the [patch*(patch/2+1), 8] azimuthal averaging matrix
-    (``spectrum._azimuthal_matrix(patch, 8)``) -> [B, (S/patch)^2, 8 + (patch/2+1)^2 + 7] float32."""
-    b = rgb.shape[0]
-    res = _patches(residual, patch)  # [B, T, p, p]
+def _spectra(res: torch.Tensor, azimuthal: torch.Tensor) -> torch.Tensor:
+    """Residual patches [B, T, p, p] -> their azimuthal spectrum and folded (|ky|, |kx|) grid, each
+    standardised per patch: [B, T, 8 + (p/2+1)^2]."""
+    b, t, patch = res.shape[0], res.shape[1], res.shape[-1]
     spectrum = torch.fft.rfft2(res * _hann(patch, res.device))
     power = spectrum.real.square() + spectrum.imag.square()  # [B, T, p, p/2+1]
-    t = power.shape[1]
     flat = power.reshape(b * t, patch, patch // 2 + 1)
     spectra = _standardise(_log_power(flat).flatten(1) @ azimuthal)
     grid = _standardise(_log_power(_fold(flat)))
-    stats = _patch_stats(_patches(rgb, patch), res)
-    return torch.cat([spectra.view(b, t, -1), grid.view(b, t, -1), stats], -1)
+    return torch.cat([spectra.view(b, t, -1), grid.view(b, t, -1)], -1)
+
+
+def spectrum_patch_tokens(rgb: torch.Tensor, residual: torch.Tensor, azimuthal: torch.Tensor,
+                          patch: int = TOKEN_PATCH) -> torch.Tensor:
+    """Per-patch spectrum measurements (module docstring): rgb [B, 3, H, W] in [0, 1], its
+    high-pass residual [B, H, W] and the [patch*(patch/2+1), 8] azimuthal averaging matrix
+    (``spectrum._azimuthal_matrix(patch, 8)``) -> [B, (H/patch)*(W/patch), 3 * PATCH_DIM] float32:
+    each token's own patch, the mean of the four patches centred on its edges' midpoints, the
+    mean of the four centred on its corners. One map of patches at a stride of half a patch over
+    the canvas reflect-padded by half a patch: entry (k, l) is centred on pixel (k, l) x patch/2."""
+    b, _, h, w = rgb.shape
+    half = patch // 2
+    rgb = F.pad(rgb, (half,) * 4, mode="reflect")
+    residual = F.pad(residual[:, None], (half,) * 4, mode="reflect")[:, 0]
+    rows, cols = 2 * (h // patch) + 1, 2 * (w // patch) + 1
+    res = residual.unfold(1, patch, half).unfold(2, patch, half).reshape(b, rows * cols, patch, patch)
+    pix = rgb.unfold(2, patch, half).unfold(3, patch, half).permute(0, 2, 3, 1, 4, 5).reshape(b, rows * cols, 3, patch, patch)
+    m = torch.cat([_spectra(res, azimuthal), _patch_stats(pix, res)], -1).view(b, rows, cols, -1)
+    own = m[:, 1::2, 1::2]
+    edges = (m[:, 1::2, 0:-1:2] + m[:, 1::2, 2::2] + m[:, 0:-1:2, 1::2] + m[:, 2::2, 1::2]) / 4
+    corners = (m[:, 0:-1:2, 0:-1:2] + m[:, 0:-1:2, 2::2] + m[:, 2::2, 0:-1:2] + m[:, 2::2, 2::2]) / 4
+    return torch.cat([own, edges, corners], -1).reshape(b, own.shape[1] * own.shape[2], -1)
+
+
+def model_tokens(tokens: torch.Tensor | np.ndarray, encoder: str, model_dim: int):
+    """Tokens as a model of width ``model_dim`` reads them: a GAMMA model trained on gendet 0.5's
+    96-wide spectrum tokens reads the first ``PATCH_DIM`` columns of today's (the same numbers);
+    any other width is returned as it is (the caller checks it)."""
+    if encoder.startswith("spectrum") and model_dim == PATCH_DIM and tokens.shape[-1] == TOKEN_DIM:
+        return tokens[..., :PATCH_DIM]
+    return tokens
+
+
+def reads_tokens(encoder: str, token_dim: int, model_dim: int) -> bool:
+    """A model of width ``model_dim`` can read ``encoder``'s tokens of ``token_dim`` (``model_tokens``)."""
+    return token_dim == model_dim or (encoder.startswith("spectrum") and model_dim == PATCH_DIM and token_dim == TOKEN_DIM)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gendet import GendetError
@@ -134,6 +134,23 @@ def check_compatible(info: VariantInfo) -> None:
             raise GendetError(f"{info.url}: holds {describe_field(recorded, field)}, this run makes "
                               f"{describe_field(wanted, field)}; pass {flag_for(recorded, field)} or write to another "
                               "FEATURES URL")
+        if info.tokens and int(seen.get("token_dim") or info.token_dim) != info.token_dim:
+            raise GendetError(f"{info.url}: holds tokens of {seen['token_dim']} values, {info.encoder} makes "
+                              f"{info.token_dim}; write to another FEATURES URL or delete the folder and extract again")
+
+
+def stored_token_layout(info: VariantInfo) -> VariantInfo:
+    """``info`` with the token width its folder already holds, where the encoder can still make it:
+    a store of gendet 0.5's 96-wide spectrum tokens keeps growing in them (their first columns today,
+    ``gendet.encoders.tokens.model_tokens``), so an incremental run never mixes widths and the GAMMA
+    models trained on it keep reading it."""
+    from gendet.encoders.tokens import reads_tokens
+
+    manifest_url = gio.join(info.url, MANIFEST)
+    if not info.tokens or not gio.exists(manifest_url):
+        return info
+    held = int(gio.read_json(manifest_url).get("token_dim") or info.token_dim)
+    return replace(info, token_dim=held) if reads_tokens(info.encoder, info.token_dim, held) else info
 
 
 def plan_shards(shards: list[str], info: VariantInfo, mode: str) -> tuple[list[str], list[str], dict[str, str]]:

@@ -23,8 +23,9 @@ import torch
 class FeatureMapper:
     def __init__(self, encoder: str, *, weights: str | None = None, device: str = "cpu",
                  precision: str = "fp32", feature_dtype: str = "float16", threads: int | None = None,
-                 token_grid: tuple[int, int] | list[int] | None = None):
+                 token_grid: tuple[int, int] | list[int] | None = None, token_dim: int | None = None):
         from gendet.encoders.registry import load_encoder
+        from gendet.encoders.tokens import reads_tokens
 
         if threads and device == "cpu":
             torch.set_num_threads(max(1, int(threads)))  # Ray sets OMP_NUM_THREADS=1 in workers
@@ -35,10 +36,14 @@ class FeatureMapper:
         if self.token_grid and (self.encoder.token_grid == (0, 0) or self.token_grid[0] > self.encoder.token_grid[0]
                                 or self.token_grid[1] > self.encoder.token_grid[1]):
             raise ValueError(f"encoder {encoder}: token grid {self.encoder.token_grid}, cannot store {self.token_grid}")
+        # a store keeps the token width it was made with (gendet 0.5's spectrum tokens: 96)
+        self.token_dim = int(token_dim or self.encoder.token_dim)
+        if self.token_grid and not reads_tokens(self.encoder.name, self.encoder.token_dim, self.token_dim):
+            raise ValueError(f"encoder {encoder}: tokens of {self.encoder.token_dim}, cannot store {self.token_dim}")
 
     @property
     def token_width(self) -> int:
-        return self.token_grid[0] * self.token_grid[1] * self.encoder.token_dim if self.token_grid else 0
+        return self.token_grid[0] * self.token_grid[1] * self.token_dim if self.token_grid else 0
 
     def _on_device(self, images: np.ndarray) -> torch.Tensor:
         batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
@@ -55,10 +60,11 @@ class FeatureMapper:
 
     def encode_with_tokens(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``encode``, plus the token grid [B, rows*cols*dim] on the stored grid, from one forward."""
-        from gendet.encoders.tokens import coarsen
+        from gendet.encoders.tokens import coarsen, model_tokens
 
         with torch.inference_mode():
             features, tokens = self.encoder.features_and_tokens(self.encoder.preprocessor.finish(self._on_device(images)))
+            tokens = model_tokens(tokens, self.encoder.name, self.token_dim)
             if self.token_grid != tuple(self.encoder.token_grid):
                 tokens = coarsen(tokens.float(), tuple(self.encoder.token_grid), self.token_grid)
         as_stored = (features.float().cpu().numpy().astype(self.feature_dtype),

@@ -21,7 +21,14 @@ from gendet.config import to_dict
 from gendet.data.shards import list_shards, shard_stem
 from gendet.extract.config import ExtractConfig
 from gendet.extract.lease import StoreLease
-from gendet.extract.manifest import VariantInfo, check_compatible, plan_shards, reason_counts, rebuild_manifest
+from gendet.extract.manifest import (
+    VariantInfo,
+    check_compatible,
+    plan_shards,
+    reason_counts,
+    rebuild_manifest,
+    stored_token_layout,
+)
 from gendet.extract.mapper import FeatureMapper
 from gendet.extract.reader import ShardReader
 from gendet.extract.tokens import resolve_token_grid
@@ -75,6 +82,7 @@ def prepare(cfg: ExtractConfig, *, lease: bool = False) -> Plan:
         raise GendetError(f"{cfg.features}: cannot create the feature store here ({exc}); pass a writable FEATURES URL") from exc
     held = StoreLease(info.url).acquire() if lease else None
     try:
+        info = stored_token_layout(info)
         check_compatible(info)
         todo, skipped, redo = plan_shards(shards, info, cfg.mode)
     except BaseException:
@@ -194,7 +202,8 @@ def run_local(cfg: ExtractConfig) -> dict[str, Any]:
         if not plan.todo:
             return finish(plan, [], {})
         mapper = FeatureMapper(plan.info.encoder, weights=cfg.weights, device=cfg.device, precision=cfg.precision,
-                               feature_dtype=cfg.feature_dtype, token_grid=plan.info.token_grid)
+                               feature_dtype=cfg.feature_dtype, token_grid=plan.info.token_grid,
+                               token_dim=plan.info.token_dim)
         done, failed = consume(plan, iter(shard_loader(plan)), mapper)
         return finish(plan, done, failed)
     finally:

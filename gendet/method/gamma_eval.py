@@ -45,7 +45,9 @@ def pixel_families(rows) -> np.ndarray:
 
 def gamma_report(det: GammaDetector, rows, *, model: str = "gamma", batch_size: int = 512) -> tuple[dict[str, Any], dict]:
     """(metrics.json dict with the pixel metrics of the module docstring, ``det.localize`` of the rows)."""
-    loc = det.localize(rows.tokens, batch_size=batch_size)
+    from gendet.encoders.tokens import model_tokens
+
+    loc = det.localize(model_tokens(rows.tokens, det.encoder, det.token_dim), batch_size=batch_size)
     report = metrics_report(loc["score"], rows.labels, rows.subset, threshold=0.5,
                             calibrated_threshold=det.threshold if det.target_fpr else None, target_fpr=det.target_fpr,
                             model=model, encoder=det.encoder)
@@ -107,9 +109,10 @@ def check_token_variant(det: GammaDetector, variant) -> None:
     """The model must read this token variant: same grid and token width, same preprocessing,
     weights digest and precision where both recorded them (``check_variant``)."""
     from gendet import GendetError
+    from gendet.encoders.tokens import reads_tokens
     from gendet.features.store import check_variant
 
-    if tuple(variant.token_grid) != det.grid or variant.token_dim != det.token_dim or (
+    if tuple(variant.token_grid) != det.grid or not reads_tokens(variant.encoder, variant.token_dim, det.token_dim) or (
             det.preprocess_hash and det.preprocess_hash != variant.preprocess_hash):
         raise GendetError(f"{variant.url}: {variant.token_grid[0]}x{variant.token_grid[1]} tokens of {variant.token_dim} from "
                           f"{variant.encoder}; the GAMMA model reads {det.grid[0]}x{det.grid[1]} tokens of {det.token_dim} "

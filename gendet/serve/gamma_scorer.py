@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from gendet import GendetError
-from gendet.encoders.tokens import coarsen
+from gendet.encoders.tokens import coarsen, model_tokens, reads_tokens
 from gendet.serve.masks import image_mask, mask_png, seen_box, seen_fraction
 from gendet.serve.scorer import SMALL_BATCH, ImageScorer, one_thread_if
 
@@ -36,7 +36,8 @@ class GammaScorer(ImageScorer):
     def __init__(self, detector: Any, encoder: Any, threshold: float | None = None, max_pixels: int | None = None):
         super().__init__(detector, encoder, threshold, max_pixels)
         native, grid = tuple(encoder.token_grid), tuple(detector.grid)
-        if native == (0, 0) or encoder.token_dim != detector.token_dim or grid[0] > native[0] or grid[1] > native[1]:
+        if (native == (0, 0) or not reads_tokens(encoder.name, encoder.token_dim, detector.token_dim)
+                or grid[0] > native[0] or grid[1] > native[1]):
             raise GendetError(f"GAMMA model: tokens {grid[0]}x{grid[1]}x{detector.token_dim}, but encoder {encoder.name} "
                               f"gives {native[0]}x{native[1]}x{encoder.token_dim}; load the encoder the model was trained on")
         self.native_grid = native
@@ -49,7 +50,7 @@ class GammaScorer(ImageScorer):
         """Encoder pixels [N] -> the model's tokens [N, T, D] float32 (coarsened when the grid is finer)."""
         pre = self.encoder.preprocessor
         x = pre.finish(torch.from_numpy(np.stack(pixels)).to(self.encoder.device))
-        tokens = self.encoder.tokens(x).float().cpu()
+        tokens = model_tokens(self.encoder.tokens(x).float().cpu(), self.encoder.name, self.detector.token_dim)
         if self.native_grid != tuple(self.detector.grid):
             tokens = coarsen(tokens, self.native_grid, tuple(self.detector.grid))
         return tokens

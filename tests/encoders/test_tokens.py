@@ -13,7 +13,7 @@ from PIL import Image
 from gendet import GendetError
 from gendet.encoders.base import Encoder
 from gendet.encoders.registry import load_encoder
-from gendet.encoders.tokens import TOKEN_DIM, coarsen, grid_fractions
+from gendet.encoders.tokens import PATCH_DIM, TOKEN_DIM, coarsen, grid_fractions, model_tokens, reads_tokens
 
 DEBUG_CLIP = "open_clip:GenDet-Debug-ViT/none"
 
@@ -32,23 +32,39 @@ def _batch(enc, images):
 @pytest.mark.parametrize("name,grid", [("spectrum:v1", (8, 8)), ("spectrum:v2", (16, 16))])
 def test_spectrum_token_grid_shape_and_the_pooled_feature_unchanged(name, grid):
     enc = load_encoder(name)
-    assert enc.token_grid == grid and enc.token_dim == TOKEN_DIM == 96
+    assert enc.token_grid == grid and enc.token_dim == TOKEN_DIM == 3 * PATCH_DIM == 288
     rng = np.random.default_rng(0)
     batch = _batch(enc, [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(3)])
     pooled, tokens = enc.features_and_tokens(batch)
-    assert tokens.shape == (3, grid[0] * grid[1], 96) and tokens.dtype == torch.float32 and tokens.isfinite().all()
+    assert tokens.shape == (3, grid[0] * grid[1], 288) and tokens.dtype == torch.float32 and tokens.isfinite().all()
     assert torch.equal(pooled, enc(batch))  # one residual for both; stores of the pooled column stay valid
     assert torch.equal(tokens, enc.tokens(batch))
 
 
-def test_a_spectrum_token_sees_only_its_own_patch():
+def test_a_spectrum_token_measures_its_own_patch_then_around_it():
+    """The first PATCH_DIM columns (gendet 0.5's tokens) see only the token's own patch; the patches
+    centred on its edges and corners reach 8 px past it, so a change inside one token moves the edge
+    columns of the tokens beside it and the corner columns of its 3 x 3 neighbourhood, nothing further."""
     enc = load_encoder("spectrum:v2")
     image = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     changed = image.copy()
     changed[16 * 5 + 1:16 * 6 - 1, 16 * 9 + 1:16 * 10 - 1] //= 2  # the inside of the token at row 5, col 9
     a, b = enc.tokens(_batch(enc, [image, changed]))
-    moved = (a - b).abs().amax(-1) > 1e-5
-    assert moved.nonzero().flatten().tolist() == [5 * 16 + 9]
+    own = (a - b)[:, :PATCH_DIM].abs().amax(-1) > 1e-5
+    assert own.nonzero().flatten().tolist() == [5 * 16 + 9]
+    edges = ((a - b)[:, PATCH_DIM:2 * PATCH_DIM].abs().amax(-1) > 1e-5).reshape(16, 16)
+    assert edges.nonzero().tolist() == [[4, 9], [5, 8], [5, 9], [5, 10], [6, 9]]
+    corners = ((a - b)[:, 2 * PATCH_DIM:].abs().amax(-1) > 1e-5).reshape(16, 16)
+    assert corners.nonzero().tolist() == [[r, c] for r in (4, 5, 6) for c in (8, 9, 10)]
+
+
+def test_a_model_of_0_5_tokens_reads_their_first_columns():
+    tokens = torch.randn(2, 4, TOKEN_DIM)
+    assert torch.equal(model_tokens(tokens, "spectrum:v2", PATCH_DIM), tokens[..., :PATCH_DIM])
+    assert model_tokens(tokens, "spectrum:v2", TOKEN_DIM) is tokens
+    assert reads_tokens("spectrum:v1", TOKEN_DIM, PATCH_DIM) and reads_tokens("spectrum:v1", TOKEN_DIM, TOKEN_DIM)
+    assert not reads_tokens("spectrum:v1", PATCH_DIM, TOKEN_DIM)  # a 0.5 store cannot feed a model of today's tokens
+    assert not reads_tokens(DEBUG_CLIP, 768, PATCH_DIM)
 
 
 def test_spectrum_tokens_find_an_upsampled_region_on_photos_they_never_saw():

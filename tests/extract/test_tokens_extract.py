@@ -27,7 +27,7 @@ from gendet.extract.parts import finalize_shard
 from gendet.extract.runner import prepare, run_local
 from gendet.features.store import MANIFEST, STATS_SUFFIX, feature_matrix, feature_schema, resolve_variant, variant_key
 
-ENCODER = "spectrum:v1"  # 8 x 8 tokens of 96, pure torch: fast
+ENCODER = "spectrum:v1"  # 8 x 8 tokens of 288, pure torch: fast
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -103,9 +103,9 @@ def test_token_variant_columns_masks_and_fields(shards, tmp_path):
     summary = run_local(config(folder, store, tokens=True))
     assert summary["quarantined_by_reason"] == {"bad_mask": 2} and summary["images"] == 8
     variant = resolve_variant(str(store), tokens=True)
-    assert (variant.token_grid, variant.token_dim) == ((8, 8), 96) and variant.url.endswith("__tok8x8")
+    assert (variant.token_grid, variant.token_dim) == ((8, 8), 288) and variant.url.endswith("__tok8x8")
     table = pq.read_table(os.path.join(variant.url, "b-000000.parquet"))
-    assert table.schema == feature_schema(392, "float16", (8, 8), 96)
+    assert table.schema == feature_schema(392, "float16", (8, 8), 288)
     quarantine = pq.read_table(os.path.join(variant.url, "b-000000.quarantine.parquet")).to_pylist()
     assert {q["key"]: q["reason"] for q in quarantine} == {"b-small-mask": "bad_mask", "b-not-png": "bad_mask"}
 
@@ -125,14 +125,14 @@ def test_token_variant_columns_masks_and_fields(shards, tmp_path):
         # one forward gives both: the tokens and the feature of the encoder on this image
         x = encoder.preprocess(Image.fromarray(want["image"]))[None]
         pooled, tokens = encoder.features_and_tokens(x)
-        np.testing.assert_allclose(np.asarray(row["tokens"], np.float32).reshape(64, 96), tokens[0].numpy(),
+        np.testing.assert_allclose(np.asarray(row["tokens"], np.float32).reshape(64, 288), tokens[0].numpy(),
                                    rtol=1e-2, atol=1e-2)
         np.testing.assert_allclose(np.asarray(row["feature"], np.float32), pooled[0].numpy(), rtol=1e-2, atol=1e-2)
 
     manifest = gio.read_json(os.path.join(variant.url, MANIFEST))
     stats = gio.read_json(os.path.join(variant.url, "a-000000" + STATS_SUFFIX))
     for recorded in (manifest, stats):
-        assert (recorded["token_grid"], recorded["token_dim"], recorded["tokens"]) == ([8, 8], 96, "8x8")
+        assert (recorded["token_grid"], recorded["token_dim"], recorded["tokens"]) == ([8, 8], 288, "8x8")
     pooled_key = variant_key({k: v for k, v in manifest.items() if k != "tokens"})
     assert manifest["variant_key"] == variant_key(manifest) != pooled_key
 
@@ -148,7 +148,38 @@ def test_rerun_skips_done_shards_and_adds_a_new_one(shards, tmp_path):
     assert more["shards_written"] == ["c-000000"] and more["shards_skipped"] == 2 and more["images"] == 4
     variant = resolve_variant(cfg.features, tokens=True)
     assert variant.shards == ("a-000000", "b-000000", "c-000000") and variant.rows == 12
-    assert len(rows_of(variant)["c-0"]["tokens"]) == 64 * 96
+    assert len(rows_of(variant)["c-0"]["tokens"]) == 64 * 288
+
+
+def test_a_store_of_0_5_tokens_keeps_growing_in_them(shards, tmp_path, monkeypatch):
+    """gendet 0.5 stored 96 spectrum measurements per token; today's tokens start with them. A run
+    that adds shards to such a store writes the same 96 (never a mix of widths), so the GAMMA
+    models trained on it keep reading it; a fresh store gets today's 288."""
+    import gendet.extract.runner as runner
+    from gendet.encoders.tokens import PATCH_DIM
+
+    folder, expected = shards
+    cfg = config(folder, tmp_path / "store", tokens=True)
+    monkeypatch.setattr(runner, "resolve_token_grid", lambda *a: ((8, 8), PATCH_DIM))  # what 0.5 resolved
+    run_local(cfg)
+    monkeypatch.undo()
+    write_shard(folder, "c", 3)
+    assert run_local(cfg)["shards_written"] == ["c-000000"]
+    variant = resolve_variant(cfg.features, tokens=True)
+    assert variant.token_dim == PATCH_DIM and gio.read_json(os.path.join(variant.url, MANIFEST))["token_dim"] == PATCH_DIM
+    row = rows_of(variant)["c-0"]
+    encoder = load_encoder(ENCODER)
+    image = write_shard(tmp_path / "again", "c", 3)["c-0"]["image"]  # the same seed: the same pixels
+    tokens = encoder.tokens(encoder.preprocess(Image.fromarray(image))[None])[0]
+    np.testing.assert_allclose(np.asarray(row["tokens"], np.float32).reshape(64, PATCH_DIM), tokens[:, :PATCH_DIM].numpy(),
+                               rtol=1e-2, atol=1e-2)
+    fresh = run_local(config(folder, tmp_path / "fresh", tokens=True))
+    assert fresh["images"] > 0 and resolve_variant(str(tmp_path / "fresh"), tokens=True).token_dim == 3 * PATCH_DIM
+    manifest = os.path.join(resolve_variant(str(tmp_path / "fresh"), tokens=True).url, MANIFEST)
+    gio.write_json_atomic(manifest, {**gio.read_json(manifest), "token_dim": 50})  # a width no encoder here makes
+    write_shard(folder, "d", 4)
+    with pytest.raises(GendetError, match="holds tokens of 50 values"):
+        prepare(config(folder, tmp_path / "fresh", tokens=True))
 
 
 def test_pooled_consumers_keep_their_variant_beside_a_token_one(shards, tmp_path):
@@ -182,12 +213,12 @@ def test_token_grid_coarsens_tokens_and_masks(shards, tmp_path):
     run_local(config(folder, store, tokens=True, token_grid="4x4"))
     fine = next(v for v in _token_variants(store) if v.token_grid == (8, 8))
     coarse = next(v for v in _token_variants(store) if v.token_grid == (4, 4))
-    assert coarse.url.endswith("__tok4x4") and coarse.token_dim == 96
+    assert coarse.url.endswith("__tok4x4") and coarse.token_dim == 288
     encoder, fine_rows, coarse_rows = load_encoder(ENCODER), rows_of(fine), rows_of(coarse)
     assert set(fine_rows) == set(coarse_rows)
     for key, row in coarse_rows.items():
-        tokens = np.asarray(row["tokens"], np.float32).reshape(16, 96)
-        native = torch.from_numpy(np.asarray(fine_rows[key]["tokens"], np.float32).reshape(1, 64, 96))
+        tokens = np.asarray(row["tokens"], np.float32).reshape(16, 288)
+        native = torch.from_numpy(np.asarray(fine_rows[key]["tokens"], np.float32).reshape(1, 64, 288))
         np.testing.assert_allclose(tokens, coarsen(native, (8, 8), (4, 4))[0].numpy(), rtol=1e-2, atol=1e-2)
         if expected[key]["mask"] is not None:
             from gendet.encoders.tokens import geometry_mask
@@ -215,7 +246,7 @@ def test_parts_write_the_same_token_store_as_the_plain_runner(shards, tmp_path):
     assert stats["token_grid"] == [4, 4] and stats["quarantined_by_reason"] == {"bad_mask": 2}
     ours = pq.read_table(os.path.join(plan.info.url, "b-000000.parquet"))
     theirs = pq.read_table(os.path.join(plain["output"], "b-000000.parquet"))
-    assert ours.schema == theirs.schema == feature_schema(392, "float16", (4, 4), 96)
+    assert ours.schema == theirs.schema == feature_schema(392, "float16", (4, 4), 288)
     exact = [c for c in ours.column_names if c not in ("feature", "tokens")]
     assert ours.select(exact).equals(theirs.select(exact))
     np.testing.assert_allclose(feature_matrix(ours["tokens"]).astype(np.float32),

@@ -23,7 +23,8 @@ TINY = ["--set", "width=16", "--set", "layers=1", "--set", "heads=2", "--set", "
 
 def test_two_workers_train_resume_log_register(ray_local, mlflow_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    store, out, storage = str(tmp_path / "store"), tmp_path / "out", tmp_path / "ckpt"
+    monkeypatch.chdir(tmp_path)  # FEATURES as a user types it, relative: the Ray workers still find it
+    store, out, storage = "store", tmp_path / "out", tmp_path / "ckpt"
     write_masked_shards(tmp_path / "shards", n=48, splits=("train", "train", "val", "test"))
     assert gendet_main(["extract", str(tmp_path / "shards"), store, "--local", "--tokens", "--encoder", "spectrum:v1"]) == 0
     args = [store, "--train-subsets", "sd,inpaint-inpaint_f8", "--out", str(out), "--storage", str(storage),

@@ -198,12 +198,29 @@ def test_a_model_on_a_coarser_grid_gets_pooled_tokens(images, tmp_path):
     rows = predict.predict(scorer, [str(p) for p in images], mask_dir=str(tmp_path / "m"))
     np.testing.assert_allclose([r["score"] for r in rows], _direct(model_dir, images, scorer.encoder)["score"], rtol=1e-5)
     assert all(_png(r["mask"]).shape == Image.open(p).size[::-1] for r, p in zip(rows, images))
-    wrong = _gamma("spectrum:v1").save(str(tmp_path / "wrong"))  # 96-d tokens: refused with an open_clip encoder
+    wrong = _gamma("spectrum:v1").save(str(tmp_path / "wrong"))  # spectrum tokens: refused with an open_clip encoder
     args = json.loads(Path(wrong, "gamma.json").read_text())
     args.update(encoder=name, encoder_weights_digest="random-init", preprocess_hash=load_encoder(name).preprocess_hash)
     Path(wrong, "gamma.json").write_text(json.dumps(args))
     with pytest.raises(GendetError, match="load the encoder the model was trained on"):
         predict.load_scorer(wrong)
+
+
+def test_a_model_of_0_5_spectrum_tokens_still_predicts(images, tmp_path):
+    """A GAMMA model saved by 0.5 reads 96 measurements per token; today's spectrum tokens start with
+    them, so predict feeds it those columns: the same scores as the model on them directly."""
+    from gendet.encoders.tokens import PATCH_DIM
+
+    encoder = load_encoder("spectrum:v1")
+    torch.manual_seed(0)
+    net = GammaNet(PATCH_DIM, encoder.token_grid, 3, GammaConfig(width=16, layers=1, heads=2, seg_context=0)).eval()
+    old = GammaDetector(net=net, sources=("camera", "a", "b"), encoder="spectrum:v1",
+                        preprocess_hash=encoder.preprocess_hash, encoder_weights_digest="builtin")
+    model_dir = old.save(str(tmp_path / "old"))
+    rows = predict.predict(predict.load_scorer(model_dir), [str(p) for p in images])
+    batch = torch.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in images])
+    direct = GammaDetector.load(model_dir).localize(encoder.tokens(batch)[..., :PATCH_DIM])["score"]
+    np.testing.assert_allclose([r["score"] for r in rows], direct, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- served model
