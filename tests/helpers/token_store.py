@@ -52,7 +52,8 @@ def token_rows(n: int, subset: str, split: str, grid: tuple[int, int], dim: int,
 
 
 def write_token_store(root: str, *, grid: tuple[int, int] = (8, 8), dim: int = 8, per_split: dict[str, int] | None = None,
-                      subsets: tuple[str, ...] = ("sd", "inpaint-inpaint_f8"), seed: int = 0, shards: int = 2) -> str:
+                      subsets: tuple[str, ...] = ("sd", "inpaint-inpaint_f8"), seed: int = 0, shards: int = 2,
+                      encoder: str = ENCODER) -> str:
     """Write ``root/<variant>__tok<R>x<C>/`` with ``shards`` files; returns the variant URL."""
     per_split = per_split or {"train": 24, "val": 8, "test": 12}
     rng = np.random.default_rng(seed)
@@ -60,19 +61,19 @@ def write_token_store(root: str, *, grid: tuple[int, int] = (8, 8), dim: int = 8
     rows = [r for split, n in per_split.items() for subset in subsets
             for r in token_rows(n, subset, split, grid, dim, rng, directions)]
     tokens = f"{grid[0]}x{grid[1]}"
-    variant = gio.join(str(root), variant_name(ENCODER, PHASH, "", tokens=tokens))
+    variant = gio.join(str(root), variant_name(encoder, PHASH, "", tokens=tokens))
     gio.makedirs(variant)
     schema = feature_schema(dim, "float32", grid, dim)
     stems = []
     for s in range(shards):
         part = rows[s::shards]
         stem = f"tokens-{s:06d}"
-        table = pa.Table.from_pylist([{**r, "shard": stem, "encoder": ENCODER, "preprocess_hash": PHASH, "degrade": ""}
+        table = pa.Table.from_pylist([{**r, "shard": stem, "encoder": encoder, "preprocess_hash": PHASH, "degrade": ""}
                                       for r in part], schema=schema)
         pq.write_table(table, gio.join(variant, f"{stem}.parquet"))
-        write_done_marker(variant, stem, rows=len(part), dim=dim, encoder=ENCODER, preprocess_hash=PHASH)
+        write_done_marker(variant, stem, rows=len(part), dim=dim, encoder=encoder, preprocess_hash=PHASH)
         stems.append(stem)
-    fields = {"encoder": ENCODER, "preprocess_hash": PHASH, "degrade": "", "tokens": tokens}
+    fields = {"encoder": encoder, "preprocess_hash": PHASH, "degrade": "", "tokens": tokens}
     gio.write_json_atomic(gio.join(variant, MANIFEST), {**fields, "dim": dim, "dtype": "float32", "shards": stems,
                                                         "rows": len(rows), "quarantined": 0, "token_grid": list(grid),
                                                         "token_dim": dim, "variant_key": variant_key(fields)})

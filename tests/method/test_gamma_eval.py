@@ -71,3 +71,28 @@ def test_a_variant_of_another_grid_is_refused(trained):
     check_token_variant(det, variant)
     with pytest.raises(GendetError, match="--token-grid 8x8"):
         check_token_variant(det, dataclasses.replace(variant, token_grid=(4, 4)))
+
+
+def test_a_model_of_0_5_spectrum_tokens_scores_a_store_of_todays(tmp_path):
+    """`evaluate` and the promotion gate score a GAMMA model trained on 0.5's 96-wide spectrum tokens
+    on a store of today's 288: it reads their first 96 columns, the same numbers 0.5 stored."""
+    import torch
+
+    from gendet.encoders.tokens import PATCH_DIM, TOKEN_DIM
+    from gendet.method.gamma import GammaNet
+    from gendet.method.gamma_detector import GammaDetector
+
+    write_token_store(str(tmp_path), grid=(4, 4), dim=TOKEN_DIM, per_split={"test": 8}, encoder="spectrum:v2")
+    rows = load_token_rows(str(tmp_path), splits=["test"])
+    torch.manual_seed(0)
+
+    def model(width: int) -> GammaDetector:
+        net = GammaNet(width, (4, 4), 3, GammaConfig(width=16, layers=1, heads=2)).eval()
+        return GammaDetector(net=net, sources=("camera", "inpaint_f8", "sd"), **rows.detector_fields())
+
+    old = model(PATCH_DIM)
+    check_token_variant(old, rows.variant)
+    _, loc = gamma_report(old, rows)
+    np.testing.assert_allclose(loc["score"], old.localize(rows.tokens[..., :PATCH_DIM])["score"], rtol=1e-6)
+    with pytest.raises(GendetError, match="tokens of 288"):
+        check_token_variant(model(PATCH_DIM + 1), rows.variant)  # any other width is refused
