@@ -32,6 +32,13 @@ def join(url: str, *parts: str) -> str:
     return "/".join([url, *[p.strip("/") for p in parts]])
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute, a URL (``scheme://``) as it is: what a process elsewhere (a Ray
+    worker on another node or in another working directory) can still open."""
+    url = str(url)
+    return url if "://" in url else os.path.abspath(url)
+
+
 def basename(url: str) -> str:
     return str(url).rstrip("/").rsplit("/", 1)[-1]
 

@@ -148,7 +148,7 @@ def fix(features: str, model: str = "models:/gendet@champion", subsets: Sequence
     client = MlflowClient(uri)
     name, parent_version, run = parent_run(model, client)
     champion = registry.version_by_alias(client, name, registry.CHAMPION)
-    out = os.path.abspath(out) if "://" not in out else out
+    out = gio.absolute(out)
     run_name = f"fix-{name}-v{parent_version}-{int(time.time())}"  # a new name: an old one would resume
     argv = train_argv(features, run.data.params, name, subsets, shots or 0, out, run_name=run_name,
                       num_workers=num_workers, cpus_per_worker=cpus_per_worker, gate_margin=gate_margin,

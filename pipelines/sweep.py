@@ -166,9 +166,9 @@ def resolve_data(configs: list[TrainConfig], variant: Variant, eval_splits: tupl
 def output_urls(args: argparse.Namespace) -> tuple[str, str]:
     """(OUT, Tune storage) URLs, checked to be reachable: with RAY_ADDRESS no node-local FEATURES,
     --out or --storage (unless --shared-fs)."""
-    out = os.path.abspath(args.out) if "://" not in args.out else args.out
+    out = gio.absolute(args.out)
     storage = args.storage or gio.join(out, "ray_results")
-    storage = os.path.abspath(storage) if "://" not in storage else storage
+    storage = gio.absolute(storage)
     for url, what in ((args.features, "FEATURES"), (out, "--out"), (storage, "--storage")):
         gio.require_reachable(url, what, "--shared-fs", shared=args.shared_fs)
     return out, storage

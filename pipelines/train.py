@@ -228,9 +228,9 @@ def build_datasets(variant_url: str, cfg: TrainConfig, *, rows: int = 0, in_memo
 
 def output_urls(args: argparse.Namespace) -> tuple[str, str]:
     """(--out, --storage) as URLs: local paths made absolute, storage defaulting to OUT/ray_results."""
-    out_url = os.path.abspath(args.out) if "://" not in args.out else args.out
+    out_url = gio.absolute(args.out)
     storage = args.storage or gio.join(out_url, "ray_results")
-    return out_url, (os.path.abspath(storage) if "://" not in storage else storage)
+    return out_url, gio.absolute(storage)
 
 
 def collect_detectors(checkpoint, out_url: str, methods: tuple[str, ...]) -> str:
@@ -261,9 +261,7 @@ def fit(args: argparse.Namespace, cfg: TrainConfig, variant, out_url: str | None
     init_ray()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        # workers run elsewhere (another node, another working directory): a local path goes absolute
-        train_loop_config={"train_config": to_dict(cfg), "dim": variant.dim,
-                           "variant_url": variant.url if "://" in variant.url else os.path.abspath(variant.url),
+        train_loop_config={"train_config": to_dict(cfg), "dim": variant.dim, "variant_url": gio.absolute(variant.url),
                            "detector_fields": variant.detector_fields(), "out_url": out_url, "use_gpu": args.use_gpu,
                            "fault_after_stage": args.fault_after_stage, "cache_rows": args.worker_cache_rows},
         scaling_config=ray.train.ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,

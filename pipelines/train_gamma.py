@@ -240,9 +240,8 @@ def fit(args: argparse.Namespace, run: dict[str, Any]) -> str:
     variant, plan = run["variant"], run["plan"]
     trainer = TorchTrainer(
         train_loop_per_worker,
-        # workers run elsewhere (another node, another working directory): a local path goes absolute
-        train_loop_config={"gamma_config": to_dict(run["cfg"]), "encoder": variant.encoder,
-                           "features": args.features if "://" in args.features else os.path.abspath(args.features),
+        train_loop_config={"gamma_config": to_dict(run["cfg"]), "features": gio.absolute(args.features),
+                           "encoder": variant.encoder,
                            "training_rows": plan.training_rows(), "sources": list(run["sources"]),
                            "detector_fields": variant.detector_fields(), "out_url": run["out"], "use_gpu": args.use_gpu,
                            "stop_after_epoch": args.stop_after_epoch, "storage": run["storage"], "name": args.name},

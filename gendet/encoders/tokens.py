@@ -145,9 +145,8 @@ def model_tokens(tokens: torch.Tensor | np.ndarray, encoder: str, model_dim: int
     """Tokens as a model of width ``model_dim`` reads them: a GAMMA model trained on gendet 0.5's
     96-wide spectrum tokens reads the first ``PATCH_DIM`` columns of today's (the same numbers);
     any other width is returned as it is (the caller checks it)."""
-    if encoder.startswith("spectrum") and model_dim == PATCH_DIM and tokens.shape[-1] == TOKEN_DIM:
-        return tokens[..., :PATCH_DIM]
-    return tokens
+    width = tokens.shape[-1]
+    return tokens[..., :model_dim] if width != model_dim and reads_tokens(encoder, width, model_dim) else tokens
 
 
 def reads_tokens(encoder: str, token_dim: int, model_dim: int) -> bool:

@@ -26,12 +26,14 @@ from gendet.serve.loading import load_detector
 from gendet.serve.masks import image_mask, seen_box, seen_fraction
 
 
-def _gamma(encoder_name: str, grid=None, seed: int = 0, seg_bias: float | None = None, **cfg) -> GammaDetector:
-    """A random-init GAMMA model over ``encoder_name``'s tokens (on ``grid``, default its native one);
-    ``seg_bias`` makes head 1 constant (every token's P(generated) = sigmoid(seg_bias))."""
+def _gamma(encoder_name: str, grid=None, seed: int = 0, seg_bias: float | None = None, token_dim: int | None = None,
+           **cfg) -> GammaDetector:
+    """A random-init GAMMA model over ``encoder_name``'s tokens (on ``grid``, default its native one;
+    ``token_dim``, default the encoder's); ``seg_bias`` makes head 1 constant (every token's
+    P(generated) = sigmoid(seg_bias))."""
     encoder = load_encoder(encoder_name)
     torch.manual_seed(seed)
-    net = GammaNet(encoder.token_dim, grid or encoder.token_grid, 3,
+    net = GammaNet(token_dim or encoder.token_dim, grid or encoder.token_grid, 3,
                    GammaConfig(**{**{"width": 16, "layers": 1, "heads": 2}, **cfg})).eval()
     if seg_bias is not None:
         with torch.no_grad():
@@ -212,11 +214,7 @@ def test_a_model_of_0_5_spectrum_tokens_still_predicts(images, tmp_path):
     from gendet.encoders.tokens import PATCH_DIM
 
     encoder = load_encoder("spectrum:v1")
-    torch.manual_seed(0)
-    net = GammaNet(PATCH_DIM, encoder.token_grid, 3, GammaConfig(width=16, layers=1, heads=2, seg_context=0)).eval()
-    old = GammaDetector(net=net, sources=("camera", "a", "b"), encoder="spectrum:v1",
-                        preprocess_hash=encoder.preprocess_hash, encoder_weights_digest="builtin")
-    model_dir = old.save(str(tmp_path / "old"))
+    model_dir = _gamma("spectrum:v1", token_dim=PATCH_DIM, seg_context=0).save(str(tmp_path / "old"))
     rows = predict.predict(predict.load_scorer(model_dir), [str(p) for p in images])
     batch = torch.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in images])
     direct = GammaDetector.load(model_dir).localize(encoder.tokens(batch)[..., :PATCH_DIM])["score"]
@@ -317,9 +315,10 @@ def test_a_logged_and_registered_gamma_model_is_scored_by_its_uris(mlflow_server
         mlflow.set_experiment("gamma-serve-test")
         with mlflow.start_run() as run:
             info = pyfunc.log_detector(GammaDetector.load(gamma_dir))
-        version = registry.register(info.model_uri, "gamma-test", client=MlflowClient(mlflow_server))
+        version = registry.register(info.model_uri, "gamma-serve-test", client=MlflowClient(mlflow_server))
         expected = predict.predict(gamma_dir, [str(images[1])])
-        uris = (f"runs:/{run.info.run_id}/detector", f"models:/gamma-test/{version.version}", "models:/gamma-test@challenger")
+        uris = (f"runs:/{run.info.run_id}/detector", f"models:/gamma-serve-test/{version.version}",
+                "models:/gamma-serve-test@challenger")
         for uri in uris:
             row = predict.predict(uri, [str(images[1])])[0]
             assert row["score"] == pytest.approx(expected[0]["score"]) and row["fake_fraction"] == expected[0]["fake_fraction"]
