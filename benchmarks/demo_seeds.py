@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gendet.eval import tables  # noqa: E402
-from gendet.method.config import METHODS  # noqa: E402
+from gendet.method.gendet.config import METHODS  # noqa: E402
 from pipelines import demo, train  # noqa: E402
 from pipelines._ray import verb_args  # noqa: E402
 

@@ -68,11 +68,14 @@ from gendet.encoders.tokens import TOKEN_DIM, geometry_mask  # noqa: E402
 from gendet.eval import metrics, tables  # noqa: E402
 from gendet.eval.pixel import pixel_metrics  # noqa: E402
 from gendet.features.sources import TensorSource  # noqa: E402
-from gendet.method.config import preset  # noqa: E402
-from gendet.method.gamma import GammaConfig, GammaTargets, pixel_masks, predict_gamma, train_gamma  # noqa: E402
-from gendet.method.gamma_detector import CAMERA  # noqa: E402
-from gendet.method.gamma_train import gamma_targets as store_targets  # noqa: E402
-from gendet.method.trainer import train_all  # noqa: E402
+from gendet.method.gamma.config import GammaConfig  # noqa: E402
+from gendet.method.gamma.detector import CAMERA  # noqa: E402
+from gendet.method.gamma.losses import GammaTargets  # noqa: E402
+from gendet.method.gamma.networks import pixel_masks, predict_gamma  # noqa: E402
+from gendet.method.gamma.trainer import gamma_targets as store_targets  # noqa: E402
+from gendet.method.gamma.trainer import train_gamma  # noqa: E402
+from gendet.method.gendet.config import preset  # noqa: E402
+from gendet.method.gendet.trainer import train_all  # noqa: E402
 from gendet.zoo.config import parse_families  # noqa: E402
 from pipelines import demo  # noqa: E402
 
@@ -212,7 +215,7 @@ def training_rows(w: dict[str, np.ndarray], data: str, split: str = "train") -> 
 
 
 def gamma_targets(w: dict[str, np.ndarray], rows: np.ndarray) -> GammaTargets:
-    """The heads' targets of ``rows`` by the library's rules (``gendet.method.gamma_train.gamma_targets``,
+    """The heads' targets of ``rows`` by the library's rules (``gendet.method.gamma.trainer.gamma_targets``,
     what ``train-gamma`` trains on): the world's arrays as token-store columns."""
     kind = w["kind"][rows]
     columns = SimpleNamespace(family=w["family"][rows], subset=w["subset"][rows], labels=w["y"][rows],

@@ -61,8 +61,8 @@ from gendet.extract.config import ExtractConfig  # noqa: E402
 from gendet.extract.runner import run_local  # noqa: E402
 from gendet.features.sources import TensorSource  # noqa: E402
 from gendet.features.store import feature_files, feature_matrix, resolve_variant  # noqa: E402
-from gendet.method.config import METHODS, TrainConfig, preset  # noqa: E402
-from gendet.method.trainer import train_all  # noqa: E402
+from gendet.method.gendet.config import METHODS, TrainConfig, preset  # noqa: E402
+from gendet.method.gendet.trainer import train_all  # noqa: E402
 from gendet.zoo.shards import ZooShardsConfig, build_zoo_shards  # noqa: E402
 
 TRAIN_FAMILY = "ae_nearest_f8"

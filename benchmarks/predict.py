@@ -37,8 +37,8 @@ import torch
 from PIL import Image
 
 from gendet.encoders.registry import load_encoder
-from gendet.method.detector import Detector, build_method_nets
-from gendet.method.networks import Arch
+from gendet.method.gendet.detector import Detector, build_method_nets
+from gendet.method.gendet.networks import Arch
 from gendet.serve import predict, pyfunc
 from gendet.serve import scorer as scorer_mod
 

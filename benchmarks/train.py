@@ -82,8 +82,8 @@ def worker(args: argparse.Namespace) -> dict:
 
     from gendet.eval.metrics import metrics_report
     from gendet.features.sources import ParquetSource, TensorSource, synthetic_clusters
-    from gendet.method.config import preset
-    from gendet.method.trainer import train_all
+    from gendet.method.gendet.config import preset
+    from gendet.method.gendet.trainer import train_all
 
     torch.set_num_threads(args.threads)
     overrides = dict(methods=tuple(args.methods), batch_size=args.batch_size, precision=args.precision,

@@ -3,7 +3,7 @@
 Configs are frozen ``kw_only, slots`` dataclasses (torchtitan style): a misspelt field fails
 loudly, checks live in ``__post_init__`` and run before any work starts, and the resolved config
 is written next to every output and logged to MLflow. Each concern keeps its own config class next
-to its code (``gendet.method.config``, ``gendet.extract``, ``gendet.zoo``); this module holds what
+to its code (``gendet.method.gendet.config``, ``gendet.extract``, ``gendet.zoo``); this module holds what
 they share.
 """
 

@@ -132,7 +132,7 @@ def train_args(features: str, out: str, args: argparse.Namespace) -> argparse.Na
 def degraded_reports(features: str, detectors_dir: str, degrades: tuple[str, ...], methods: tuple[str, ...]) -> dict:
     """Table 4 input: every method on the test split of each degraded variant."""
     from gendet.features.store import resolve_variant
-    from gendet.method.detector import Detector
+    from gendet.method.gendet.detector import Detector
     from pipelines.evaluate import evaluate_store
 
     detectors = {m: Detector.load(gio.join(detectors_dir, m)) for m in methods}
@@ -155,7 +155,7 @@ def refresh_args(shards: str, features: str, out: str, model: str, fix_shots: in
 def run(args: argparse.Namespace) -> int:
     from gendet.data.shards import export_samples
     from gendet.eval.report import DemoReport, write_demo_report
-    from gendet.method.config import METHODS
+    from gendet.method.gendet.config import METHODS
     from gendet.serve.predict import predict
     from gendet.zoo.config import parse_families
     from pipelines import refresh, train

@@ -6,7 +6,7 @@ method out: no image is decoded, no encoder loaded), the driver collects the sma
 builds ``metrics.json`` with ``gendet.eval.metrics``. ``--degrade all`` adds Table 4: the same model on
 every degraded variant of the store (``gendet extract --degrade SPEC``), one row each. A GAMMA model
 (``gamma.json``, from ``gendet train-gamma``) is scored instead on the store's token variant(s), in
-this process (``gendet.method.gamma_eval``: the same per-subset table, plus pixel F1/IoU for the
+this process (``gendet.method.gamma.eval``: the same per-subset table, plus pixel F1/IoU for the
 subsets with masks).
 
 The scoring itself is the library's (``gendet.eval.scoring``); this module runs it on Ray Data.
@@ -33,8 +33,8 @@ from gendet.eval.metrics import json_safe
 from gendet.eval.tables import degradation_table, table
 from gendet.features.contents import check_rows
 from gendet.features.store import Variant, feature_files, list_variants, resolve_variant
-from gendet.method.detector import Detector
-from gendet.method.gamma_detector import GammaDetector
+from gendet.method.gamma.detector import GammaDetector
+from gendet.method.gendet.detector import Detector
 from gendet.serve.loading import load_model
 
 
@@ -123,7 +123,7 @@ def preflight(args: argparse.Namespace) -> tuple[Detector | GammaDetector, dict[
                 if args.degrade == "all" else [args.degrade])
     if gamma:
         from gendet.features.tokens import resolve_token_variant
-        from gendet.method.gamma_eval import check_token_variant
+        from gendet.method.gamma.eval import check_token_variant
 
         variants = {d: resolve_token_variant(args.features, encoder=encoder, degrade=d) for d in degrades}
     else:
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     gio.write_bytes_atomic(args.out, (json.dumps(json_safe(main_report), indent=2) + "\n").encode())
     text = table({det.method: by_degrade[degrades[0]]})
     if isinstance(det, GammaDetector):
-        from gendet.method.gamma_eval import report_table
+        from gendet.method.gamma.eval import report_table
 
         text = report_table(by_degrade[degrades[0]], det.method)
     if len(degrades) > 1:
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
 def evaluate_gamma(det: GammaDetector, variant: Variant, args: argparse.Namespace) -> dict:
     """metrics.json of a GAMMA model on a token variant's eval splits (pixel metrics included)."""
     from gendet.features.tokens import load_token_rows
-    from gendet.method.gamma_eval import gamma_report
+    from gendet.method.gamma.eval import gamma_report
 
     rows = load_token_rows(args.features, encoder=variant.encoder, degrade=variant.degrade, splits=args.eval_splits)
     return gamma_report(det, rows, model=args.model)[0]

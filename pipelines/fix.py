@@ -75,7 +75,7 @@ def parent_run(model: str, client: Any) -> tuple[str, str, Any]:
 def champion_settings(params: dict[str, str]) -> list[str]:
     """``--set KEY=VALUE`` items that rebuild the TrainConfig the run logged (``tracking.log_config``:
     tuples as JSON text). ``train_subsets`` and ``shots`` are left to the caller."""
-    from gendet.method.config import TrainConfig
+    from gendet.method.gendet.config import TrainConfig
 
     items = []
     for f in fields(TrainConfig):

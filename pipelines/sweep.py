@@ -44,8 +44,8 @@ from gendet.eval import sweep as gsweep
 from gendet.features.contents import check_rows, row_counts
 from gendet.features.sources import ParquetSource, TensorSource
 from gendet.features.store import Variant, feature_matrix, resolve_variant
-from gendet.method.config import METHODS, VAL, TrainConfig, preset, preset_names, resolve_calibration_split
-from gendet.method.trainer import check_calibration, check_source
+from gendet.method.gendet.config import METHODS, VAL, TrainConfig, preset, preset_names, resolve_calibration_split
+from gendet.method.gendet.trainer import check_calibration, check_source
 
 DEFAULT_GRID = ("alpha=0.01,0.1,1", "margin=1,2,4")  # the paper's Table 5
 TABLE_AXES = ("alpha", "margin")  # rows, columns of the Table-5 pivot when both are swept
@@ -191,7 +191,7 @@ def run_trial(point: dict[str, Any], *, configs: dict[str, dict[str, Any]], vari
     import ray.tune
     import torch
 
-    from gendet.method.trainer import train_all
+    from gendet.method.gendet.trainer import train_all
     from gendet.mlops.training_report import headline_method
     from pipelines.evaluate import evaluate_store
 

@@ -1,7 +1,7 @@
 """``gendet train`` / ``python -m pipelines.train``: GenDet and its baselines on Ray Train.
 
 A ``TorchTrainer`` with N workers (CPU or GPU) runs the library's schedule
-(``gendet.method.trainer.train_all``) with DDP. The feature store streams in through Ray Data: three
+(``gendet.method.gendet.trainer.train_all``) with DDP. The feature store streams in through Ray Data: three
 datasets (all, real, fake rows of the training subsets and split) that Ray Train splits evenly
 across workers (``streaming_split(equal=True)``), so every worker sees the same number of batches
 per stage and no worker loads the whole store. After every stage each worker reports; rank 0
@@ -39,8 +39,8 @@ from gendet.config import ConfigError, csv_tuple, from_dict, parse_assignments, 
 from gendet.features.contents import check_rows, row_counts
 from gendet.features.sources import CachingSource, ParquetSource, epoch_seed
 from gendet.features.store import Variant, feature_files, feature_matrix, resolve_variant
-from gendet.method.config import METHODS, VAL, TrainConfig, preset, preset_names, resolve_calibration_split
-from gendet.method.trainer import check_calibration, check_source
+from gendet.method.gendet.config import METHODS, VAL, TrainConfig, preset, preset_names, resolve_calibration_split
+from gendet.method.gendet.trainer import check_calibration, check_source
 
 DETECTORS = "detectors"
 HISTORY = "history.json"
@@ -141,7 +141,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from gendet.method.trainer import train_all
+    from gendet.method.gendet.trainer import train_all
 
     cfg = from_dict(TrainConfig, config["train_config"])
     ctx = ray.train.get_context()
@@ -236,7 +236,7 @@ def output_urls(args: argparse.Namespace) -> tuple[str, str]:
 def collect_detectors(checkpoint, out_url: str, methods: tuple[str, ...]) -> str:
     """Copy the detectors and rank 0's history from the run's last checkpoint (on ``--storage``,
     wherever rank 0 ran) to ``OUT``; returns ``OUT/detectors``."""
-    from gendet.method.detector import Detector
+    from gendet.method.gendet.detector import Detector
 
     if checkpoint is None:
         raise GendetError("the training run ended without a checkpoint: no detectors to collect; rerun the same command "

@@ -1,6 +1,6 @@
 """``gendet train-gamma`` / ``python -m pipelines.train_gamma``: GAMMA (issue 13) on Ray Train.
 
-A ``TorchTrainer`` with N workers runs the library's epoch loop (``gendet.method.gamma_train``) with
+A ``TorchTrainer`` with N workers runs the library's epoch loop (``gendet.method.gamma.trainer``) with
 DDP when N > 1: every worker reads the training rows of the store's token variant
 (``gendet extract --tokens``) in its shard of them and trains on it (pyarrow, batch by batch, not
 Ray Data: an epoch revisits the same rows, which a worker keeps in memory, so there is no stream to
@@ -18,7 +18,7 @@ that ``--out`` and ``--storage`` can be written.
 
 Then the driver calibrates (Platt scaling and the threshold at ``--target-fpr`` on held-out rows:
 the val split, or a held-out share of the training content_ids, chosen as GenDet's
-``calibration_split`` chooses), scores the eval splits (``gendet.method.gamma_eval``: the
+``calibration_split`` chooses), scores the eval splits (``gendet.method.gamma.eval``: the
 per-subset ``metrics.json`` of CONTRACTS.md plus pixel F1/IoU for subsets with masks, taken on
 the token canvas: the true mask is ``token_mask >= 0.5`` upsampled to the canvas (each token a
 16x16 block), the predicted one ``GammaDetector.masks`` of the model's token probabilities at the
@@ -38,7 +38,7 @@ from typing import Any
 from gendet import GendetError, first_line
 from gendet import io as gio
 from gendet.config import ConfigError, csv_tuple, from_dict, parse_assignments, read_config_file, to_dict
-from gendet.method.gamma import GammaConfig
+from gendet.method.gamma.config import GammaConfig
 
 MODEL, STATE, HISTORY = "model", "state.pt", "history.json"
 
@@ -87,7 +87,7 @@ def build_config(args: argparse.Namespace) -> GammaConfig:
 def row_plan(args: argparse.Namespace, counts: dict[tuple[str, str], int]):
     """GenDet's rule for which rows train and which calibrate (``TrainConfig.training_rows`` /
     ``calibration_rows``), resolved for this store and these eval splits."""
-    from gendet.method.config import VAL, TrainConfig, resolve_calibration_split
+    from gendet.method.gendet.config import VAL, TrainConfig, resolve_calibration_split
 
     plan = TrainConfig(train_subsets=tuple(args.train_subsets), target_fpr=args.target_fpr,
                        calibration_split=args.calibration_split, calibration_holdout=args.calibration_holdout)
@@ -100,7 +100,7 @@ def preflight(args: argparse.Namespace) -> dict[str, Any]:
     from gendet.features.contents import check_rows, row_counts
     from gendet.features.sources import ParquetSource
     from gendet.features.tokens import resolve_token_variant
-    from gendet.method.trainer import check_calibration, check_source
+    from gendet.method.gendet.trainer import check_calibration, check_source
     from gendet.mlops import tracking
     from pipelines.train import output_urls
 
@@ -156,7 +156,7 @@ def training_sources(training) -> tuple[str, ...]:
 
     import numpy as np
 
-    from gendet.method.gamma_train import source_classes
+    from gendet.method.gamma.trainer import source_classes
 
     cols = training.table(None, columns=["family", "subset", "label", "manipulation", "generated_fraction"]).to_pydict()
     text = {k: np.asarray([v or "" for v in cols[k]], dtype=object) for k in ("family", "subset", "manipulation")}
@@ -172,7 +172,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     from gendet.features.tokens import load_token_rows
-    from gendet.method.gamma_train import fit_gamma, trained_detector
+    from gendet.method.gamma.trainer import fit_gamma, trained_detector
 
     cfg = from_dict(GammaConfig, config["gamma_config"])
     ctx = ray.train.get_context()
@@ -264,7 +264,7 @@ def fit(args: argparse.Namespace, run: dict[str, Any]) -> str:
         if not os.path.exists(os.path.join(local, MODEL)):
             raise GendetError(f"the GAMMA run's last checkpoint ({result.checkpoint.path}) holds no model; rerun the same "
                               "command to finish it")
-        from gendet.method.gamma_detector import GammaDetector
+        from gendet.method.gamma.detector import GammaDetector
 
         GammaDetector.load(os.path.join(local, MODEL)).save(model_url)
         with open(os.path.join(local, HISTORY), "rb") as f:
@@ -275,7 +275,7 @@ def fit(args: argparse.Namespace, run: dict[str, Any]) -> str:
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Validate, fit on Ray Train, calibrate, evaluate, log, register and gate; returns the summary."""
     from gendet.features.tokens import load_token_rows
-    from gendet.method.gamma_detector import GammaDetector
+    from gendet.method.gamma.detector import GammaDetector
     from gendet.mlops.gamma_report import report_gamma
     from gendet.mlops.training_report import ReportOptions
     from pipelines._ray import require_ray

@@ -113,8 +113,8 @@ def tiny_detector_dir(tmp_path_factory, tiny_images) -> str:
     from PIL import Image
 
     from gendet.encoders.registry import load_encoder
-    from gendet.method.detector import Detector, build_method_nets
-    from gendet.method.networks import Arch
+    from gendet.method.gendet.detector import Detector, build_method_nets
+    from gendet.method.gendet.networks import Arch
 
     torch.manual_seed(0)
     encoder = load_encoder("spectrum:v1")
@@ -147,7 +147,7 @@ def tiny_scores(tiny_images, tiny_detector_dir) -> dict:
     from PIL import Image
 
     from gendet.encoders.registry import load_encoder
-    from gendet.method.detector import Detector
+    from gendet.method.gendet.detector import Detector
 
     encoder, detector = load_encoder("spectrum:v1"), Detector.load(tiny_detector_dir)
     batch = torch.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in tiny_images])

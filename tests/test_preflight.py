@@ -152,8 +152,8 @@ def test_evaluate_checks_model_server_splits_and_out_before_scoring(tmp_path, ge
     assert f"MLflow tracking server {uri} does not answer" in one_line_error(capsys)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
 
-    from gendet.method.detector import Detector, build_method_nets
-    from gendet.method.networks import Arch
+    from gendet.method.gendet.detector import Detector, build_method_nets
+    from gendet.method.gendet.networks import Arch
     from helpers.synthetic_store import ENCODER, PHASH
 
     arch = Arch(feature_dim=64, layers=1, heads=2)

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from gendet.coevolve.representation import Representation, ssim
 from gendet.config import check
-from gendet.method.detector import Detector
+from gendet.method.gendet.detector import Detector
 from gendet.zoo.config import FAMILIES, FamilyConfig, family_config
 from gendet.zoo.photos import collect_photos, random_crops
 from gendet.zoo.regenerate import psnr, regenerate, sdedit_trajectory, to_tensor

@@ -32,8 +32,8 @@ from PIL import Image
 from gendet import GendetError
 from gendet.encoders.registry import load_encoder
 from gendet.encoders.spectrum import V2_CANVAS, V2_CROPS, SpectrumEncoder
-from gendet.method.detector import Detector
-from gendet.method.networks import discrepancy
+from gendet.method.gendet.detector import Detector
+from gendet.method.gendet.networks import discrepancy
 
 # The encoder's computation without its inference_mode decorator (functools.wraps keeps it).
 _SPECTRUM_BODY = getattr(SpectrumEncoder.__call__, "__wrapped__", None)

@@ -102,7 +102,7 @@ def _rotation(stage: str) -> int | None:
 
 def diagnostic_series(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
     """{panel title: {line label: (rotations, values)}} of ``training_diagnostics``, from the trainer's
-    history rows (``gendet.method.trainer``: stage, job, mean_loss and the diagnostics).
+    history rows (``gendet.method.gendet.trainer``: stage, job, mean_loss and the diagnostics).
 
     - Eq. 1: ``mean_loss`` of ``real.M`` (one line per student rung);
     - Eq. 2: the row's ``hinge`` (Eq. 2 without alpha, on G(x^f) for gendet, raw fakes for

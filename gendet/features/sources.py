@@ -1,6 +1,6 @@
 """Where the trainer's batches come from: a small protocol and two sources.
 
-The trainer (``gendet.method.trainer``) only calls ``source.batches(kind, epoch)``, so Ray Train can plug
+The trainer (``gendet.method.gendet.trainer``) only calls ``source.batches(kind, epoch)``, so Ray Train can plug
 in ``ray.train.get_dataset_shard(...).iter_torch_batches(...)`` behind the same protocol without
 any change to the library. ``kind`` is ``"all"`` (teacher, probe and classifier stages), ``"real"``
 (stage a) or ``"fake"`` (stages b and c). Labels are 0 = real, 1 = fake.

@@ -265,7 +265,7 @@ class Variant:
                 "preprocess_hash": self.preprocess_hash, "precision": self.precision, "degrade": self.degrade}
 
     def detector_fields(self) -> dict[str, str]:
-        """What a detector trained on this variant records of it (``gendet.method.trainer.train_all``'s
+        """What a detector trained on this variant records of it (``gendet.method.gendet.trainer.train_all``'s
         keywords), so the variant is found and checked again for scoring, refresh and predict."""
         return {"encoder": self.encoder, "encoder_weights": self.weights, "encoder_weights_digest": self.weights_digest,
                 "preprocess_hash": self.preprocess_hash, "encoder_precision": self.precision}

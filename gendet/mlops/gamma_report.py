@@ -20,9 +20,9 @@ from gendet import io as gio
 from gendet.eval.metrics import json_safe
 from gendet.features.store import Variant
 from gendet.features.tokens import load_token_rows
-from gendet.method.gamma import GammaConfig
-from gendet.method.gamma_detector import GammaDetector
-from gendet.method.gamma_eval import PIXEL_KEYS, gamma_report, overlay_figure, report_table
+from gendet.method.gamma.config import GammaConfig
+from gendet.method.gamma.detector import GammaDetector
+from gendet.method.gamma.eval import PIXEL_KEYS, gamma_report, overlay_figure, report_table
 from gendet.mlops.training_report import ReportOptions, family_table
 
 METHOD = "gamma"

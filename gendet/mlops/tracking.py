@@ -158,7 +158,7 @@ def metric_key(*parts: str) -> str:
 
 
 def log_stage_history(history: Sequence[Mapping[str, Any]], prefix: str = "loss") -> int:
-    """Log the trainer's per-stage rows (``gendet.method.trainer``: ``stage``, ``job``, ``mean_loss``) as
+    """Log the trainer's per-stage rows (``gendet.method.gendet.trainer``: ``stage``, ``job``, ``mean_loss``) as
     ``loss/<job>`` curves whose step is the stage's position in the plan, so every job's curve
     shares one x-axis (pretrain = 0, r01.a = 1, ...). Returns the number of points logged."""
     steps: dict[str, int] = {}

@@ -19,9 +19,9 @@ from gendet import io as gio
 from gendet.eval.metrics import json_safe
 from gendet.eval.tables import table
 from gendet.features.store import Variant
-from gendet.method.config import TrainConfig
-from gendet.method.detector import Detector
-from gendet.method.trainer import DIAGNOSTICS
+from gendet.method.gendet.config import TrainConfig
+from gendet.method.gendet.detector import Detector
+from gendet.method.gendet.trainer import DIAGNOSTICS
 
 REPORTED = "gendet"  # the method whose metrics.json is the run's headline and whose model is registered
 

@@ -7,7 +7,7 @@ one. Only the detector's own files are read (safetensors weights and JSON): noth
 is executed, and no image encoder is loaded (``load_scorer`` adds it: ``gendet.serve.scorer``).
 
 The folder holds a GenDet ``Detector`` (``detector.json``) or a GAMMA model (``gamma.json``,
-``gendet.method.gamma_detector``; logged under the same ``artifacts/detector``): ``load_model``
+``gendet.method.gamma.detector``; logged under the same ``artifacts/detector``): ``load_model``
 returns either, ``load_detector`` (the verbs that read pooled features) a Detector only.
 """
 
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from gendet import GendetError, first_line
 from gendet import io as gio
-from gendet.method.detector import ARGS, Detector
-from gendet.method.gamma_detector import GammaDetector, is_gamma_dir
+from gendet.method.gamma.detector import GammaDetector, is_gamma_dir
+from gendet.method.gendet.detector import ARGS, Detector
 
 if TYPE_CHECKING:
     from gendet.serve.scorer import ImageScorer

@@ -14,7 +14,7 @@ image bytes (``dataframe_split``, ``dataframe_records`` or ``inputs`` over HTTP)
 one row per input with ``score`` (P(fake)), ``is_fake``, ``threshold`` and ``error`` (empty when
 the row was scored; score is null (None) and is_fake false when it was not).
 
-A GAMMA model (``gendet.method.gamma_detector``, logged the same way under ``artifacts/detector``,
+A GAMMA model (``gendet.method.gamma.detector``, logged the same way under ``artifacts/detector``,
 ``GAMMA_SIGNATURE``) answers two more columns: ``fake_fraction`` (the share of the pixels the model
 saw, its crop of the image, that its predicted mask covers; null when the row was not scored or the model has no segmentation
 heads) and, when the request's params say ``{"masks": true}``, ``mask_png`` (the mask as a base64
@@ -53,8 +53,9 @@ PACKAGE_DIR = Path(__file__).parents[1]
 # The code a served model runs, relative to the package (tests/serve check it is the import
 # closure of pyfunc_model): the rest of gendet (training, extraction, the zoo and its weights) stays out.
 SERVING_CODE = ("__init__.py", "io.py", "config.py", "data/__init__.py", "data/decode.py", "encoders", "eval/__init__.py",
-                "eval/metrics.py", "method/__init__.py", "method/detector.py", "method/networks.py", "method/gamma.py",
-                "method/gamma_detector.py", "serve")
+                "eval/metrics.py", "method/__init__.py", "method/saved.py", "method/gendet/__init__.py",
+                "method/gendet/detector.py", "method/gendet/networks.py", "method/gamma/__init__.py", "method/gamma/config.py",
+                "method/gamma/networks.py", "method/gamma/detector.py", "serve")
 INPUT_COLUMN = "image"
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
@@ -154,8 +155,8 @@ class GendetModel(mlflow.pyfunc.PythonModel):
     scorer: ImageScorer
 
     def load_context(self, context: Any) -> None:
-        from gendet.method.detector import Detector
-        from gendet.method.gamma_detector import GammaDetector, is_gamma_dir
+        from gendet.method.gamma.detector import GammaDetector, is_gamma_dir
+        from gendet.method.gendet.detector import Detector
 
         config = context.model_config or {}
         self.limits = {k: int(config.get(k, v)) for k, v in SERVING_LIMITS.items()}
@@ -209,8 +210,8 @@ def _detector_dir(detector: Any, tmp: str) -> str:
     """``detector`` (a Detector or GammaDetector, or a saved one's directory or URL) saved as
     ``<tmp>/detector``, so the artifact is always ``artifacts/detector`` inside the model
     (``gendet.serve.loading`` reads it there)."""
-    from gendet.method.detector import Detector
-    from gendet.method.gamma_detector import GammaDetector, is_gamma_dir
+    from gendet.method.gamma.detector import GammaDetector, is_gamma_dir
+    from gendet.method.gendet.detector import Detector
 
     if isinstance(detector, (str, Path)):
         detector = (GammaDetector if is_gamma_dir(str(detector)) else Detector).load(str(detector))
@@ -218,8 +219,8 @@ def _detector_dir(detector: Any, tmp: str) -> str:
 
 
 def _model_kwargs(detector_dir: str, tmp: str) -> dict[str, Any]:
-    from gendet.method.detector import Detector
-    from gendet.method.gamma_detector import GammaDetector, is_gamma_dir
+    from gendet.method.gamma.detector import GammaDetector, is_gamma_dir
+    from gendet.method.gendet.detector import Detector
 
     gamma = is_gamma_dir(detector_dir)
     det = (GammaDetector if gamma else Detector).load(detector_dir)

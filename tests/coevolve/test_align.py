@@ -16,8 +16,8 @@ from gendet.coevolve.lineage import lineage_path, load_aligned, save_aligned
 from gendet.coevolve.representation import Representation, quantise, spectrum_canvas
 from gendet.data.shards import iter_tar_members, list_shards
 from gendet.encoders.registry import load_encoder
-from gendet.method.detector import Detector, build_method_nets
-from gendet.method.networks import Arch
+from gendet.method.gendet.detector import Detector, build_method_nets
+from gendet.method.gendet.networks import Arch
 from gendet.zoo.regenerate import to_tensor
 from gendet.zoo.shards import ZooShardsConfig, build_generator_shards
 from gendet.zoo.train import load_or_train

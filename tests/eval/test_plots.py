@@ -93,7 +93,7 @@ def test_training_diagnostics_has_its_panels_with_a_point_per_rotation(short_his
             assert gap[m][1][i] == pytest.approx(rows[(f"{r}.b", f"fake.{m}")]["discrepancy"]
                                                  - rows[(f"{r}.a", f"real.{m}")]["discrepancy"])
     # the unweighted hinge is Eq. 2 itself: alpha * hinge is the stage's loss for ts_fake (raw fakes)
-    from gendet.method.config import preset
+    from gendet.method.gendet.config import preset
 
     alpha = preset("debug").alpha
     assert rows[("r01.b", "fake.ts_fake")]["mean_loss"] == pytest.approx(alpha * rows[("r01.b", "fake.ts_fake")]["hinge"],

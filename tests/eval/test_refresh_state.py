@@ -12,8 +12,8 @@ from gendet import GendetError
 from gendet import io as gio
 from gendet.eval import refresh_state as rs
 from gendet.features.store import STATS_SUFFIX, done_shards
-from gendet.method.detector import Detector, build_method_nets
-from gendet.method.networks import Arch
+from gendet.method.gendet.detector import Detector, build_method_nets
+from gendet.method.gendet.networks import Arch
 from helpers.synthetic_store import write_synthetic_store
 
 STEMS = ["synthetic-000000", "synthetic-000001", "synthetic-000002"]

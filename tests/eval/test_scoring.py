@@ -10,8 +10,8 @@ import torch
 from gendet import GendetError
 from gendet.eval import scoring
 from gendet.features.store import feature_files, feature_matrix, resolve_variant
-from gendet.method.detector import Detector, build_method_nets
-from gendet.method.networks import Arch
+from gendet.method.gendet.detector import Detector, build_method_nets
+from gendet.method.gendet.networks import Arch
 from helpers.synthetic_store import ENCODER, PHASH, write_synthetic_store
 
 

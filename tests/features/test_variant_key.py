@@ -19,9 +19,9 @@ from gendet.features.store import (
     variant_key,
     variant_name,
 )
-from gendet.method.config import TrainConfig
-from gendet.method.detector import Detector
-from gendet.method.trainer import train_all
+from gendet.method.gendet.config import TrainConfig
+from gendet.method.gendet.detector import Detector
+from gendet.method.gendet.trainer import train_all
 from helpers.synthetic_store import write_synthetic_store
 
 PHASH = "abcdef0123456789" * 4

@@ -10,8 +10,8 @@ def short_training_history(rotations: int = 3, **overrides: Any) -> list[dict[st
     import torch
 
     from gendet.features.sources import TensorSource, synthetic_clusters
-    from gendet.method.config import preset
-    from gendet.method.trainer import Trainer
+    from gendet.method.gendet.config import preset
+    from gendet.method.gendet.trainer import Trainer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

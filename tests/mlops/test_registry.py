@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from gendet import GendetError, cli
 from gendet.eval.metrics import metrics_report
-from gendet.method.detector import Detector
+from gendet.method.gendet.detector import Detector
 from gendet.mlops import registry
 from gendet.serve import predict, pyfunc
 

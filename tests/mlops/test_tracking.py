@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from gendet import GendetError
 from gendet.eval import plots
 from gendet.eval.metrics import metrics_report
-from gendet.method.config import TrainConfig
+from gendet.method.gendet.config import TrainConfig
 from gendet.mlops import tracking
 
 

@@ -7,8 +7,8 @@ import mlflow
 import pytest
 import torch
 
-from gendet.method.detector import Detector, build_method_nets
-from gendet.method.networks import Arch
+from gendet.method.gendet.detector import Detector, build_method_nets
+from gendet.method.gendet.networks import Arch
 from helpers.synthetic_store import ENCODER, PHASH, write_synthetic_store
 from pipelines import evaluate
 

@@ -141,7 +141,7 @@ def test_ray_data_filters_take_names_with_quotes_and_spaces(ray_local, tmp_path)
     """Filters are Ray Data expressions (col(...).is_in), never text: a quote in a name cannot break one.
     (pipelines.evaluate filters shards and splits with the same col(...).is_in.)"""
     from gendet.features.store import resolve_variant
-    from gendet.method.config import TrainConfig
+    from gendet.method.gendet.config import TrainConfig
     from helpers.synthetic_store import write_synthetic_store
     from pipelines.train import build_datasets
 

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from gendet.method.detector import Detector
+from gendet.method.gendet.detector import Detector
 from gendet.mlops import registry
 from gendet.serve import pyfunc
 from helpers.bad_shards import write_good_shards

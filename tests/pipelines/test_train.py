@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from gendet.features.sources import ParquetSource
-from gendet.method.detector import Detector
+from gendet.method.gendet.detector import Detector
 from helpers.synthetic_store import write_synthetic_store
 from pipelines import train as train_pipeline
 

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from gendet.cli import main as gendet_main
 from gendet.features.tokens import load_token_rows
-from gendet.method.gamma_detector import GammaDetector
+from gendet.method.gamma.detector import GammaDetector
 from helpers.token_store import write_masked_shards, write_token_store
 from pipelines import train_gamma
 

@@ -19,8 +19,9 @@ from PIL import Image
 from gendet import GendetError, cli
 from gendet.encoders.registry import load_encoder
 from gendet.encoders.tokens import coarsen, geometry_mask
-from gendet.method.gamma import GammaConfig, GammaNet
-from gendet.method.gamma_detector import GammaDetector
+from gendet.method.gamma.config import GammaConfig
+from gendet.method.gamma.detector import GammaDetector
+from gendet.method.gamma.networks import GammaNet
 from gendet.serve import predict, pyfunc
 from gendet.serve.loading import load_detector
 from gendet.serve.masks import image_mask, seen_box, seen_fraction

@@ -14,7 +14,7 @@ from conftest import free_port
 from PIL import Image
 
 from gendet import GendetError, cli
-from gendet.method.detector import Detector
+from gendet.method.gendet.detector import Detector
 from gendet.serve import predict
 from gendet.serve import scorer as scorer_mod
 

@@ -17,7 +17,7 @@ import torch
 import yaml
 from conftest import free_port, stop_process, wait_http
 
-from gendet.method.detector import Detector
+from gendet.method.gendet.detector import Detector
 from gendet.serve import pyfunc
 
 
@@ -51,9 +51,10 @@ def test_saved_model_holds_the_detector_its_facts_and_no_pickle(model_dir, tiny_
     outputs = [c["name"] for c in json.loads(mlmodel["signature"]["outputs"])]
     assert outputs == ["score", "is_fake", "threshold", "error"]
     code = Path(model_dir, "code", "gendet")
-    assert (code / "serve" / "pyfunc.py").is_file() and (code / "method" / "detector.py").is_file()
+    assert (code / "serve" / "pyfunc.py").is_file() and (code / "method" / "gendet" / "detector.py").is_file()
     # only what scoring imports travels with the model: no trainer, extraction, zoo or its weights
-    assert not (code / "zoo").exists() and not (code / "extract").exists() and not (code / "method" / "trainer.py").exists()
+    assert not (code / "zoo").exists() and not (code / "extract").exists()
+    assert not (code / "method" / "gendet" / "trainer.py").exists()
     pins = Path(model_dir, "requirements.txt").read_text().split()
     assert pyfunc.pin("torch", torch.__version__) in pins and not any(p.startswith("ray") for p in pins)
     assert not any("+" in p for p in pins) and len(pins) == len(set(pins))

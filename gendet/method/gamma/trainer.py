@@ -1,5 +1,5 @@
 """Training GAMMA on token rows, an epoch at a time, with a state to checkpoint and resume from
-(issue 13). Pure torch, no Ray: ``pipelines/train_gamma.py`` runs it in Ray Train workers with DDP.
+. Pure torch, no Ray: ``pipelines/train_gamma.py`` runs it in Ray Train workers with DDP.
 
 Targets from ``TokenRows`` (``gamma_targets``):
 * image: ``labels`` (1 fake: wholly generated or manipulated anywhere);
@@ -20,6 +20,7 @@ shard has the same size, so every worker takes the same number of steps.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -27,8 +28,101 @@ import torch
 
 from gendet.config import check
 from gendet.data.manipulations import GENERATED_KINDS
-from gendet.method.gamma import GammaConfig, GammaNet, GammaTargets, GammaTrainer, source_targets
-from gendet.method.gamma_detector import CAMERA, GammaDetector
+from gendet.method.gamma.config import GammaConfig
+from gendet.method.gamma.detector import CAMERA, GammaDetector
+from gendet.method.gamma.losses import GammaTargets, gamma_loss, source_targets
+from gendet.method.gamma.networks import GammaNet
+
+
+class GammaTrainer:
+    """GAMMA's epoch loop with a resumable state: the network (``wrap``: DDP, e.g. Ray Train's
+    ``prepare_model``), AdamW, the one-cycle schedule, the epoch count and the shuffling RNG, all in
+    ``state_dict`` (plain tensors and numbers: a checkpoint loads with ``weights_only=True``).
+    ``rows`` is the number of training rows this process steps through per epoch (its shard's)."""
+
+    def __init__(self, cfg: GammaConfig, *, token_dim: int, grid: tuple[int, int], num_sources: int, rows: int,
+                 device: str = "cpu", wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
+        check(rows >= 1, "no training rows")
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.rows, self.device = cfg, rows, torch.device(device)
+        self.net = GammaNet(token_dim, tuple(grid), num_sources, cfg).to(self.device)
+        self.model = wrap(self.net) if wrap else self.net
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps = cfg.epochs * math.ceil(rows / cfg.batch_size)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+        self.order = torch.Generator().manual_seed(cfg.seed)
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    def run_epoch(self, tokens: torch.Tensor, targets: GammaTargets) -> dict[str, float]:
+        """One pass over ``tokens`` [rows, T, D] in a fresh random order; returns the epoch's mean losses."""
+        n, cfg = tokens.shape[0], self.cfg
+        check(n == self.rows, f"the trainer was built for {self.rows} rows per epoch, got {n}")
+        seg = cfg.seg_heads
+        sums: dict[str, float] = {}
+        self.model.train()
+        perm = torch.randperm(n, generator=self.order)
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start:start + cfg.batch_size]
+            out = self.model(tokens[idx].to(self.device).float())
+            masks = targets.token_masks[idx].to(self.device) if seg else None
+            sources = targets.token_sources[idx].to(self.device) if seg else None
+            loss, parts = gamma_loss(out, targets.labels[idx].to(self.device), masks, sources, cfg)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx) / n
+        row = {"epoch": self.epoch, **sums}
+        self.history.append(row)
+        self.epoch += 1
+        return row
+
+    def state_dict(self) -> dict:
+        return {"net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}, "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "epoch": self.epoch, "order_rng": self.order.get_state(),
+                "torch_rng": torch.get_rng_state(), "history": [dict(r) for r in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.order.set_state(state["order_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = [dict(r) for r in state.get("history", [])]
+
+
+def train_gamma(tokens: torch.Tensor, labels: torch.Tensor, *, grid: tuple[int, int], cfg: GammaConfig,
+                token_masks: torch.Tensor | None = None, token_sources: torch.Tensor | None = None,
+                num_sources: int = 2, log=None) -> tuple[GammaNet, list[dict[str, float]]]:
+    """Train GAMMA on in-memory tensors: ``tokens`` [N, T, D], ``labels`` [N] (1 = fake),
+    ``token_masks`` [N, T] (head 1's targets in [0, 1]; needed with ``seg_heads``),
+    ``token_sources`` [N, T] (head 2's classes in 0..num_sources-1; all-camera for reals and
+    all-zero-generated when None). Deterministic for a seed on CPU. Returns (net in eval mode,
+    one dict of mean losses per epoch). (``GammaTrainer``; ``gendet.method.gamma.trainer`` trains
+    on a token store's rows, resumably.)"""
+    n, t, d = tokens.shape
+    check(labels.shape == (n,), f"labels must be [{n}], got {tuple(labels.shape)}")
+    if cfg.seg_heads:
+        check(token_masks is not None and token_masks.shape == (n, t),
+              f"seg_heads needs token_masks [{n}, {t}]; pass them or set seg_heads=False")
+        if token_sources is None:
+            token_sources = torch.zeros(n, t, dtype=torch.long)
+        check(token_sources.shape == (n, t) and int(token_sources.max()) < num_sources and int(token_sources.min()) >= 0,
+              f"token_sources must be [{n}, {t}] with classes in 0..{num_sources - 1}")
+    trainer = GammaTrainer(cfg, token_dim=d, grid=grid, num_sources=num_sources, rows=n)
+    targets = GammaTargets(labels, token_masks, token_sources)
+    while not trainer.done:
+        row = trainer.run_epoch(tokens, targets)
+        if log:
+            log(row)
+    return trainer.net.eval(), trainer.history
 
 
 def row_families(families: np.ndarray, subsets: np.ndarray, labels: np.ndarray, manipulations: np.ndarray,

@@ -8,7 +8,7 @@ On disk (``save(dir_url)``; each file written atomically through ``gendet.io``):
                             reference and digest, preprocess_hash and precision, the token grid the
                             store kept, the calibrated threshold, target FPR and Platt scaling
 
-A directory holds either ``detector.json`` (GenDet and its ladder, ``gendet.method.detector``) or
+A directory holds either ``detector.json`` (GenDet and its ladder, ``gendet.method.gendet.detector``) or
 ``gamma.json``; ``is_gamma_dir`` tells which. ``score`` gives P(fake) per token grid;
 ``localize`` adds the per-token P(manipulated) and the most likely source per token; ``masks``
 turns token probabilities into pixel masks of any size.
@@ -16,23 +16,20 @@ turns token probabilities into pixel masks of any size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from gendet import GendetError, first_line
 from gendet import io as gio
 from gendet.eval.metrics import calibrated_threshold
-from gendet.method.detector import fit_platt
-from gendet.method.gamma import GammaNet, pixel_masks
+from gendet.method.gamma.networks import GammaNet, pixel_masks
+from gendet.method.saved import WEIGHTS, SavedModel, fit_platt
 
 FORMAT_VERSION = 1
-WEIGHTS, ARGS = "model.safetensors", "gamma.json"
+ARGS = "gamma.json"
 CAMERA = "camera"
 """Source class 0 of head 2: pixels no generator made."""
 # Far above the networks GAMMA trains, far below an allocation that would take a machine down.
@@ -43,22 +40,17 @@ def is_gamma_dir(dir_url: str) -> bool:
     return gio.exists(gio.join(dir_url, ARGS))
 
 
-@dataclass
-class GammaDetector:
+@dataclass(kw_only=True)
+class GammaDetector(SavedModel):
+    """GAMMA's network and its source classes; the shared fields are ``SavedModel``'s."""
+
+    ARGS: ClassVar[str] = ARGS
+    FORMAT_VERSION: ClassVar[int] = FORMAT_VERSION
+    WRITER: ClassVar[str] = "GammaDetector.save or `gendet train-gamma`"
+
     net: GammaNet
     sources: tuple[str, ...]
     """Head 2's classes: ``("camera", family 1, ...)``."""
-    encoder: str = ""
-    encoder_weights: str = ""
-    preprocess_hash: str = ""
-    encoder_weights_digest: str = ""
-    encoder_precision: str = ""
-    threshold: float = 0.5
-    target_fpr: float | None = None
-    platt: tuple[float, float] | None = None
-    """(a, b): P(fake) = sigmoid(a * logit + b), fitted on held-out rows; None: sigmoid(logit)."""
-    calibration_split: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     method: str = "gamma"
 
     @property
@@ -92,11 +84,7 @@ class GammaDetector:
             yield self.net(x[i:i + batch_size])
 
     def probability(self, logit: torch.Tensor) -> torch.Tensor:
-        logit = logit.double()
-        if self.platt is None:
-            return torch.sigmoid(logit)
-        a, b = self.platt
-        return torch.sigmoid(a * logit + b)
+        return self.calibrated(logit)
 
     def logits(self, tokens: np.ndarray | torch.Tensor, *, batch_size: int = 512) -> np.ndarray:
         """The image logit per row (what Platt scaling is fitted on), float64 [N]."""
@@ -127,7 +115,7 @@ class GammaDetector:
     def calibrate(self, tokens: np.ndarray, labels: np.ndarray, target_fpr: float, *, split: str | None = None,
                   platt: bool = True) -> float:
         """Platt scaling on held-out rows of both classes, then the threshold that keeps the FPR of
-        their reals at ``target_fpr`` (as ``gendet.method.detector.calibrate`` does for GenDet)."""
+        their reals at ``target_fpr`` (as ``gendet.method.gendet.detector.calibrate`` does for GenDet)."""
         labels = np.asarray(labels).astype(np.int64)
         if platt and 0 < labels.sum() < len(labels):
             self.platt = fit_platt(self.logits(tokens), labels)
@@ -139,28 +127,14 @@ class GammaDetector:
 
     def args(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "method": self.method, "spec": self.net.spec(),
-                "sources": list(self.sources), "encoder": self.encoder, "encoder_weights": self.encoder_weights,
-                "preprocess_hash": self.preprocess_hash, "encoder_weights_digest": self.encoder_weights_digest,
-                "encoder_precision": self.encoder_precision, "threshold": float(self.threshold),
-                "target_fpr": self.target_fpr, "platt": list(self.platt) if self.platt else None,
-                "calibration_split": self.calibration_split, "extra": self.extra}
+                "sources": list(self.sources), **self.shared_args()}
 
     def save(self, dir_url: str) -> str:
-        tensors = {k: t.detach().cpu().contiguous() for k, t in self.net.state_dict().items()}
-        gio.write_bytes_atomic(gio.join(dir_url, WEIGHTS), save_safetensors(tensors))
-        gio.write_json_atomic(gio.join(dir_url, ARGS), self.args())
-        return dir_url
+        return self.write(dir_url, self.net.state_dict())
 
     @classmethod
     def load(cls, dir_url: str) -> GammaDetector:
-        args_url = gio.join(dir_url, ARGS)
-        if not gio.exists(args_url):
-            raise GendetError(f"{dir_url}: no {ARGS} here; pass a directory written by GammaDetector.save or "
-                              "`gendet train-gamma`")
-        args = gio.read_json(args_url)
-        if args.get("format_version") != FORMAT_VERSION:
-            raise GendetError(f"{args_url}: GAMMA format {args.get('format_version')}, this gendet reads "
-                              f"{FORMAT_VERSION}; upgrade gendet")
+        args, args_url = cls.read_args(dir_url)
         spec = _checked_spec(args.get("spec"), args_url)
         sources = args.get("sources")
         if not (isinstance(sources, list) and len(sources) == spec["num_sources"] and all(isinstance(s, str) for s in sources)):
@@ -169,26 +143,12 @@ class GammaDetector:
             net = GammaNet.from_spec(spec)
         except Exception as exc:  # noqa: BLE001 - a config the checks refuse: the file is not one gendet wrote
             raise GendetError(f"{args_url}: not a GAMMA spec gendet wrote ({first_line(exc, 200)}); save it again") from None
-        weights_url = gio.join(dir_url, WEIGHTS)
+        tensors = cls.read_weights(dir_url)
         try:
-            net.load_state_dict(load_safetensors(gio.read_bytes(weights_url)))
-        except FileNotFoundError:
-            raise GendetError(f"{weights_url}: missing; a saved GAMMA model is {WEIGHTS} + {ARGS}, save it again") from None
-        except (SafetensorError, RuntimeError, ValueError, OSError) as exc:
-            raise GendetError(f"{weights_url}: not the weights {ARGS} describes ({first_line(exc, 200)}); "
-                              "save the model again") from None
-        platt = args.get("platt")
-        if platt is not None and not (isinstance(platt, list) and len(platt) == 2
-                                      and all(isinstance(v, (int, float)) and np.isfinite(v) for v in platt)):
-            raise GendetError(f"{args_url}: 'platt' must be [a, b], two finite numbers; save the model again")
-        return cls(net=net.eval(), sources=tuple(sources), encoder=str(args.get("encoder") or ""),
-                   encoder_weights=str(args.get("encoder_weights") or ""),
-                   preprocess_hash=str(args.get("preprocess_hash") or ""),
-                   encoder_weights_digest=str(args.get("encoder_weights_digest") or ""),
-                   encoder_precision=str(args.get("encoder_precision") or ""),
-                   threshold=float(args.get("threshold", 0.5)), target_fpr=args.get("target_fpr"),
-                   platt=tuple(platt) if platt else None, calibration_split=args.get("calibration_split"),
-                   extra=args.get("extra") or {})
+            net.load_state_dict(tensors)
+        except (RuntimeError, ValueError) as exc:
+            raise cls.weights_mismatch(gio.join(dir_url, WEIGHTS), exc) from None
+        return cls(net=net.eval(), sources=tuple(sources), **cls.shared_fields(args, args_url))
 
 
 def _checked_spec(raw: Any, args_url: str) -> dict:

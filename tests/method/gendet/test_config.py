@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gendet.config import ConfigError, from_dict, to_dict
-from gendet.method.config import METHODS, TrainConfig, preset, replace, resolve_calibration_split
+from gendet.method.gendet.config import METHODS, TrainConfig, preset, replace, resolve_calibration_split
 
 
 def test_defaults_are_the_papers():

@@ -6,18 +6,10 @@ import torch
 
 from gendet.config import ConfigError
 from gendet.eval.pixel import pixel_metrics
-from gendet.method.gamma import (
-    GammaConfig,
-    GammaNet,
-    GammaOutput,
-    GridContext,
-    gamma_loss,
-    pixel_masks,
-    predict_gamma,
-    source_targets,
-    token_targets,
-    train_gamma,
-)
+from gendet.method.gamma.config import GammaConfig
+from gendet.method.gamma.losses import gamma_loss, source_targets, token_targets
+from gendet.method.gamma.networks import GammaNet, GammaOutput, GridContext, pixel_masks, predict_gamma
+from gendet.method.gamma.trainer import train_gamma
 
 GRID, SIZE, DIM = (8, 8), 64, 12
 SMALL = GammaConfig(width=32, layers=1, heads=4, epochs=1, batch_size=8)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gendet.method import losses
+from gendet.method.gendet import losses
 
 Z_T = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
 Z_S = torch.tensor([[0.0, 2.0, 2.0], [0.0, 1.0, 3.0]])

@@ -22,7 +22,7 @@ import numpy as np
 from gendet.eval.metrics import json_safe, metrics_report, nanmean
 from gendet.eval.pixel import pixel_metrics
 from gendet.eval.tables import table
-from gendet.method.gamma_detector import GammaDetector
+from gendet.method.gamma.detector import GammaDetector
 
 CANVAS_CELL = 16
 """Pixels per token side on the canvas pixel metrics are taken on."""

@@ -15,23 +15,21 @@ weight and bias), never as a pickle. ``score`` gives P(fake) per feature row; ``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from gendet import GendetError, first_line
+from gendet import GendetError
 from gendet import io as gio
 from gendet.eval.metrics import calibrated_threshold
-from gendet.method.networks import Arch, method_forward, scoring_net_types
+from gendet.method.gendet.networks import Arch, method_forward, scoring_net_types
+from gendet.method.saved import WEIGHTS, SavedModel, fit_platt
 
 FORMAT_VERSION = 1
-WEIGHTS, ARGS = "model.safetensors", "detector.json"
+ARGS = "detector.json"
 
 
 def build_method_nets(method: str, arch: Arch) -> dict[str, nn.Module]:
@@ -42,31 +40,17 @@ def build_method_nets(method: str, arch: Arch) -> dict[str, nn.Module]:
         raise GendetError(f"detector: {exc}") from None
 
 
-@dataclass
-class Detector:
+@dataclass(kw_only=True)
+class Detector(SavedModel):
+    """A GenDet rung (or a baseline of the ladder) on pooled features."""
+
+    ARGS: ClassVar[str] = ARGS
+    FORMAT_VERSION: ClassVar[int] = FORMAT_VERSION
+    WRITER: ClassVar[str] = "Detector.save or `gendet train`"
+
     method: str
     arch: Arch
     nets: dict[str, nn.Module]
-    encoder: str = ""
-    """Encoder name as in the feature store, e.g. ``open_clip:ViT-L-14/openai``."""
-    encoder_weights: str = ""
-    """Reference to the encoder's weights (tag, file or sha) so the same features can be made."""
-    preprocess_hash: str = ""
-    encoder_weights_digest: str = ""
-    """Digest of the weights the training features were made with (the store's variant key,
-    ``gendet.encoders.registry.weights_identity``); empty for detectors saved before 0.4.0."""
-    encoder_precision: str = ""
-    """The encoder precision of the training features (fp32/fp16/bf16); empty before 0.4.0."""
-    threshold: float = 0.5
-    """Decision threshold on P(fake); calibrated on held-out reals when ``target_fpr`` is set."""
-    target_fpr: float | None = None
-    platt: tuple[float, float] | None = None
-    """(a, b) of Platt scaling fitted on held-out rows of both classes: P(fake) = sigmoid(a * m + b)
-    with m the logit margin (fake - real); None = the raw softmax (``calibrate``)."""
-    calibration_split: str | None = None
-    """The rows threshold and Platt scaling were fitted on (``TrainConfig.calibration_split``:
-    ``val`` or ``train_holdout``); None when not calibrated or not recorded (detectors saved before)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def feature_dim(self) -> int:
@@ -110,11 +94,7 @@ class Detector:
         """P(fake) [N] (float64) from the networks' two logits: the Platt-scaled margin when
         calibrated, the softmax otherwise (a saturated softmax gives scores like 1e-8 whose
         thresholds transfer to nothing)."""
-        margin = _margin(logits)
-        if self.platt is None:
-            return torch.sigmoid(margin)  # = softmax(logits)[:, 1]
-        a, b = self.platt
-        return torch.sigmoid(a * margin + b)
+        return self.calibrated(_margin(logits))
 
     def _forward(self, features: np.ndarray | torch.Tensor, batch_size: int):
         """(logits, discrepancy or None) of each batch of ``features``: the one scoring loop."""
@@ -130,49 +110,26 @@ class Detector:
 
     def args(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "method": self.method, "arch": asdict(self.arch),
-                "feature_dim": self.feature_dim, "encoder": self.encoder, "encoder_weights": self.encoder_weights,
-                "preprocess_hash": self.preprocess_hash, "encoder_weights_digest": self.encoder_weights_digest,
-                "encoder_precision": self.encoder_precision, "threshold": float(self.threshold),
-                "target_fpr": self.target_fpr, "platt": list(self.platt) if self.platt else None,
-                "calibration_split": self.calibration_split, "extra": self.extra}
+                "feature_dim": self.feature_dim, **self.shared_args()}
 
     def save(self, dir_url: str) -> str:
-        tensors = {f"{name}.{key}": t.detach().cpu().contiguous()
-                   for name, net in self.nets.items() for key, t in net.state_dict().items()}
-        gio.write_bytes_atomic(gio.join(dir_url, WEIGHTS), save_safetensors(tensors))
-        gio.write_json_atomic(gio.join(dir_url, ARGS), self.args())
-        return dir_url
+        return self.write(dir_url, {f"{name}.{key}": t for name, net in self.nets.items()
+                                    for key, t in net.state_dict().items()})
 
     @classmethod
     def load(cls, dir_url: str) -> Detector:
-        args_url = gio.join(dir_url, ARGS)
-        if not gio.exists(args_url):
-            raise GendetError(f"{dir_url}: no {ARGS} here; pass a directory written by Detector.save or `gendet train`")
-        args = gio.read_json(args_url)
-        if args.get("format_version") != FORMAT_VERSION:
-            raise GendetError(f"{args_url}: detector format {args.get('format_version')}, this gendet reads {FORMAT_VERSION}; "
-                              "upgrade gendet")
+        args, args_url = cls.read_args(dir_url)
         arch = _checked_arch(args.get("arch"), args_url)  # before any allocation sized by it
         nets = build_method_nets(args["method"], arch)
-        weights_url = gio.join(dir_url, WEIGHTS)
+        tensors = cls.read_weights(dir_url)
         try:
-            tensors = load_safetensors(gio.read_bytes(weights_url))
             for name, net in nets.items():
                 prefix = name + "."
                 net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
                 net.eval()
-        except FileNotFoundError:
-            raise GendetError(f"{weights_url}: missing; a saved detector is {WEIGHTS} + {ARGS}, save it again") from None
-        except (SafetensorError, RuntimeError, ValueError, OSError) as exc:  # a cut file, a state-dict mismatch
-            raise GendetError(f"{weights_url}: not the weights {ARGS} describes ({first_line(exc, 200)}); "
-                              "save the detector again (Detector.save or `gendet train`)") from None
-        return cls(method=args["method"], arch=arch, nets=nets, encoder=args["encoder"],
-                   encoder_weights=args["encoder_weights"], preprocess_hash=args["preprocess_hash"],
-                   encoder_weights_digest=str(args.get("encoder_weights_digest") or ""),
-                   encoder_precision=str(args.get("encoder_precision") or ""),
-                   threshold=float(args["threshold"]), target_fpr=args["target_fpr"],
-                   platt=_checked_platt(args.get("platt"), args_url),
-                   calibration_split=_checked_split(args.get("calibration_split"), args_url), extra=args.get("extra", {}))
+        except (RuntimeError, ValueError) as exc:  # a state-dict mismatch
+            raise cls.weights_mismatch(gio.join(dir_url, WEIGHTS), exc) from None
+        return cls(method=args["method"], arch=arch, nets=nets, **cls.shared_fields(args, args_url))
 
 
 # Far above any network the method uses (width 196, a few layers), far below an allocation that
@@ -182,7 +139,7 @@ ARCH_LIMITS = {"feature_dim": 1 << 16, "width": 4096, "layers": 64, "heads": 64,
 
 def _checked_arch(raw: Any, args_url: str) -> Arch:
     if not isinstance(raw, dict) or not set(raw) <= {f for f in Arch.__dataclass_fields__}:
-        raise GendetError(f"{args_url}: 'arch' must be an object with fields of gendet.method.networks.Arch; save it again")
+        raise GendetError(f"{args_url}: 'arch' must be an object with fields of gendet's Arch; save it again")
     for key, limit in ARCH_LIMITS.items():
         value = raw.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= limit:
@@ -197,29 +154,6 @@ def _checked_arch(raw: Any, args_url: str) -> Arch:
 def _margin(logits: torch.Tensor) -> torch.Tensor:
     """logit(fake) - logit(real) in float64: sigmoid of it is the softmax's P(fake)."""
     return logits[:, 1].double() - logits[:, 0].double()
-
-
-def _checked_platt(raw: Any, args_url: str) -> tuple[float, float] | None:
-    if raw is None:
-        return None
-    if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in raw)):
-        raise GendetError(f"{args_url}: 'platt' must be [a, b], two finite numbers; save the detector again")
-    return float(raw[0]), float(raw[1])
-
-
-def _checked_split(raw: Any, args_url: str) -> str | None:
-    if raw is not None and not isinstance(raw, str):
-        raise GendetError(f"{args_url}: 'calibration_split' must be a string or null; save the detector again")
-    return raw
-
-
-def fit_platt(margins: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Platt scaling (sklearn's logistic regression on the 1-D margin): (a, b)."""
-    from sklearn.linear_model import LogisticRegression
-
-    model = LogisticRegression(C=1e4, max_iter=1000).fit(np.asarray(margins, dtype=np.float64).reshape(-1, 1),
-                                                        np.asarray(labels, dtype=np.int64))
-    return float(model.coef_[0, 0]), float(model.intercept_[0])
 
 
 def calibrate(detector: Detector, source: Any, target_fpr: float, *, epoch: int = 0, platt: bool = True) -> float:

@@ -10,8 +10,8 @@ import pytest
 
 from gendet import GendetError
 from gendet.features.tokens import load_token_rows
-from gendet.method.gamma import GammaConfig
-from gendet.method.gamma_eval import (
+from gendet.method.gamma.config import GammaConfig
+from gendet.method.gamma.eval import (
     CANVAS_CELL,
     check_token_variant,
     gamma_report,
@@ -19,7 +19,7 @@ from gendet.method.gamma_eval import (
     report_table,
     true_masks,
 )
-from gendet.method.gamma_train import fit_gamma, trained_detector
+from gendet.method.gamma.trainer import fit_gamma, trained_detector
 from helpers.token_store import write_token_store
 
 
@@ -79,8 +79,8 @@ def test_a_model_of_0_5_spectrum_tokens_scores_a_store_of_todays(tmp_path):
     import torch
 
     from gendet.encoders.tokens import PATCH_DIM, TOKEN_DIM
-    from gendet.method.gamma import GammaNet
-    from gendet.method.gamma_detector import GammaDetector
+    from gendet.method.gamma.detector import GammaDetector
+    from gendet.method.gamma.networks import GammaNet
 
     write_token_store(str(tmp_path), grid=(4, 4), dim=TOKEN_DIM, per_split={"test": 8}, encoder="spectrum:v2")
     rows = load_token_rows(str(tmp_path), splits=["test"])

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from gendet.config import ConfigError, check
 from gendet.config import replace as _replace
-from gendet.method.networks import METHODS, STUDENT_METHODS
+from gendet.method.gendet.networks import METHODS, STUDENT_METHODS
 
 __all__ = ["METHODS", "STUDENT_METHODS", "TrainConfig", "preset", "preset_names", "replace",
            "resolve_calibration_split"]
@@ -35,7 +35,7 @@ class TrainConfig:
     train_splits: tuple[str, ...] = ("train",)
     """Feature-store ``split`` values to train on."""
     width: int = 196
-    """Transformer width; a feature of width d becomes ceil(d / width) tokens (gendet.method.networks)."""
+    """Transformer width; a feature of width d becomes ceil(d / width) tokens (gendet.method.gendet.networks)."""
     layers: int = 1
     """Transformer blocks per network."""
     heads: int = 4
@@ -48,7 +48,7 @@ class TrainConfig:
     """Weight of Eq. 2 (L_dis^f) in stage (b)."""
     augmenter_bound: float = 0.5
     """G's reach: ||G(x) - x|| <= augmenter_bound * ||x|| (G is a bounded residual, the identity at
-    init; gendet.method.networks.Augmenter). The paper does not bound G."""
+    init; gendet.method.gendet.networks.Augmenter). The paper does not bound G."""
     classifier_input: Literal["raw", "augmented", "both"] = "raw"
     """What N_c trains on (Eq. 4): discrepancies of the raw features of both classes (``raw``); of
     reals and G(fakes) (``augmented``, the paper's z^f = N(G(x^f)) read literally); or of reals,
@@ -63,7 +63,7 @@ class TrainConfig:
     alpha sets Eq. 2's step size relative to Eq. 1's (the paper's Table 5 knob)."""
     loss_reduction: Literal["mean", "sum"] = "mean"
     """How Eq. 1 and Eq. 3 reduce (z_t - z_s)^2 over its elements: ``mean`` keeps them on Eq. 2's
-    scale; ``sum`` is the squared L2 distance (gendet.method.losses)."""
+    scale; ``sum`` is the squared L2 distance (gendet.method.gendet.losses)."""
     rotations: int = 10
     """How many times stages (a) student-on-real, (b) student-on-G(fake), (c) augmenter run."""
     teacher_epochs: int = 1

@@ -11,8 +11,8 @@ import torch
 
 from gendet.config import ConfigError
 from gendet.features.tokens import load_token_rows
-from gendet.method.gamma import GammaConfig
-from gendet.method.gamma_train import fit_gamma, gamma_targets, row_families, shard_rows, source_classes, trained_detector
+from gendet.method.gamma.config import GammaConfig
+from gendet.method.gamma.trainer import fit_gamma, gamma_targets, row_families, shard_rows, source_classes, trained_detector
 from helpers.token_store import write_token_store
 
 CFG = GammaConfig(width=16, layers=1, heads=2, epochs=3, batch_size=8, lr=3e-3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gendet.method.networks import Arch, Augmenter, Classifier, Teacher, TeacherHead, discrepancy, from_tokens, to_tokens
+from gendet.method.gendet.networks import Arch, Augmenter, Classifier, Teacher, TeacherHead, discrepancy, from_tokens, to_tokens
 
 
 @pytest.mark.parametrize("dim, tokens", [(768, 4), (512, 3), (196, 1), (1024, 6)])
@@ -49,7 +49,7 @@ def test_positional_embedding_tells_chunks_apart():
 
 
 def test_augmenter_starts_as_the_identity_and_stays_within_its_bound():
-    from gendet.method.networks import Arch, Augmenter
+    from gendet.method.gendet.networks import Arch, Augmenter
 
     torch.manual_seed(0)
     arch = Arch(feature_dim=40, width=16, heads=2)

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from gendet import GendetError
 from gendet.features.sources import TensorSource, synthetic_clusters
-from gendet.method.config import METHODS, preset
-from gendet.method.detector import Detector, calibrate
-from gendet.method.trainer import train_all
+from gendet.method.gendet.config import METHODS, preset
+from gendet.method.gendet.detector import Detector, calibrate
+from gendet.method.gendet.trainer import train_all
 
 DIM = 20  # not a multiple of the width: exercises the padding
 
@@ -93,9 +93,9 @@ def test_an_arch_outside_what_gendet_writes_is_refused_before_building(detectors
 
 def test_platt_calibration_gives_probabilities_that_are_not_saturated(tmp_path):
     from gendet.features.sources import TensorSource, synthetic_clusters
-    from gendet.method.config import preset
-    from gendet.method.detector import Detector, calibrate
-    from gendet.method.trainer import train_all
+    from gendet.method.gendet.config import preset
+    from gendet.method.gendet.detector import Detector, calibrate
+    from gendet.method.gendet.trainer import train_all
 
     x, y = synthetic_clusters(128, 32, seed=1)
     held_x, held_y = synthetic_clusters(128, 32, seed=7)

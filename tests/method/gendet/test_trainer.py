@@ -9,8 +9,9 @@ import torch
 from gendet.config import ConfigError
 from gendet.eval.metrics import metrics_report
 from gendet.features.sources import TensorSource, synthetic_clusters
-from gendet.method.config import preset
-from gendet.method.trainer import Trainer, plan, train_all
+from gendet.method.gendet.config import preset
+from gendet.method.gendet.schedule import plan
+from gendet.method.gendet.trainer import Trainer, train_all
 
 DIM = 32
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -135,7 +136,7 @@ def test_ladder_trains_all_methods_and_reports_per_subset():
 
 def _hinge_on_fakes(trainer, method, source):
     """Mean Eq. 2 hinge (without alpha) of ``method``'s student on every training fake."""
-    from gendet.method import losses
+    from gendet.method.gendet import losses
 
     xs = torch.cat([x for x, _ in source.batches("fake", 0)])
     with torch.no_grad():
@@ -213,7 +214,7 @@ def test_diagnostics_read_no_extra_forward_but_gendets_raw_fakes_every_few_batch
     """The diagnostics come from each step's own forward: a stage of real.M or the augmenter runs
     the student / G once per batch, as its loss needs; only gendet's raw-fake discrepancy costs a
     student forward more, on every DIAGNOSTIC_EVERY-th batch (issue 11: training speed)."""
-    from gendet.method import trainer as trainer_module
+    from gendet.method.gendet import trainer as trainer_module
 
     x, y = synthetic_clusters(256, DIM, seed=1)  # 256 fakes: 8 batches per fake stage
     trainer = Trainer(tiny(rotations=1, methods=("gendet",)), TensorSource(x, y, batch_size=32, seed=3))
@@ -234,8 +235,8 @@ def test_with_val_scored_calibration_is_fitted_on_held_out_training_rows_never_o
     """GenImage has train and val only, so val is scored: the rows thresholds and Platt scaling are
     fitted on are a held-out part of the training rows, none of them val, none trained on."""
     from gendet.features.sources import ParquetSource
-    from gendet.method.config import resolve_calibration_split
-    from gendet.method.detector import Detector
+    from gendet.method.gendet.config import resolve_calibration_split
+    from gendet.method.gendet.detector import Detector
     from helpers.synthetic_store import write_synthetic_store
 
     variant = write_synthetic_store(str(tmp_path / "store"), dim=DIM, per_split={"train": 200, "val": 40})
