@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 install: $(VENV)/.installed photos
 
 # Debian's mate-backgrounds: 12 nature photographs, the photo source the held-out protocol keeps
-# out of training (benchmarks/heldout.py). apt needs root (or password-less sudo); without it the
+# out of training (experiments/heldout.py). apt needs root (or password-less sudo); without it the
 # install goes on, says so, and the protocol refuses to run in one line.
 photos:
 	@test -d $(MATE) || { \
@@ -42,7 +42,7 @@ demo: install  ## the whole system offline (10-25 min on 2 cores); writes out/de
 	$(BIN)/gendet demo
 
 lint: install  ## ruff and the layer contracts (import-linter)
-	$(BIN)/ruff check gendet pipelines benchmarks tests
+	$(BIN)/ruff check gendet pipelines benchmarks experiments tests
 	$(BIN)/lint-imports
 
 test: lint  ## everything CI runs (10-30 min on 2 cores, see the README)

@@ -1,8 +1,8 @@
 """Extraction throughput: the Ray pipeline and the plain runner against a bare
 ``for batch in loader: encoder(batch)`` loop over the same images and encoder, in the same run.
 
-CPU mode (default; needs Ray):   python benchmarks/extract.py --encoders spectrum:v1,open_clip:ViT-B-32/none
-GPU mode (never imports Ray):    python benchmarks/extract.py --device cuda --precision fp16 \
+CPU mode (default; needs Ray):   python -m benchmarks.extract --encoders spectrum:v1,open_clip:ViT-B-32/none
+GPU mode (never imports Ray):    python -m benchmarks.extract --device cuda --precision fp16 \
                                      --encoders open_clip:ViT-L-14/none --batch-size 256
 GPU mode rows: the bare model on ready tensors, decode+preprocess alone on the machine's cores, the
 bare loop, and the library's extraction loop without Ray (``gendet.extract.run_local``).
@@ -40,14 +40,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.train import result_tag, write_results  # one results writer for every benchmark
 from gendet.data.decode import decode_image
 from gendet.data.shards import Sample, ShardWriter
 from gendet.encoders.registry import load_encoder, load_preprocess
 from gendet.extract.config import ExtractConfig
 from gendet.extract.runner import run_local
-
-sys.path.insert(0, str(Path(__file__).parent))
-from train import result_tag, write_results  # noqa: E402 (one results writer for every benchmark)
 
 
 def make_shards(folder: str, n_images: int, per_shard: int, size: int) -> list[bytes]:
@@ -144,7 +142,7 @@ def run_encoder(name: str, folder: str, images: list[bytes], args, tmp: str) -> 
     del encoder
     base = dict(shards=folder, encoder=name, batch_size=args.batch_size, precision=args.precision)
     rows["runner_no_ray"] = extraction(ExtractConfig(**base, features=f"{tmp}/local-{len(rows)}", device=args.device,
-                                                     num_workers=args.workers), use_ray=False)
+                                                     decode_workers=args.workers), use_ray=False)
     if args.device == "cpu" and not args.no_ray:
         ray_base = dict(base, cpus_per_actor=args.actor_cpus, concurrency=1, read_tasks=args.read_tasks)
         one_shard = {**ray_base, "shards": f"{tmp}/small/bench-000000.tar"}
@@ -180,7 +178,7 @@ def run_token_arms(name: str, folder: str, args, tmp: str) -> list[dict]:
             **{f"tokens_{g}": {"tokens": True, "token_grid": g} for g in args.token_grids.split(",")
                if g and coarser(g, native)}}
     base = dict(shards=folder, encoder=name, batch_size=args.batch_size, precision=args.precision, device=args.device,
-                num_workers=args.workers)
+                decode_workers=args.workers)
     slug = name.replace(":", "-").replace("/", "-")
     run_local(ExtractConfig(**{**base, "shards": f"{tmp}/small/bench-000000.tar"}, tokens=True, features=f"{tmp}/warm-{slug}"))
     runs: dict[str, list[float]] = {arm: [] for arm in arms}

@@ -2,8 +2,8 @@
 the driver, and throughput with 1 vs 2 worker nodes (issue 12).
 
 A cluster benchmark, CPU-only: unlike the GPU benchmarks it runs Ray, but never imports it; Ray
-lives in subprocesses only (``ray start`` nodes from ``tests/helpers/cluster.py``: a head with
-0 CPUs plus worker nodes of ``--cpus`` logical CPUs, 127.0.0.1, token auth; and the driver,
+lives in subprocesses only (``ray start`` nodes from ``benchmarks.cluster_harness``, the harness the
+cluster tests use too: a head with 0 CPUs plus worker nodes of ``--cpus`` logical CPUs, 127.0.0.1, token auth; and the driver,
 ``python -m pipelines.extract`` with ``RAY_ADDRESS`` set, as ``ray job submit`` would run it).
 
 Per configuration ``CODE:NODES`` (``new``: this work tree; ``old``: the commit ``--old-rev`` checked
@@ -19,8 +19,8 @@ planning). Random-noise JPEGs of ``--size`` px in shards of 1000, ``spectrum:v1`
 On a machine with fewer cores than the nodes' logical CPUs, the nodes share the same cores: the
 1-vs-2-node rows then measure overhead and scheduling, not speed-up (the table says so).
 
-    python benchmarks/extract_cluster.py                              # new:2 old:2 new:1, 4000 and 16000 images
-    python benchmarks/extract_cluster.py --configs new:1 new:2 --images 16000
+    python -m benchmarks.extract_cluster                              # new:2 old:2 new:1, 4000 and 16000 images
+    python -m benchmarks.extract_cluster --configs new:1 new:2 --images 16000
 """
 
 from __future__ import annotations
@@ -34,16 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from extract import make_shards  # noqa: E402 (the same images as the extraction benchmark)
-from train import RESULTS, result_tag, write_results  # noqa: E402 (one results writer for every benchmark)
+from benchmarks.cluster_harness import start_cluster  # the multi-node Ray the cluster tests start too
+from benchmarks.extract import make_shards  # the same images as the extraction benchmark
+from benchmarks.train import RESULTS, result_tag, write_results  # one results writer for every benchmark
 
-# The only place a benchmark imports gendet's test code: the multi-node cluster the tests use
-# (ray start per node, loopback, token auth), rather than a second copy of it.
-sys.path.insert(0, str(REPO / "tests"))
-from helpers.cluster import start_cluster  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 SUMMARY = re.compile(r"extracted (\d+) images from (\d+) shards .* in ([\d.]+) s: ([\d.]+) images/s")
 SHARED_CORES = ("All worker nodes run on this one machine and share its {cores} physical cores: the 1-vs-2-node rows "

@@ -1,6 +1,6 @@
 """``predict`` latency for one image, end to end, against the encoder alone on the same image.
 
-    python benchmarks/predict.py --encoders spectrum:v1,open_clip:ViT-B-32/none --reps 30
+    python -m benchmarks.predict --encoders spectrum:v1,open_clip:ViT-B-32/none --reps 30
 
 For each encoder a random-init ``gendet`` detector of the encoder's width is saved as a local MLflow
 model and loaded once through ``gendet.serve.predict.load_scorer`` (the path ``--model`` takes). Then,
@@ -36,14 +36,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.train import result_tag, write_results  # one results writer for every benchmark
 from gendet.encoders.registry import load_encoder
 from gendet.method.gendet.detector import Detector, build_method_nets
 from gendet.method.gendet.networks import Arch
 from gendet.serve import predict, pyfunc
 from gendet.serve import scorer as scorer_mod
-
-sys.path.insert(0, str(Path(__file__).parent))
-from train import result_tag, write_results  # noqa: E402 (one results writer for every benchmark)
 
 
 def make_model(encoder_name: str, folder: Path) -> str:

@@ -1,6 +1,6 @@
 """Peak memory of the served model on one request of large images: today's path against the old one.
 
-    python benchmarks/serve_memory.py --images 8 --side 6000
+    python -m benchmarks.serve_memory --images 8 --side 6000
 
 A request of ``--images`` PNGs of ``--side``² pixels (smooth gradients: a few hundred KB each, as a
 scan or a screenshot would be, ~1 MB for the request) goes through the served model's ``predict``
@@ -34,8 +34,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 def make_request(n: int, side: int) -> list[str]:
@@ -90,8 +88,8 @@ def main() -> None:
     if args.child:
         return child(*args.child)
 
-    from predict import make_model
-    from train import result_tag, write_results
+    from benchmarks.predict import make_model
+    from benchmarks.train import result_tag, write_results
 
     with tempfile.TemporaryDirectory() as tmp:
         model = make_model("spectrum:v1", Path(tmp))
@@ -102,6 +100,7 @@ def main() -> None:
         results: dict[str, list[dict]] = {"one_at_a_time": [], "decode_all_first": []}
         for _ in range(args.reps):
             for mode in results:
+                # this file by its path: the child imports nothing of benchmarks/ (child())
                 run = subprocess.run([sys.executable, __file__, "--child", mode, model, str(request)],
                                      capture_output=True, text=True, check=True)
                 results[mode].append(json.loads(run.stdout.strip().splitlines()[-1]))

@@ -7,13 +7,14 @@ features/s per stage type, peak RSS of that subprocess (``resource.getrusage``),
 each method, and the conditions (threads, batch, precision, device, load average, versions, and
 ``code``: the git short hash of the tree the ``gendet`` package is imported from, ``+dirty`` when
 it has uncommitted changes, so two code versions can be timed side by side with one harness:
-``PYTHONPATH=/path/to/other/worktree python benchmarks/train.py ...``).
+``PYTHONPATH=/path/to/other/worktree python -m benchmarks.train ...``: the timed subprocess runs this
+file by its path, so the other tree's ``gendet`` comes first there, and it reports the version it imported).
 Rows are appended to ``benchmarks/results/train-<machine>-pt<torch>.csv`` and the Markdown table
 beside it is rewritten from the CSV.
 
-    python benchmarks/train.py --rows 2000                        # smoke check
-    python benchmarks/train.py --rows 50000 330000 --precision bf16
-    python benchmarks/train.py --rows 330000 --device cuda --batch-size 4096
+    python -m benchmarks.train --rows 2000                        # smoke check
+    python -m benchmarks.train --rows 50000 330000 --precision bf16
+    python -m benchmarks.train --rows 330000 --device cuda --batch-size 4096
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def worker(args: argparse.Namespace) -> dict:
     result = train_all(cfg, source, device=args.device,
                        report=lambda stage, _metrics, _ckpt: cpu_marks.append((stage, time.process_time())))
     wall = time.perf_counter() - start
-    row = {"rows": sum(source.counts().values()), "wall_s": round(wall, 1)}
+    row = {"code": code_version(), "rows": sum(source.counts().values()), "wall_s": round(wall, 1)}
     row.update(stage_cpu_seconds(cpu_marks, args.rotations))
     per_stage = {h["stage"]: h["features_per_s"] for h in result.history}  # one rate per stage
     for stage_type in STAGE_TYPES:
@@ -161,7 +162,7 @@ def stage_cpu_seconds(marks: list[tuple[str, float]], rotations: int) -> dict:
 def conditions(args: argparse.Namespace) -> dict:
     import torch
 
-    return {"code": code_version(), "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
+    return {"device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
             "cpu_cores": os.cpu_count(), "threads": args.threads, "batch_size": args.batch_size,
             "precision": args.precision, "methods": "+".join(args.methods), "rotations": args.rotations,
             "preset": args.preset, "adamw": "fused", "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
@@ -227,10 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n in args.rows:
         store = write_store(Path(args.store_dir) / f"rows{n}", n).parent
+        # this file by its path, not -m: PYTHONPATH's gendet comes before the repo's there (module docstring)
         cmd = [sys.executable, __file__, "--worker", "--store", str(store), *sys.argv[1:]]
         load_start = round(os.getloadavg()[0], 2)  # other jobs on the machine slow the run down
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-        row = {**conditions(args), "load_avg_1m_start": load_start, **json.loads(out.split("RESULT ", 1)[1])}
+        result = json.loads(out.split("RESULT ", 1)[1])
+        row = {"code": result.pop("code"), **conditions(args), "load_avg_1m_start": load_start, **result}
         if args.note:
             row["note"] = args.note
         print(json.dumps(row), flush=True)

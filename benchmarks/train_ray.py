@@ -1,13 +1,13 @@
 """Ray Train throughput: ``pipelines.train.fit`` with 1 and 2 workers on the same store, side by side.
 
-The store is ``benchmarks/train.py``'s (separable random 768-d features, float16, cached under
+The store is ``benchmarks.train``'s (separable random 768-d features, float16, cached under
 ``--store-dir``). Each worker count runs the whole schedule (every method, ``--rotations``) in one
 local Ray; the row records the wall time of ``fit`` (Ray Train start-up included), and features/s
 per stage type from the run's history (rank 0's rows; each worker sees 1/N of them per stage, so the
 job's rate is N times rank 0's and that is what is reported). Rows are appended to
 ``benchmarks/results/train-ray-<machine>-pt<torch>.csv`` with the Markdown table beside it.
 
-    python benchmarks/train_ray.py --rows 50000 --rotations 2 --workers 1 2
+    python -m benchmarks.train_ray --rows 50000 --rotations 2 --workers 1 2
 """
 
 from __future__ import annotations
@@ -15,36 +15,31 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train import STAGE_TYPES, result_tag, write_results, write_store  # noqa: E402  (benchmarks/train.py)
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks.train import STAGE_TYPES, result_tag, write_results, write_store
 
 
 def run_fit(store: Path, workers: int, args: argparse.Namespace) -> dict:
     from gendet import io as gio
     from gendet.features.store import resolve_variant
+    from gendet.method.gendet.config import preset
     from pipelines import train
-    from pipelines._ray import verb_args
+    from pipelines._common import Workers, storage_url
 
     out = tempfile.mkdtemp(prefix=f"bench-ray-{workers}w-")
-    targs = verb_args(train, [str(store), "--train-subsets", "sdv14", "--out", out, "--preset", args.preset,
-                               "--rotations", str(args.rotations), "--batch-size", str(args.batch_size),
-                               "--num-workers", str(workers), "--cpus-per-worker", str(args.cpus_per_worker),
-                               "--name", f"bench-{workers}w", "--worker-cache-rows", str(args.cache_rows),
-                               "--in-memory-rows", str(args.in_memory_rows)])
-    cfg = train.build_config(targs)
+    job = train.TrainJob(features=str(store), out=out, name=f"bench-{workers}w",
+                         train=preset(args.preset, train_subsets=("sdv14",), rotations=args.rotations,
+                                      batch_size=args.batch_size),
+                         workers=Workers(num_workers=workers, cpus_per_worker=args.cpus_per_worker),
+                         worker_cache_rows=args.cache_rows, in_memory_rows=args.in_memory_rows)
     variant = resolve_variant(str(store))
     start = time.perf_counter()
-    train.fit(targs, cfg, variant)
+    train.fit(job, job.train, variant, gio.absolute(out), storage_url(out, job.storage))
     wall = time.perf_counter() - start
     history = gio.read_json(gio.join(out, "history.json"))
     row = {"workers": workers, "rows": args.rows, "fit_wall_s": round(wall, 1)}

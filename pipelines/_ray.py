@@ -15,13 +15,15 @@ would otherwise wait on each other for CPU slots (the same reason as ``tests/con
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
 
 from gendet import GendetError
+from gendet.progress import on_terminal
+
+log = logging.getLogger(__name__)
 
 LOCAL_CPUS_MIN = 8
 
@@ -97,7 +99,7 @@ def require_ray() -> None:
                           "pip install 'gendet[ray]' (or run extraction with --local)") from None
 
 
-def init_ray(*, num_cpus: int | None = None, progress: bool = True) -> None:
+def init_ray(*, num_cpus: int | None = None, progress: bool | None = None) -> None:
     """Join ``RAY_ADDRESS`` when set, else the cluster of a ``ray start`` node on this machine, else
     start a private local Ray (no-op when Ray is already up)."""
     require_ray()
@@ -107,8 +109,8 @@ def init_ray(*, num_cpus: int | None = None, progress: bool = True) -> None:
     if not ray.is_initialized():
         address = cluster_address()
         if JOINED_RUNNING_NODE and address == _RUNNING_NODE:
-            print(f"gendet: joining the Ray cluster at {address} (this machine runs a `ray start` node: "
-                  f"{ray_address_file()}); set RAY_ADDRESS=local for a private Ray", file=sys.stderr)
+            log.info("joining the Ray cluster at %s (this machine runs a `ray start` node: %s); set RAY_ADDRESS=local "
+                     "for a private Ray", address, ray_address_file())
         if address.startswith(("http://", "https://")):
             raise GendetError(f"RAY_ADDRESS={address} is a dashboard (job submission) address; submit with "
                               "`ray job submit --address ADDRESS -- python -m pipelines.<name> ...` or set RAY_ADDRESS to "
@@ -117,30 +119,10 @@ def init_ray(*, num_cpus: int | None = None, progress: bool = True) -> None:
             ray.init(address=address, configure_logging=False)
         else:
             if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
-                print("gendet: warning: the local Ray may listen beyond 127.0.0.1 (Ray was imported before "
-                      "pipelines._ray, or RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is set)", file=sys.stderr)
+                log.warning("the local Ray may listen beyond 127.0.0.1 (Ray was imported before pipelines._ray, or "
+                            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is set)")
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline by default: no usage ping
             ray.init(address="local", num_cpus=num_cpus or local_num_cpus(), include_dashboard=False,
                      _node_ip_address="127.0.0.1", configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
-
-
-def verb_args(module, argv: list[str]) -> argparse.Namespace:
-    """A verb's parsed arguments from a list, as its command line would give them (the demo and
-    the benchmarks call the verbs' own functions with their own flags and defaults)."""
-    parser = argparse.ArgumentParser(prog=module.__name__)
-    module.add_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def pipeline_main(prog: str, doc: str, add_arguments: Callable, run: Callable, argv: list[str] | None = None) -> int:
-    """``python -m pipelines.<name>``: the verb's own flags and run, and bad input as one line
-    (exit 2) exactly as the ``gendet`` CLI reports it."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(run(args) or 0)
-    except GendetError as exc:
-        print(f"gendet: error: {exc}", file=sys.stderr)
-        return 2
+    # Bars on a terminal; elsewhere (ray job logs, a pod's log) Ray Data logs plain progress lines itself
+    ray.data.DataContext.get_current().enable_progress_bars = on_terminal() if progress is None else progress

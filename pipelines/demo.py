@@ -10,28 +10,32 @@ only them and scores the champion on them; when the new family slips, ``refresh 
 with a few of its images (``--fix-shots``), recalibrates, registers a challenger and runs the gate
 over every known family, which promotes it only if no old family falls by more than 2 points. It
 ends with the table and the path of ``OUT/report.md``. With ``--gamma`` (the default, except with
-``--small``) a step after Table 4 trains GAMMA (``pipelines.demo_gamma``: manipulations of the training
+``--small``) a step after Table 4 trains GAMMA (``pipelines._demo_gamma``: manipulations of the training
 family's reals, a token variant of the store, ``train-gamma`` registered as ``gendet-gamma``) and the
 report puts it beside GenDet, with pixel F1/IoU and overlays of a few inpaint_f8 fakes.
 
-Every step is the same code as its verb (``pipelines.extract``, ``pipelines.train``, ...); this
-module only chooses the arguments. Reruns reuse what is there: zoo shards whose summary matches,
-feature shards already extracted (the store is incremental); training, evaluation and refresh run
-again (a rerun's refresh finds nothing new and says so).
+Every step is the same code as its verb, run as a job value (``ExtractConfig``, ``TrainJob``,
+``GammaTrainJob``, ``RefreshJob``): this module only chooses their fields. Reruns reuse what is
+there: zoo shards whose summary matches, feature shards already extracted (the store is
+incremental); training, evaluation and refresh run again (a rerun's refresh finds nothing new and
+says so).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from gendet import GendetError
 from gendet import io as gio
+from gendet.config import check
+from pipelines import _jobs
 
+log = logging.getLogger(__name__)
 TRAIN_FAMILY = "ae_nearest_f8"  # SD's VAE decoder upsamples by nearest + conv at f8: the SD v1.4 role
 NEW_FAMILY = "sdedit"           # arrives last, for the refresh step: diffusion, unlike anything trained on
 FIX_SHOTS = 32                  # refresh --fix's default: the few-shot count measured to fix sdedit (README)
@@ -57,20 +61,50 @@ DEGRADE_NOTE = (
 DEGRADES = ("jpeg:65", "jpeg:30", "blur:3", "resize:32")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="out/demo", help="output directory (shards, features, MLflow store, report)")
-    p.add_argument("--small", action="store_true", help="reduced size for CI: few photos, 2 rotations, 2 degradations")
-    p.add_argument("--train-family", default=TRAIN_FAMILY, help="the family GenDet trains on")
-    p.add_argument("--new-family", default=NEW_FAMILY, help="the family that arrives at the end (refresh)")
-    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
-    p.add_argument("--rotations", type=int, default=None, help="GenDet rotations (default: 10, --small: 2)")
-    p.add_argument("--no-degrade", action="store_true", help="skip the degraded extractions (Table 4)")
-    p.add_argument("--fix-shots", type=int, default=FIX_SHOTS, help="when the new family slips, refresh retrains with this "
-                                                                    "many of its fakes (and reals), gates and promotes")
-    p.add_argument("--no-fix", action="store_true", help="refresh only alerts: no retrain, gate or promotion")
-    p.add_argument("--gamma", action=argparse.BooleanOptionalAction, default=None,
-                   help="GAMMA beside GenDet: manipulations, token extraction, train-gamma (registered as gendet-gamma), "
-                        "pixel metrics and overlays (default: on, off with --small)")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DemoJob:
+    """The whole system offline, on one machine: photos -> generator zoo -> shards -> Ray Data
+    features -> Ray Train (GenDet and its baselines) -> per-family evaluation -> MLflow registry and
+    gate -> predict -> a new family arrives: refresh alerts, fix retrains, gates and promotes ->
+    OUT/report.md. Reruns reuse the shards and features already made.
+
+    Examples:
+      gendet demo                        # 10-25 min on 2 cores
+      gendet demo --small --no-gamma     # CI's size
+      gendet demo --out out/demo2 --no-fix --train-family vq_f4
+    """
+
+    out: str = "out/demo"
+    """Output folder: shards, features, the MLflow store, the report."""
+    small: bool = False
+    """A reduced size for CI: few photos, 2 rotations, 2 degradations, no GAMMA."""
+    train_family: str = TRAIN_FAMILY
+    """The family GenDet trains on (SD v1.4's role in GenImage)."""
+    new_family: str = NEW_FAMILY
+    """The family that arrives at the end (refresh)."""
+    num_workers: int = 1
+    """Ray Train workers."""
+    rotations: int | None = None
+    """GenDet rotations (default: 10; --small: 2)."""
+    degrade: bool = True
+    """The degraded extractions and Table 4."""
+    fix: bool = True
+    """When the new family slips, refresh retrains with --fix-shots of its images, gates and promotes
+    (--no-fix: it only alerts)."""
+    fix_shots: int = FIX_SHOTS
+    """Fakes (and as many reals) of the new family the fix trains on."""
+    gamma: bool = True
+    """GAMMA beside GenDet: manipulations, token extraction, train-gamma (registered as gendet-gamma),
+    pixel metrics and overlays (--small runs without it)."""
+
+    def __post_init__(self) -> None:
+        from gendet.zoo.config import parse_families
+
+        parse_families(f"{self.train_family},{self.new_family}")  # unknown names fail here, before any work
+        check(self.train_family != self.new_family,
+              "--train-family and --new-family must differ: the new family is the one never seen")
+        check(self.num_workers >= 1 and self.fix_shots >= 1, "--num-workers and --fix-shots must be >= 1")
+        check(self.rotations is None or self.rotations >= 1, f"--rotations {self.rotations}: must be >= 1")
 
 
 class Steps:
@@ -82,7 +116,7 @@ class Steps:
 
     def __call__(self, name: str):
         self.index += 1
-        print(f"\n[{self.index}/{self.total}] {name}", flush=True)
+        log.info("[%d/%d] %s", self.index, self.total, name)
         self._name, self._t = name, time.perf_counter()
         return self
 
@@ -91,7 +125,7 @@ class Steps:
 
     def __exit__(self, *exc: Any) -> None:
         self.times[self._name] = round(time.perf_counter() - self._t, 1)
-        print(f"    done in {self.times[self._name]:.1f} s", flush=True)
+        log.info("    done in %.1f s", self.times[self._name])
 
 
 def zoo_shards(out: str, families: list[str], small: bool) -> dict:
@@ -111,22 +145,22 @@ def extract_all(shards: str, features: str, degrades: tuple[str, ...]) -> dict[s
 
     summaries = {}
     for degrade in ("", *degrades):
-        print(f"    variant {degrade or 'clean'}", flush=True)
+        log.info("    variant %s", degrade or "clean")
         summaries[degrade] = extract(ExtractConfig(shards=shards, features=features, encoder=ENCODER,
                                                    degrade=degrade, batch_size=256))
-        print("    " + format_summary(summaries[degrade]).replace("\n", "\n    "))
+        log.info("    %s", format_summary(summaries[degrade]).replace("\n", "\n    "))
     return summaries
 
 
-def train_args(features: str, out: str, args: argparse.Namespace) -> argparse.Namespace:
-    from pipelines import train
-    from pipelines._ray import verb_args
+def train_job(features: str, out: str, job: DemoJob):
+    from gendet.method.gendet.config import preset
+    from pipelines._common import Workers
+    from pipelines.train import TrainJob
 
-    rotations = args.rotations or (2 if args.small else 10)
-    return verb_args(train, [features, "--train-subsets", args.train_family, "--out", out, "--encoder", ENCODER,
-                              "--preset", "demo", "--rotations", str(rotations), "--num-workers", str(args.num_workers),
-                              "--cpus-per-worker", "1", "--name", f"demo-{int(time.time())}",
-                              "--register", "gendet", "--eval-splits", "test"])
+    rotations = job.rotations or (2 if job.small else 10)
+    return TrainJob(features=features, train=preset("demo", train_subsets=(job.train_family,), rotations=rotations),
+                    eval_splits=("test",), encoder=ENCODER, out=out, name=f"demo-{int(time.time())}", register="gendet",
+                    workers=Workers(num_workers=job.num_workers, cpus_per_worker=1.0))
 
 
 def degraded_reports(features: str, detectors_dir: str, degrades: tuple[str, ...], methods: tuple[str, ...]) -> dict:
@@ -143,16 +177,15 @@ def degraded_reports(features: str, detectors_dir: str, degrades: tuple[str, ...
     return out
 
 
-def refresh_args(shards: str, features: str, out: str, model: str, fix_shots: int | None = None) -> argparse.Namespace:
-    from pipelines import refresh
-    from pipelines._ray import verb_args
+def refresh_job(shards: str, features: str, out: str, model: str, job: DemoJob):
+    from pipelines.refresh import RefreshJob
 
-    fix = [] if fix_shots is None else ["--fix", "--fix-shots", str(fix_shots), "--fix-out", gio.join(out, "fix")]
-    return verb_args(refresh, [shards, features, "--model", model, "--out", gio.join(out, "refresh.json"),
-                               "--mlflow-out", out, "--batch-size", "256", *fix])
+    return RefreshJob(shards=shards, features=features, model=model, out=out, batch_size=256, fix=job.fix,
+                      fix_shots=job.fix_shots, fix_out=gio.join(out, "fix"))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(job: DemoJob) -> dict[str, Any]:
+    """Every step (module docstring); returns {"report": OUT/report.md, "headline": its summary line}."""
     from gendet.data.shards import export_samples
     from gendet.eval.report import DemoReport, write_demo_report
     from gendet.method.gendet.config import METHODS
@@ -162,65 +195,62 @@ def run(args: argparse.Namespace) -> int:
     from pipelines._ray import require_ray
 
     require_ray()
-    out = os.path.abspath(args.out)
-    families = [f for f in parse_families("all") if f != args.new_family]
-    parse_families(f"{args.train_family},{args.new_family}")  # unknown names fail here, before any work
-    if args.train_family == args.new_family:
-        raise GendetError("--train-family and --new-family must differ: the new family is the one never seen")
+    out = os.path.abspath(job.out)
+    families = [f for f in parse_families("all") if f != job.new_family]
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the demo keeps its runs in OUT/mlflow.db
     shards, features, incoming = (gio.join(out, d) for d in ("shards", "features", "incoming"))
-    degrades = () if args.no_degrade else (DEGRADES[::3] if args.small else DEGRADES)
-    gamma = args.gamma if args.gamma is not None else not args.small  # small: CI's time (README)
+    degrades = () if not job.degrade else (DEGRADES[::3] if job.small else DEGRADES)
+    gamma = job.gamma and not job.small  # small: CI's time
     step = Steps(9 if gamma else 8)
 
     with step(f"photo corpus and generator zoo -> shards ({len(families)} families)"):
-        zoo = zoo_shards(shards, families, args.small)
-        print(f"    {zoo['photos']} photos: {json.dumps(zoo['corpus']['found'])}")
+        zoo = zoo_shards(shards, families, job.small)
+        log.info("    %d photos: %s", zoo["photos"], json.dumps(zoo["corpus"]["found"]))
     with step(f"Ray Data extraction, {ENCODER}, clean + {len(degrades)} degraded variants"):
         extracted = extract_all(shards, features, degrades)
-    with step(f"Ray Train: GenDet and 4 baselines on {args.train_family}, MLflow, registry and gate"):
-        summary = train.train(train_args(features, out, args))
+    with step(f"Ray Train: GenDet and 4 baselines on {job.train_family}, MLflow, registry and gate"):
+        summary = train.run(train_job(features, out, job))
+        log.info("    %s", summary["table"].replace("\n", "\n    "))
     with step("Table 4: every method on the degraded variants"):
         by_degrade = degraded_reports(features, gio.join(out, "detectors"), degrades, METHODS)
     gammas: dict = {}
     if gamma:
-        from pipelines.demo_gamma import run_gamma
+        from pipelines._demo_gamma import run_gamma
 
-        with step(f"GAMMA: manipulations of {args.train_family}, token extraction, train-gamma, overlays"):
-            gammas = run_gamma(out, shards, features, args.train_family, ENCODER, args.num_workers)
+        with step(f"GAMMA: manipulations of {job.train_family}, token extraction, train-gamma, overlays"):
+            gammas = run_gamma(out, shards, features, job.train_family, ENCODER, job.num_workers)
     # The gate may refuse (its real-image floor): then the demo goes on with the challenger, and says so.
     model = f"models:/gendet@{'champion' if summary['gate']['promoted'] else 'challenger'}"
     with step(f"predict: a few files with {model}"):
-        family = SAMPLE_FAMILY if SAMPLE_FAMILY in families else args.train_family
+        family = SAMPLE_FAMILY if SAMPLE_FAMILY in families else job.train_family
         files = export_samples(gio.glob(shards, f"{family}-*.tar"), gio.join(out, "samples"))
         predictions = predict(model, files)
         gio.write_bytes_atomic(gio.join(out, "predictions.jsonl"), "".join(json.dumps(p) + "\n" for p in predictions).encode())
         for row in predictions:
-            print("    " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
-    with step(f"a new family arrives: {args.new_family} -> shards"):
-        zoo_shards(incoming, [args.new_family], args.small)
-    fixing = "" if args.no_fix else f", and fix it ({args.fix_shots} shots: retrain, gate, promote)"
+            log.info("    %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+    with step(f"a new family arrives: {job.new_family} -> shards"):
+        zoo_shards(incoming, [job.new_family], job.small)
+    fixing = f", and fix it ({job.fix_shots} shots: retrain, gate, promote)" if job.fix else ""
     with step(f"refresh: extract only the new shards, score the champion, alert if it slips{fixing}"):
-        fresh = refresh.run_once(refresh_args(incoming, features, out, model,  # also writes OUT/refresh.json
-                                              None if args.no_fix else args.fix_shots))
-        print("    " + (fresh.get("table") or "nothing new").replace("\n", "\n    "))
+        fresh = refresh.run(refresh_job(incoming, features, out, model, job))  # also writes OUT/refresh.json
+        log.info("    %s", (fresh.get("table") or "nothing new").replace("\n", "\n    "))
     with step("report"):
         report_url, headline = write_demo_report(out, DemoReport(
-            train_family=args.train_family, new_family=args.new_family, zoo=zoo, extracted=extracted, summary=summary,
+            train_family=job.train_family, new_family=job.new_family, zoo=zoo, extracted=extracted, summary=summary,
             by_degrade=by_degrade, predictions=predictions, predictions_model=model, refresh=fresh, times=step.times,
             degrade_note=DEGRADE_NOTE, gamma=gammas, overlays=gammas.get("overlays", ""),
             overlays_note=gammas.get("overlays_note", "")))
-    print("\n" + headline)
-    print(f"report: {report_url}\nMLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db "
-          f"(total {time.perf_counter() - step.started:.0f} s)")
+    return {"report": report_url, "headline": headline, "seconds": time.perf_counter() - step.started, "out": out}
+
+
+def main(job: DemoJob) -> int:
+    result = run(job)
+    _jobs.emit(f"\n{result['headline']}\nreport: {result['report']}\nMLflow: mlflow ui --backend-store-uri "
+               f"sqlite:///{result['out']}/mlflow.db (total {result['seconds']:.0f} s)")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines._ray import pipeline_main
-
-    return pipeline_main("python -m pipelines.demo", __doc__, add_arguments, run, argv)
-
+JOB = _jobs.JobSpec(DemoJob, main)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_jobs.run(JOB, prog="python -m pipelines.demo"))

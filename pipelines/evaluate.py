@@ -12,22 +12,22 @@ subsets with masks).
 The scoring itself is the library's (``gendet.eval.scoring``); this module runs it on Ray Data.
 Before any scoring (``preflight``): the model loads, the MLflow server answers (for ``models:/``,
 ``runs:/`` and ``--mlflow-run``, which must exist), every variant has rows of the eval splits, and
-``--out`` can be written; with ``RAY_ADDRESS`` set, FEATURES and ``--out`` must be URLs every node
-reaches unless ``--shared-fs``.
+``--out`` (a folder: metrics.json, table.md) can be written; with ``RAY_ADDRESS`` set, FEATURES
+and ``--out`` must be URLs every node reaches unless ``--shared-fs``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
+import logging
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from gendet import GendetError
 from gendet import io as gio
-from gendet.config import csv_tuple
+from gendet.config import check
 from gendet.eval import scoring
 from gendet.eval.metrics import json_safe
 from gendet.eval.tables import degradation_table, table
@@ -35,7 +35,11 @@ from gendet.features.contents import check_rows
 from gendet.features.store import Variant, feature_files, list_variants, resolve_variant
 from gendet.method.gamma.detector import GammaDetector
 from gendet.method.gendet.detector import Detector
-from gendet.serve.loading import load_model
+from pipelines import _jobs
+from pipelines._common import check_outputs, check_reachable
+from pipelines._jobs import Positional
+
+log = logging.getLogger(__name__)
 
 
 def score_variant(detectors: dict[str, Detector], variant: Variant, splits: tuple[str, ...] = (), *,
@@ -81,118 +85,130 @@ def evaluate_store(detectors: dict[str, Detector], variant: Variant, splits: tup
 
 
 # --- gendet evaluate -----------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("features", metavar="FEATURES", help="feature store URL")
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/…, or a detector directory")
-    p.add_argument("--out", default="metrics.json", help="where to write metrics.json")
-    p.add_argument("--encoder", default=None, help="store variant's encoder when several are present (default: the model's)")
-    p.add_argument("--eval-splits", type=csv_tuple, default=("test",),
-                   help="splits to score (GenImage has train/val: use val)")
-    p.add_argument("--degrade", default="", help="score the variant extracted with this --degrade spec; 'all' = Table 4 over "
-                                                 "every degraded variant")
-    p.add_argument("--mlflow-run", default=None, help="log metrics.json and the table into this MLflow run id")
-    p.add_argument("--ray-min-rows", type=int, default=RAY_MIN_ROWS,
-                   help="score on Ray Data when the variant has more rows than this, else in this process (0 = always Ray)")
-    p.add_argument("--shared-fs", action="store_true",
-                   help="with RAY_ADDRESS set, allow local paths for FEATURES and --out: a mount every node sees (NFS); "
-                        "env GENDET_SHARED_FS=1 does the same")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvaluateJob:
+    """Per-subset metrics of a model on a feature store's eval splits (no image decoded: the store
+    holds the features), printed and written as OUT/metrics.json and OUT/table.md; --degrade all adds
+    Table 4 (the model on every degraded variant of the store).
+
+    Examples:
+      gendet evaluate out/features --model models:/gendet@champion --eval-splits val
+      gendet evaluate out/features --model out/train/detectors/gendet --degrade all --out out/eval
+    """
+
+    features: Positional[str]
+    """Feature store URL."""
+    model: str = "models:/gendet@champion"
+    """The model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/PATH or a model directory."""
+    out: str = "out/evaluate"
+    """Output folder: metrics.json and table.md."""
+    encoder: str | None = None
+    """The store variant's encoder when several are present (default: the model's)."""
+    eval_splits: tuple[str, ...] = ("test",)
+    """Splits to score (GenImage has train and val: score val)."""
+    degrade: str = ""
+    """Score the variant extracted with this --degrade spec; all: Table 4 over every degraded variant."""
+    mlflow_run: str | None = None
+    """Also log metrics.json and the table into this MLflow run id."""
+    ray_min_rows: int = RAY_MIN_ROWS
+    """Score on Ray Data when the variant has more rows than this, else in this process (0: always Ray)."""
+    shared_fs: bool = False
+    """With RAY_ADDRESS set, local FEATURES and --out are a mount every node sees (NFS)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI for models:/ and runs:/ (default: MLFLOW_TRACKING_URI)."""
+
+    def __post_init__(self) -> None:
+        check(bool(self.eval_splits), "--eval-splits: empty; name the split(s) to score, e.g. test or val")
+        check(self.ray_min_rows >= 0, f"--ray-min-rows {self.ray_min_rows}: must be >= 0")
 
 
-def preflight(args: argparse.Namespace) -> tuple[Detector | GammaDetector, dict[str, Variant]]:
+def preflight(job: EvaluateJob) -> tuple[Detector | GammaDetector, dict[str, Variant]]:
     """Everything the run needs, before any scoring, each failure one line; returns the model and
     {degrade: variant} to score."""
-    for url, what in ((args.features, "FEATURES"), (args.out, "--out")):
-        gio.require_reachable(url, what, "--shared-fs", shared=args.shared_fs)
-    if args.model.startswith(("models:/", "runs:/")) or args.mlflow_run:
-        from gendet.mlops.tracking import check_server
+    from gendet.serve.loading import load_model
+
+    check_reachable({"FEATURES": job.features, "--out": job.out}, shared_fs=job.shared_fs)
+    if job.model.startswith(("models:/", "runs:/")) or job.mlflow_run:
+        from gendet.mlops.tracking import check_run, check_server
 
         check_server()  # seconds, not MLflow's minutes of retries
-    det = load_model(args.model)
+        if job.mlflow_run:
+            check_run(job.mlflow_run)
+    det = load_model(job.model)
     gamma = isinstance(det, GammaDetector)
-    if args.mlflow_run:
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        try:
-            MlflowClient().get_run(args.mlflow_run)
-        except MlflowException as exc:
-            raise GendetError(f"--mlflow-run {args.mlflow_run}: no such run in the tracking store ({exc.error_code}); "
-                              "pass a run id of MLFLOW_TRACKING_URI's store") from None
-    encoder = args.encoder or det.encoder or None
-    degrades = ([""] + sorted({v.degrade for v in list_variants(args.features) if v.degrade and (v.has_tokens or not gamma)})
-                if args.degrade == "all" else [args.degrade])
+    encoder = job.encoder or det.encoder or None
+    degrades = ([""] + sorted({v.degrade for v in list_variants(job.features) if v.degrade and (v.has_tokens or not gamma)})
+                if job.degrade == "all" else [job.degrade])
     if gamma:
         from gendet.features.tokens import resolve_token_variant
         from gendet.method.gamma.eval import check_token_variant
 
-        variants = {d: resolve_token_variant(args.features, encoder=encoder, degrade=d) for d in degrades}
+        variants = {d: resolve_token_variant(job.features, encoder=encoder, degrade=d) for d in degrades}
     else:
-        variants = {degrade: resolve_variant(args.features, encoder=encoder, degrade=degrade) for degrade in degrades}
+        variants = {degrade: resolve_variant(job.features, encoder=encoder, degrade=degrade) for degrade in degrades}
     for variant in variants.values():
         if gamma:
             check_token_variant(det, variant)
         else:
             scoring.check_matches({det.method: det}, variant)
-        check_rows(variant.url, eval_splits=args.eval_splits)
-    gio.check_writable(os.path.dirname(args.out) or ".", "--out")
+        check_rows(variant.url, eval_splits=job.eval_splits)
+    check_outputs({"--out": job.out})
     return det, variants
 
 
-def run(args: argparse.Namespace) -> int:
-    from pipelines._ray import require_ray
-
-    require_ray()
-    det, variants = preflight(args)
-    degrades = list(variants)
-    by_degrade = {}
-    for degrade, variant in variants.items():
-        if isinstance(det, GammaDetector):
-            by_degrade[degrade] = evaluate_gamma(det, variant, args)
-            continue
-        by_degrade[degrade] = evaluate_store({det.method: det}, variant, args.eval_splits, model_uris={det.method: args.model},
-                                             ray_min_rows=args.ray_min_rows)[0][det.method]
-    main_report = by_degrade[degrades[0]]
-    if len(degrades) > 1:
-        main_report = {**main_report, "degraded": {d or "none": r for d, r in by_degrade.items()}}
-    gio.write_bytes_atomic(args.out, (json.dumps(json_safe(main_report), indent=2) + "\n").encode())
-    text = table({det.method: by_degrade[degrades[0]]})
-    if isinstance(det, GammaDetector):
-        from gendet.method.gamma.eval import report_table
-
-        text = report_table(by_degrade[degrades[0]], det.method)
-    if len(degrades) > 1:
-        text += "\n\n" + degradation_table(by_degrade)
-    print(text)
-    print(f"metrics written to {args.out}")
-    if args.mlflow_run:
-        # The client, not start_run: it logs into that run whatever experiment this process has active.
-        from mlflow import MlflowClient
-
-        client = MlflowClient()
-        client.log_dict(args.mlflow_run, json_safe(main_report), "evaluate/metrics.json")
-        client.log_text(args.mlflow_run, text, "evaluate/table.md")
-        for key, value in (("eval_mean_acc", main_report["mean_acc"]), ("eval_mAP", main_report["mAP"]),
-                           ("eval_mean_pixel_f1", main_report.get("mean_pixel_f1")),
-                           ("eval_mean_pixel_iou", main_report.get("mean_pixel_iou"))):
-            if value is not None:
-                client.log_metric(args.mlflow_run, key, float(value))
-    return 0
-
-
-def evaluate_gamma(det: GammaDetector, variant: Variant, args: argparse.Namespace) -> dict:
+def evaluate_gamma(det: GammaDetector, variant: Variant, job: EvaluateJob) -> dict:
     """metrics.json of a GAMMA model on a token variant's eval splits (pixel metrics included)."""
     from gendet.features.tokens import load_token_rows
     from gendet.method.gamma.eval import gamma_report
 
-    rows = load_token_rows(args.features, encoder=variant.encoder, degrade=variant.degrade, splits=args.eval_splits)
-    return gamma_report(det, rows, model=args.model)[0]
+    rows = load_token_rows(job.features, encoder=variant.encoder, degrade=variant.degrade, splits=job.eval_splits)
+    return gamma_report(det, rows, model=job.model)[0]
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines._ray import pipeline_main
+def run(job: EvaluateJob) -> dict[str, Any]:
+    """Score, write OUT/metrics.json and OUT/table.md, log into --mlflow-run; returns metrics.json's
+    dict with ``table`` (the Markdown) beside it."""
+    from gendet.mlops import tracking
+    from pipelines._ray import require_ray
 
-    return pipeline_main("python -m pipelines.evaluate", __doc__, add_arguments, run, argv)
+    require_ray()
+    with tracking.tracking_uri(job.tracking_uri):
+        det, variants = preflight(job)
+        degrades = list(variants)
+        by_degrade = {}
+        for degrade, variant in variants.items():
+            if isinstance(det, GammaDetector):
+                by_degrade[degrade] = evaluate_gamma(det, variant, job)
+                continue
+            by_degrade[degrade] = evaluate_store({det.method: det}, variant, job.eval_splits,
+                                                 model_uris={det.method: job.model},
+                                                 ray_min_rows=job.ray_min_rows)[0][det.method]
+        main_report = by_degrade[degrades[0]]
+        if len(degrades) > 1:
+            main_report = {**main_report, "degraded": {d or "none": r for d, r in by_degrade.items()}}
+        if isinstance(det, GammaDetector):
+            from gendet.method.gamma.eval import report_table
 
+            text = report_table(by_degrade[degrades[0]], det.method)
+        else:
+            text = table({det.method: by_degrade[degrades[0]]})
+        if len(degrades) > 1:
+            text += "\n\n" + degradation_table(by_degrade)
+        gio.write_bytes_atomic(gio.join(job.out, "metrics.json"), (json.dumps(json_safe(main_report), indent=2) + "\n").encode())
+        gio.write_bytes_atomic(gio.join(job.out, "table.md"), (text + "\n").encode())
+        if job.mlflow_run:
+            tracking.log_evaluation(job.mlflow_run, main_report, text)
+    return {**main_report, "table": text}
+
+
+def main(job: EvaluateJob) -> int:
+    report = run(job)
+    _jobs.emit(report["table"])
+    log.info("metrics written to %s", gio.join(job.out, "metrics.json"))
+    return 0
+
+
+JOB = _jobs.JobSpec(EvaluateJob, main)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_jobs.run(JOB, prog="python -m pipelines.evaluate"))

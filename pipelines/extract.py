@@ -18,39 +18,38 @@ shards without a stats file, and a rerun does exactly those.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from gendet.config import add_config_arguments, config_from_args
 from gendet.extract.config import ExtractConfig
+from pipelines import _jobs
+from pipelines._jobs import Flat, Inputs
 
 FINALIZERS = 2  # actors that write finished shards (I/O: a shard's parts in, three files out)
 READER_MEMORY_BYTES = 3 << 29  # the worker process (0.6-1.2 GiB measured), a shard (<= 256 MiB) and its decoded batch
+CPU_ACTOR_CPUS = 0.01  # a CPU-only encoder actor's reservation (build_dataset says why)
 
 
-# Flags whose help says more than the field's docstring (how to spell a value, where it applies).
-HELPS = {
-    "shards": "directory of .tar shards, a .tar URL, a brace pattern or a glob (fsspec)",
-    "features": "feature store URL (fsspec); output goes to FEATURES/<variant>/",
-    "encoder": "encoder name: spectrum:v1 (offline default) or open_clip:<arch>/<tag> "
-               "(e.g. open_clip:ViT-L-14/openai; /none = random init)",
-    "degrade": "robustness degradation before preprocessing: jpeg:65, jpeg:30, blur:3, blur:5, resize:112, resize:64; "
-               "aug:P = a training augmentation drawn per image (JPEG, downscale or crop with probability P)",
-    "device": "encoder device with --local (cpu, cuda, cuda:N)",
-    "num_workers": "decode worker processes with --local",
-    "tokens": "also store each image's token grid, its mask.png's per-token share and its manipulation fields "
-              "(a token variant FEATURES/<variant>__tok<R>x<C>/ beside the pooled one; spectrum:v1/v2 or an open_clip ViT)",
-    "token_grid": "with --tokens: the grid to store, ROWSxCOLS (e.g. 8x8: tokens averaged over the encoder's own grid); "
-                  "default: the encoder's native grid",
-}
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExtractJob:
+    """Shards -> Parquet feature store (Ray Data): decode on CPU tasks, encode on an autoscaling pool
+    of encoder actors, one Parquet file per input shard. Incremental: a rerun does only new or
+    changed shards; bad samples are quarantined with a reason.
 
+    Examples:
+      gendet extract out/shards out/features
+      gendet extract s3://bucket/genimage/ s3://bucket/features --num-gpus 1 --concurrency 8
+          --encoder open_clip:ViT-L-14/openai --precision fp16
+      gendet extract out/shards out/features --degrade jpeg:65      # a degraded variant (Table 4)
+      gendet extract out/shards out/features --local                # one process, no Ray
+    """
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, ExtractConfig, positional=("shards", "features"), helps=HELPS)
-    parser.add_argument("--local", action="store_true", help="run without Ray: one process, DataLoader workers decode (--device)")
-    parser.add_argument("--shared-fs", action="store_true",
-                        help="on a cluster (RAY_ADDRESS set), local SHARDS/FEATURES paths are a mount every node sees (NFS)")
+    extract: Annotated[ExtractConfig, Flat, Inputs]
+    local: bool = False
+    """Run without Ray: one process, ``--decode-workers`` processes decode, the encoder on ``--device``."""
+    shared_fs: bool = False
+    """On a cluster (RAY_ADDRESS set), local SHARDS/FEATURES paths are a mount every node sees (NFS)."""
 
 
 def build_dataset(plan: Any) -> Any:
@@ -75,11 +74,13 @@ def build_dataset(plan: Any) -> Any:
     # Autoscaling, not fixed: a fixed pool whose lost actors restart on the surviving nodes can take
     # every CPU there and leave none for decoding (measured: a stall until Ray Data's timeout).
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.concurrency, initial_size=cfg.concurrency)
-    # CPU-only encoders reserve no logical CPU (their threads still run): actors that reserved them
-    # could hold every CPU left after a node is lost, while their tasks wait on decode tasks that Ray
-    # re-runs to rebuild the lost node's blocks and that need a CPU (measured: a stall until the
-    # job's timeout). GPU encoders are capped by their GPUs and reserve their host CPUs as asked.
-    actor_cpus = cfg.cpus_per_actor if cfg.num_gpus > 0 else 0
+    # CPU-only encoders reserve a token of a logical CPU (their threads still run): actors that reserved
+    # whole CPUs could hold every CPU left after a node is lost, while their tasks wait on decode tasks
+    # that Ray re-runs to rebuild the lost node's blocks and that need a CPU (measured: a stall until the
+    # job's timeout). Not none: a 0-CPU actor may be placed on a 0-CPU head node (KubeRay's, `ray start
+    # --head --num-cpus 0`), which is kept free of work. GPU encoders are capped by their GPUs and reserve
+    # their host CPUs as asked.
+    actor_cpus = cfg.cpus_per_actor if cfg.num_gpus > 0 else CPU_ACTOR_CPUS
     return images.map_batches(PartWritingMapper, fn_constructor_kwargs=mapper_args, batch_size=cfg.batch_size,
                               compute=pool, num_gpus=cfg.num_gpus or None, num_cpus=actor_cpus, batch_format="numpy")
 
@@ -88,12 +89,12 @@ def write_shards(plan: Any, summaries: Any) -> tuple[list, dict]:
     """Count the actors' summaries; finalize each shard on a worker as soon as all its rows are
     written. Returns (stats of written shards, {stem: error} of failed ones)."""
     import ray
-    from tqdm import tqdm
 
     from gendet import GendetError
     from gendet.config import to_dict
     from gendet.extract.parts import PartTracker, ShardFinalizer
     from gendet.extract.runner import check_lease, mark_incomplete
+    from gendet.progress import progress
 
     # A few threaded finalizer actors, started before the first rows arrive: 0 CPUs (never queued
     # behind decode or encode), restarted elsewhere if their node is lost, and a retried finalize
@@ -115,7 +116,7 @@ def write_shards(plan: Any, summaries: Any) -> tuple[list, dict]:
             bar.update(1)
             bar.set_postfix(images=sum(s["written"] for s in done), failed=len(failed))
 
-    with tqdm(total=len(plan.todo), unit="shard", desc="extract", dynamic_ncols=True) as bar:
+    with progress(total=len(plan.todo), unit="shard", desc="extract") as bar:
         for summary in summaries:
             for stem in tracker.add(summary):
                 check_lease(plan)
@@ -152,28 +153,31 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
         plan.release()
 
 
-def run(args: argparse.Namespace) -> int:
+def run(job: ExtractJob) -> dict[str, Any]:
+    """Check, then extract (on Ray, or in this process with ``local``); returns the summary."""
     from gendet import io as gio
-    from gendet.extract.runner import format_summary, run_local
+    from gendet.extract.runner import run_local
     from pipelines._ray import require_ray
 
-    if not args.local:
+    cfg = job.extract
+    if not job.local:
         require_ray()
         # Decode tasks read SHARDS and encoder actors write FEATURES on every node: a path on this
         # node's disk would be an empty folder there (refused before any work).
-        for url, what in ((args.shards, "SHARDS"), (args.features, "FEATURES")):
-            gio.require_reachable(url, what, "--shared-fs", shared=args.shared_fs)
-    cfg = config_from_args(ExtractConfig, args)
-    summary = run_local(cfg) if args.local else extract(cfg)
-    print(format_summary(summary))
+        for url, what in ((cfg.shards, "SHARDS"), (cfg.features, "FEATURES")):
+            gio.require_reachable(url, what, "--shared-fs", shared=job.shared_fs)
+    return run_local(cfg) if job.local else extract(cfg)
+
+
+def main(job: ExtractJob) -> int:
+    from gendet.extract.runner import format_summary
+
+    summary = run(job)
+    _jobs.emit(format_summary(summary))
     return 1 if summary["shards_failed"] or summary["store_damaged"] else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines._ray import pipeline_main
-
-    return pipeline_main("python -m pipelines.extract", __doc__, add_arguments, run, argv)
-
+JOB = _jobs.JobSpec(ExtractJob, main)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_jobs.run(JOB, prog="python -m pipelines.extract"))

@@ -3,15 +3,16 @@
 The closed loop after ``gendet refresh`` alerts (``refresh --fix`` calls it): a new generator's
 subsets slipped past ``models:/NAME@champion``. ``fix``
 
-1. pins the model to its version and reads **its own training config** from the run that made it
-   (the TrainConfig params ``tracking.log_config`` logged, its encoder and eval splits);
+1. pins the model to its version and reads **its own training job** from the run that made it
+   (``job.json``: its TrainConfig, encoder and eval splits; runs logged before jobs were: the
+   TrainConfig params ``tracking.log_config`` logged);
 2. trains a challenger with that config plus the slipped subsets as training subsets, each
    limited to ``shots`` fakes and as many reals (TrainConfig ``shots``: a stable hash of
    content_id picks them), through ``pipelines.train.train`` itself: same Ray Train job,
    calibration (thresholds and Platt scaling are refitted), MLflow run, registration as
    ``challenger`` under the model's registered name;
 3. runs the gate against the champion on the same evaluation set, with the per-family rule (no
-   subset's calibrated accuracy may fall more than ``--gate-max-family-drop`` below the
+   subset's calibrated accuracy may fall more than ``--gate.max-family-drop`` below the
    champion's), and moves ``champion`` only if it passes;
 4. tags the training run and the new version with its lineage (``gendet.fix.parent_version``,
    ``gendet.fix.subsets``, ``gendet.fix.shots``) and writes ``OUT/fix.json``.
@@ -22,91 +23,83 @@ training split; their test rows are then part of the gate's evaluation set.
 
 from __future__ import annotations
 
-import argparse
-import json
+import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import fields
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any
 
-from gendet import GendetError
 from gendet import io as gio
-from gendet.config import csv_tuple
+from gendet.config import check, from_dict
 from gendet.eval.metrics import json_safe
+from gendet.mlops.gate import GateConfig
+from pipelines import _jobs
+from pipelines._common import Workers
+from pipelines._jobs import Flat, Positional
 
-DEFAULT_SHOTS = 32  # measured: >= 90 % of sdedit caught in both demo worlds (README "Fixing what slipped")
+log = logging.getLogger(__name__)
+DEFAULT_SHOTS = 32  # measured: >= 90 % of sdedit caught in both demo worlds (docs/results.md, "Fixing what slipped")
 LINEAGE_PREFIX = "gendet.fix."
 FIX_JSON = "fix.json"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("features", metavar="FEATURES",
-                   help="the feature store holding the champion's training rows and the new subsets")
-    p.add_argument("--model", default="models:/gendet@champion",
-                   help="the registered model to fix (models:/NAME@ALIAS or /VERSION)")
-    p.add_argument("--subsets", required=True, type=csv_tuple, help="the subsets that slipped, e.g. sdedit")
-    p.add_argument("--shots", type=int, default=DEFAULT_SHOTS,
-                   help="fakes (and as many reals) of each new subset to train on; 0 = all of its training rows")
-    p.add_argument("--out", default="out/fix", help="output folder: the training run's files and fix.json")
-    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per worker")
-    p.add_argument("--gate-margin", type=float, default=0.0, help="mean accuracy the challenger must gain over the champion")
-    p.add_argument("--gate-real-floor", type=float, default=0.8, help="minimum real accuracy at the calibrated threshold")
-    p.add_argument("--gate-max-family-drop", type=float, default=0.02,
-                   help="largest fall of any subset's calibrated accuracy below the champion's")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI of the registry (default: MLFLOW_TRACKING_URI)")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FixJob:
+    """Retrain a registered model with the subsets that slipped past it (a few shots of each), with
+    its own training job; register the result as challenger, gate it over every known family and
+    promote it only if it passes (`gendet refresh --fix` runs this).
+
+    Examples:
+      gendet fix out/features --model models:/gendet@champion --subsets sdedit
+      gendet fix s3://bucket/features --subsets new_gen_a,new_gen_b --shots 64 --num-workers 2
+    """
+
+    features: Positional[str]
+    """The feature store holding the champion's training rows and the new subsets."""
+    subsets: tuple[str, ...] = ()
+    """The subsets that slipped, e.g. sdedit."""
+    model: str = "models:/gendet@champion"
+    """The registered model to fix (models:/NAME@ALIAS or models:/NAME/VERSION)."""
+    shots: int = DEFAULT_SHOTS
+    """Fakes (and as many reals) of each new subset to train on; 0: all of its training rows."""
+    out: str = "out/fix"
+    """Output folder: the training run's files and fix.json."""
+    workers: Annotated[Workers, Flat] = field(default_factory=Workers)
+    gate: GateConfig = field(default_factory=GateConfig)
+    tracking_uri: str | None = None
+    """MLflow tracking URI of the registry (default: MLFLOW_TRACKING_URI)."""
+
+    def __post_init__(self) -> None:
+        check(bool(self.subsets), "--subsets: none; name the ones that slipped, e.g. --subsets sdedit")
+        check(self.shots >= 0, f"--shots {self.shots}: give a number of images per subset (0: all)")
 
 
-def parent_run(model: str, client: Any) -> tuple[str, str, Any]:
-    """(registered name, version, the run that made it) of ``models:/NAME@ALIAS`` or ``/VERSION``."""
-    from gendet.mlops.registry import pin
-
-    found = pin(client, model)
-    if found is None:
-        raise GendetError(f"--model {model}: fix retrains a registered model; pass models:/NAME@champion or models:/NAME/VERSION")
-    if not found.run_id:
-        raise GendetError(f"--model {model}: version {found.version} has no training run at {client.tracking_uri}; "
-                          "fix needs the run's TrainConfig: register a model trained with `gendet train`")
-    return found.name, str(found.version), client.get_run(found.run_id)
-
-
-def champion_settings(params: dict[str, str]) -> list[str]:
-    """``--set KEY=VALUE`` items that rebuild the TrainConfig the run logged (``tracking.log_config``:
-    tuples as JSON text). ``train_subsets`` and ``shots`` are left to the caller."""
+def train_job(job: FixJob, parent: dict[str, Any], name: str, run_name: str) -> Any:
+    """The ``TrainJob`` of the fix: the parent's own job (``parent``: its logged ``job.json`` dict),
+    its training subsets plus ``job.subsets`` (``shots`` of each), on ``job.features``."""
     from gendet.method.gendet.config import TrainConfig
+    from pipelines.train import TrainJob
 
-    items = []
-    for f in fields(TrainConfig):
-        if f.name in ("train_subsets", "shots") or f.name not in params:
-            continue
-        value = params[f.name]
-        if value.startswith("["):
-            value = ",".join(json.loads(value))
-        items += ["--set", f"{f.name}={value}"]
-    if not items:
-        raise GendetError("the model's run logged no TrainConfig params; retrain it with `gendet train` (which logs them)")
-    return items
+    cfg = parent["train"] if isinstance(parent["train"], TrainConfig) else from_dict(TrainConfig, parent["train"])
+    subsets = tuple(dict.fromkeys((*cfg.train_subsets, *job.subsets)))
+    shots = tuple(f"{s}={job.shots}" for s in job.subsets) if job.shots else ()
+    return TrainJob(features=job.features, train=replace(cfg, train_subsets=subsets, shots=shots),
+                    eval_splits=tuple(parent.get("eval_splits") or ("test",)), encoder=parent.get("encoder") or None,
+                    out=gio.absolute(job.out), workers=job.workers, name=run_name, register=name, gate=job.gate)
 
 
-def train_argv(features: str, params: dict[str, str], name: str, subsets: Sequence[str], shots: int, out: str,
-               *, run_name: str, num_workers: int, cpus_per_worker: float, gate_margin: float, gate_real_floor: float,
-               gate_max_family_drop: float) -> list[str]:
-    """``gendet train`` arguments: the parent's config, its training subsets plus ``subsets``."""
-    parent_subsets = tuple(json.loads(params.get("train_subsets", "[]")))
-    argv = [features, "--train-subsets", ",".join(dict.fromkeys((*parent_subsets, *subsets))), "--out", out,
-            "--eval-splits", params.get("eval_splits", "test"), "--num-workers", str(num_workers),
-            "--cpus-per-worker", str(cpus_per_worker), "--name", run_name, "--register", name,
-            "--gate-margin", str(gate_margin), "--gate-real-floor", str(gate_real_floor),
-            "--gate-max-family-drop", str(gate_max_family_drop), *champion_settings(params)]
-    if params.get("encoder"):
-        argv += ["--encoder", params["encoder"]]
-    if not parent_subsets:  # the parent trained on every subset: so does the fix, the new ones limited
-        argv += ["--set", "train_subsets="]
-    for subset in subsets if shots else ():
-        argv += ["--shots", f"{subset}={shots}"]
-    return argv
+def parent_job(client: Any, run: Any) -> dict[str, Any]:
+    """The parent's training job: its ``job.json``, or for runs logged before jobs were, its
+    TrainConfig params, encoder and eval splits."""
+    from gendet.mlops.lineage import logged_job, logged_train_config
+
+    found = logged_job(client, run.info.run_id)
+    if found is not None:
+        return found
+    params = run.data.params
+    return {"train": logged_train_config(params), "encoder": params.get("encoder") or None,
+            "eval_splits": tuple(s for s in params.get("eval_splits", "test").split(",") if s)}
 
 
 def per_family(gate: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -115,12 +108,9 @@ def per_family(gate: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s: {"before": row["champion"], "after": row["challenger"]} for s, row in gate.get("families", {}).items()}
 
 
-def fix(features: str, model: str = "models:/gendet@champion", subsets: Sequence[str] = (), shots: int | None = DEFAULT_SHOTS,
-        out: str = "out/fix", *, num_workers: int = 1, cpus_per_worker: float = 1.0, gate_margin: float = 0.0,
-        gate_real_floor: float = 0.8, gate_max_family_drop: float = 0.02, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Retrain ``model`` (a registered model; its version is pinned first) with its own training
-    config plus ``subsets``, each limited to ``shots`` fakes and as many reals (None or 0: all of
-    their training rows), register the result as ``challenger``, gate it against the champion
+def run(job: FixJob) -> dict[str, Any]:
+    """Retrain ``job.model`` (a registered model; its version is pinned first) with its own training
+    job plus ``job.subsets``, register the result as ``challenger``, gate it against the champion
     (with the per-family rule) and promote it only if it passes.
 
     The registry is ``tracking_uri``, else MLFLOW_TRACKING_URI / the process's MLflow URI; the
@@ -134,49 +124,32 @@ def fix(features: str, model: str = "models:/gendet@champion", subsets: Sequence
     from mlflow import MlflowClient
 
     from gendet.mlops import registry
+    from gendet.mlops.lineage import parent_run, tag_lineage
     from pipelines import train
-    from pipelines._ray import require_ray, verb_args
+    from pipelines._ray import require_ray
 
     started = time.perf_counter()
-    subsets = tuple(dict.fromkeys(subsets))
-    if not subsets:
-        raise GendetError("fix: no subsets; name the ones that slipped, e.g. --subsets sdedit")
-    if shots is not None and shots < 0:
-        raise GendetError(f"fix: shots {shots}; give a positive number of images per subset, or 0 for all")
     require_ray()
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    uri = job.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     client = MlflowClient(uri)
-    name, parent_version, run = parent_run(model, client)
+    name, parent_version, run_ = parent_run(client, job.model)
     champion = registry.version_by_alias(client, name, registry.CHAMPION)
-    out = gio.absolute(out)
     run_name = f"fix-{name}-v{parent_version}-{int(time.time())}"  # a new name: an old one would resume
-    argv = train_argv(features, run.data.params, name, subsets, shots or 0, out, run_name=run_name,
-                      num_workers=num_workers, cpus_per_worker=cpus_per_worker, gate_margin=gate_margin,
-                      gate_real_floor=gate_real_floor, gate_max_family_drop=gate_max_family_drop)
-    print(f"fix: retraining {model} (version {parent_version}) with {', '.join(subsets)} "
-          f"({shots or 'all'} shots each): gendet train {' '.join(argv)}", flush=True)
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # the training run and its registration go to the parent's registry
-    try:
-        summary = train.train(verb_args(train, argv))
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+    retrain = train_job(job, parent_job(client, run_), name, run_name)
+    log.info("fix: retraining %s (version %s) with %s (%s shots each), training subsets %s", job.model, parent_version,
+             ", ".join(job.subsets), job.shots or "all", ",".join(retrain.train.train_subsets))
+    summary = train.run(replace(retrain, tracking_uri=uri))  # the training run and its registration: the parent's registry
     gate = summary["gate"]
-    lineage = {"parent_version": parent_version, "subsets": ",".join(subsets), "shots": str(shots or "all")}
-    for key, value in lineage.items():
-        client.set_tag(summary["run_id"], LINEAGE_PREFIX + key, value)
-        client.set_model_version_tag(name, gate["version"], LINEAGE_PREFIX + key, value)
-    result = {"model": model, "name": name, "parent_version": parent_version,
+    lineage = {"parent_version": parent_version, "subsets": ",".join(job.subsets), "shots": str(job.shots or "all")}
+    tag_lineage(client, summary["run_id"], name, gate["version"], lineage, LINEAGE_PREFIX)
+    result = {"model": job.model, "name": name, "parent_version": parent_version,
               "champion_version_before": None if champion is None else str(champion.version),
-              "subsets": list(subsets), "shots": shots or None, "challenger_version": gate["version"],
+              "subsets": list(job.subsets), "shots": job.shots or None, "challenger_version": gate["version"],
               "promoted": gate["promoted"], "reason": gate["reason"], "worst_family": gate.get("worst_family"),
               "worst_family_drop": gate.get("worst_family_drop"), "families": per_family(gate),
-              "run_id": summary["run_id"], "train_out": out, "tracking_uri": uri,
+              "run_id": summary["run_id"], "train_out": retrain.out, "tracking_uri": uri,
               "seconds": round(time.perf_counter() - started, 1)}
-    gio.write_json_atomic(gio.join(out, FIX_JSON), json_safe(result))
+    gio.write_json_atomic(gio.join(retrain.out, FIX_JSON), json_safe(result))
     return result
 
 
@@ -192,21 +165,14 @@ def format_fix(result: dict[str, Any]) -> str:
             + f"\n\nversion {result['challenger_version']} {verdict}: {result['reason']} ({result['seconds']:.0f} s)")
 
 
-def run(args: argparse.Namespace) -> int:
-    result = fix(args.features, model=args.model, subsets=args.subsets, shots=args.shots, out=args.out,
-                 num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker, gate_margin=args.gate_margin,
-                 gate_real_floor=args.gate_real_floor, gate_max_family_drop=args.gate_max_family_drop,
-                 tracking_uri=args.tracking_uri)
-    print(format_fix(result))
-    print(f"result written to {gio.join(result['train_out'], FIX_JSON)}")
+def main(job: FixJob) -> int:
+    result = run(job)
+    _jobs.emit(format_fix(result))
+    log.info("result written to %s", gio.join(result["train_out"], FIX_JSON))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines._ray import pipeline_main
-
-    return pipeline_main("python -m pipelines.fix", __doc__, add_arguments, run, argv)
-
+JOB = _jobs.JobSpec(FixJob, main)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_jobs.run(JOB, prog="python -m pipelines.fix"))

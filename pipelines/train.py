@@ -25,98 +25,93 @@ detector as ``challenger`` and runs the promotion gate.
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
 import shutil
 import sys
 import tempfile
-from dataclasses import fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import tyro
 
 from gendet import GendetError
 from gendet import io as gio
-from gendet.config import ConfigError, csv_tuple, from_dict, parse_assignments, read_config_file, to_dict
+from gendet.config import from_dict, to_dict
 from gendet.features.contents import check_rows, row_counts
 from gendet.features.sources import CachingSource, ParquetSource, epoch_seed
 from gendet.features.store import Variant, feature_files, feature_matrix, resolve_variant
-from gendet.method.gendet.config import METHODS, VAL, TrainConfig, preset, preset_names, resolve_calibration_split
+from gendet.method.gendet.config import PRESETS, VAL, TrainConfig, resolve_calibration_split
 from gendet.method.gendet.trainer import check_calibration, check_source
+from gendet.mlops.gate import GateConfig
+from pipelines import _jobs
+from pipelines._common import Workers, check_outputs, check_reachable, storage_url
+from pipelines._jobs import Flat, Positional
 
+log = logging.getLogger(__name__)
 DETECTORS = "detectors"
 HISTORY = "history.json"
 FINAL = "final"  # the stage name of the last report, whose checkpoint carries the detectors
 IN_MEMORY_ROWS = 100_000  # ~300 MB of 768-d float32 features: read once by the driver (build_datasets)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("features", metavar="FEATURES", help="feature store URL (written by `gendet extract`)")
-    p.add_argument("--train-subsets", required=True, type=csv_tuple, help="subsets to train on, e.g. sd14 or sd14,sd15")
-    p.add_argument("--out", default="out/train", help="output directory: detectors, metrics, SQLite MLflow store when "
-                                                      "MLFLOW_TRACKING_URI is unset")
-    p.add_argument("--encoder", default=None, help="feature-store variant to use when several encoders are present")
-    p.add_argument("--preset", default="genimage", choices=preset_names(), help="paper learning rates: genimage or ufd "
-                                                                                "(debug: tiny, fast)")
-    p.add_argument("--methods", type=csv_tuple, default=METHODS, help=f"comma list from {','.join(METHODS)}")
-    p.add_argument("--rotations", type=int, default=None, help="rotations of stages a, b, c (paper: 10)")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per step per worker")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--target-fpr", type=float, default=None, help="FPR on held-out reals for the calibrated threshold")
-    p.add_argument("--eval-splits", type=csv_tuple, default=("test",),
-                   help="splits scored for the per-subset table (GenImage: val). Calibration is never fitted "
-                        "on them: with val scored (or no val rows) it uses a held-out part of the training rows "
-                        "(TrainConfig calibration_split, calibration_holdout)")
-    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP when > 1)")
-    p.add_argument("--placement-strategy", default="PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
-                   help="where Ray Train places its workers (SPREAD: across nodes, so one lost node stops one worker)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per worker (fractions allowed)")
-    p.add_argument("--storage", default=None, help="checkpoint storage URL, reached by every node (default: OUT/ray_results)")
-    p.add_argument("--shared-fs", action="store_true",
-                   help="with RAY_ADDRESS set, allow local paths for FEATURES, --out and --storage: they are on a mount "
-                        "every node sees at the same path (NFS); env GENDET_SHARED_FS=1 does the same")
-    p.add_argument("--name", default="gendet-train", help="run name under --storage; rerun the same name to resume")
-    p.add_argument("--max-failures", type=int, default=2, help="worker failures Ray Train recovers from")
-    p.add_argument("--register", default=None, metavar="NAME", help="register the GenDet detector under NAME (alias "
-                                                                    "challenger) and run the gate")
-    p.add_argument("--gate-margin", type=float, default=0.0, help="mean accuracy the challenger must gain over the champion")
-    p.add_argument("--worker-cache-rows", type=int, default=200_000,
-                   help="rows of each data split a worker keeps in memory (as --feature-dtype of the preset) after "
-                        "its first epoch; 0 = stream every epoch")
-    p.add_argument("--in-memory-rows", type=int, default=IN_MEMORY_ROWS,
-                   help="a store of at most this many rows is read once by the driver and handed to Ray Data in "
-                        "memory; larger ones stream from Parquet every pass (0 = always stream)")
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help="JSON or YAML file of TrainConfig fields (over the preset; flags and --set override it)")
-    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                   help="any TrainConfig field, repeatable, applied last: e.g. --set alpha=0.5 --set margin=1.0 "
-                        "--set student_lr=1e-4 --set classifier_input=both (fields: "
-                        + ", ".join(f.name for f in fields(TrainConfig)) + ")")
-    p.add_argument("--fault-after-stage", default=None, help=argparse.SUPPRESS)  # tests: kill a worker once
-    p.add_argument("--gate-real-floor", type=float, default=0.8, help="minimum real accuracy at the calibrated threshold")
-    p.add_argument("--gate-max-family-drop", type=float, default=0.02,
-                   help="largest fall of any subset's calibrated accuracy below the champion's on it")
-    p.add_argument("--shots", action="append", default=[], metavar="SUBSET=N",
-                   help="few-shot training subset, repeatable: at most N of its fakes and N of its reals (TrainConfig shots)")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainJob:
+    """GenDet and its baselines (the ablation ladder) on a feature store, on Ray Train (DDP when
+    --num-workers > 1), calibrated on held-out rows, scored per subset and logged to MLflow; with
+    --register NAME, registered as challenger and gated against the champion. Rerun the same command
+    (same --storage and --name) to resume a run that stopped.
 
+    Examples:
+      gendet train out/features --train-subsets sdv14 --eval-splits val --register gendet
+      gendet train s3://bucket/features --train-subsets sdv14 --eval-splits val --num-workers 4 --use-gpu
+          --storage s3://bucket/ray --register gendet
+      gendet train out/features --train-subsets ae_nearest_f8 --preset demo --set alpha=0.5
+    """
 
-def build_config(args: argparse.Namespace) -> TrainConfig:
-    if not args.train_subsets:  # the config reads () as "every subset": from the command line that is a slip
-        raise ConfigError("--train-subsets: empty; name the subset(s) to train on, e.g. --train-subsets sdv14")
-    if args.num_workers < 1:
-        raise ConfigError(f"--num-workers {args.num_workers}: must be >= 1")
-    # preset < --config FILE < the named flags < --set KEY=VALUE
-    overrides = read_config_file(TrainConfig, args.config) if getattr(args, "config", None) else {}
-    overrides |= {"methods": tuple(args.methods), "train_subsets": tuple(args.train_subsets)}
-    overrides |= {k: v for k, v in {"rotations": args.rotations, "batch_size": args.batch_size, "seed": args.seed,
-                                    "target_fpr": args.target_fpr}.items() if v is not None}
-    if getattr(args, "shots", None):
-        overrides["shots"] = tuple(args.shots)
-    overrides |= parse_assignments(TrainConfig, getattr(args, "assignments", []))
-    return preset(args.preset, **overrides)
+    features: Positional[str]
+    """Feature store URL (written by `gendet extract`)."""
+    train: Annotated[TrainConfig, Flat] = field(default_factory=TrainConfig)
+    eval_splits: tuple[str, ...] = ("test",)
+    """Splits scored for the per-subset table (GenImage has train and val: score val). Calibration
+    is never fitted on them (--calibration-split auto)."""
+    encoder: str | None = None
+    """The store variant's encoder, when the store holds several."""
+    out: str = "out/train"
+    """Output folder: detectors/, metrics.json, table.md, plots/, the SQLite MLflow store when
+    MLFLOW_TRACKING_URI is unset."""
+    workers: Annotated[Workers, Flat] = field(default_factory=Workers)
+    storage: str | None = None
+    """Checkpoint storage URL every node reaches (default: OUT/ray_results)."""
+    name: str = "gendet-train"
+    """Run name under --storage; rerun the same name to resume."""
+    shared_fs: bool = False
+    """With RAY_ADDRESS set, local FEATURES, --out and --storage are a mount every node sees (NFS)."""
+    worker_cache_rows: int = 200_000
+    """Rows of each data split a worker keeps in memory after its first epoch; 0: stream every epoch."""
+    in_memory_rows: int = IN_MEMORY_ROWS
+    """A store of at most this many rows is read once by the driver and handed to Ray Data in memory;
+    larger ones stream from Parquet every pass (0: always stream)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (default: MLFLOW_TRACKING_URI; unset, a SQLite store under --out)."""
+    register: str | None = None
+    """Register the GenDet detector under this name (alias challenger) and run the gate."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    fault_after_stage: Annotated[str | None, tyro.conf.Suppress] = None
+    """Tests: rank 0 dies once, for real, after this stage."""
+
+    def __post_init__(self) -> None:
+        from gendet.config import check
+
+        check(bool(self.train.train_subsets), "--train-subsets: empty; name the subset(s) to train on, "
+                                              "e.g. --train-subsets sdv14")
+        check(bool(self.eval_splits), "--eval-splits: empty; name the split(s) to score, e.g. test or val")
+        check(self.worker_cache_rows >= 0 and self.in_memory_rows >= 0,
+              "--worker-cache-rows and --in-memory-rows must be >= 0")
 
 
 # --- inside a Ray Train worker -------------------------------------------------------------------
-def ray_shard_source(dim: int, cfg: TrainConfig, cache_rows: int) -> CachingSource:
+def ray_shard_source(dim: int, cfg: TrainConfig, cache_rows: int, rows: dict[str, int] | None = None) -> CachingSource:
     """The library's ``CachingSource`` over this worker's Ray Data shards (``all``/``real``/``fake``).
     Each kind's rows come from its own ``streaming_split(equal=True)``, so every worker keeps the
     same number of rows and DDP's workers take the same number of steps."""
@@ -133,7 +128,7 @@ def ray_shard_source(dim: int, cfg: TrainConfig, cache_rows: int) -> CachingSour
             y = np.asarray(batch.column("label").to_pylist()) == "fake"
             yield feature_matrix(batch.column("feature")), y.astype(np.int64)
 
-    return CachingSource(stream, dim=dim, batch_size=cfg.batch_size, seed=cfg.seed, cache_rows=cache_rows,
+    return CachingSource(stream, dim=dim, batch_size=cfg.batch_size, seed=cfg.seed, cache_rows=cache_rows, rows=rows,
                          dtype=cfg.feature_dtype)
 
 
@@ -142,6 +137,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from gendet.method.gendet.trainer import train_all
+
+    _jobs.setup_logging()  # a worker process: its progress lines reach `ray job logs`
 
     cfg = from_dict(TrainConfig, config["train_config"])
     ctx = ray.train.get_context()
@@ -163,7 +160,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         _maybe_fail(config, rank, stage)
 
-    source = ray_shard_source(config["dim"], cfg, config.get("cache_rows", 0))
+    rows = {k: n // world for k, n in (config.get("rows") or {}).items()}  # streaming_split(equal=True): a share each
+    source = ray_shard_source(config["dim"], cfg, config.get("cache_rows", 0), rows or None)
     # Thresholds and Platt scaling are fitted on rows never trained on nor scored (the driver
     # resolved cfg.calibration_split): the val rows of every subset (reals are reals whatever
     # generator they are paired with, and more of them make the FPR quantile firmer), or the
@@ -226,13 +224,6 @@ def build_datasets(variant_url: str, cfg: TrainConfig, *, rows: int = 0, in_memo
             "fake": train.filter(expr=col("label") == "fake")}
 
 
-def output_urls(args: argparse.Namespace) -> tuple[str, str]:
-    """(--out, --storage) as URLs: local paths made absolute, storage defaulting to OUT/ray_results."""
-    out_url = gio.absolute(args.out)
-    storage = args.storage or gio.join(out_url, "ray_results")
-    return out_url, gio.absolute(storage)
-
-
 def collect_detectors(checkpoint, out_url: str, methods: tuple[str, ...]) -> str:
     """Copy the detectors and rank 0's history from the run's last checkpoint (on ``--storage``,
     wherever rank 0 ran) to ``OUT``; returns ``OUT/detectors``."""
@@ -249,88 +240,88 @@ def collect_detectors(checkpoint, out_url: str, methods: tuple[str, ...]) -> str
     return gio.join(out_url, DETECTORS)
 
 
-def fit(args: argparse.Namespace, cfg: TrainConfig, variant, out_url: str | None = None, storage: str | None = None) -> str:
+def fit(job: TrainJob, cfg: TrainConfig, variant: Variant, out_url: str, storage: str) -> str:
     """Run the TorchTrainer; returns the URL holding the trained detectors (``collect_detectors``)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from pipelines._ray import init_ray
 
-    if out_url is None or storage is None:
-        out_url, storage = output_urls(args)
     init_ray()
+    workers = job.workers
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train_config": to_dict(cfg), "dim": variant.dim, "variant_url": gio.absolute(variant.url),
-                           "detector_fields": variant.detector_fields(), "out_url": out_url, "use_gpu": args.use_gpu,
-                           "fault_after_stage": args.fault_after_stage, "cache_rows": args.worker_cache_rows},
-        scaling_config=ray.train.ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,
-                                               resources_per_worker={"CPU": args.cpus_per_worker},
-                                               placement_strategy=args.placement_strategy),
-        run_config=ray.train.RunConfig(name=args.name, storage_path=storage,
-                                       failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
+                           "detector_fields": variant.detector_fields(), "out_url": out_url, "use_gpu": workers.use_gpu,
+                           "fault_after_stage": job.fault_after_stage, "cache_rows": job.worker_cache_rows,
+                           "rows": ParquetSource(variant.url, **cfg.training_rows()).counts()},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
+                                               resources_per_worker={"CPU": workers.cpus_per_worker},
+                                               placement_strategy=workers.placement_strategy),
+        run_config=ray.train.RunConfig(name=job.name, storage_path=storage,
+                                       failure_config=ray.train.FailureConfig(max_failures=workers.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-        datasets=build_datasets(variant.url, cfg, rows=variant.rows, in_memory_rows=args.in_memory_rows),
+        datasets=build_datasets(variant.url, cfg, rows=variant.rows, in_memory_rows=job.in_memory_rows),
     )
     result = trainer.fit()
     return collect_detectors(result.checkpoint, out_url, cfg.methods)
 
 
-def preflight(args: argparse.Namespace) -> tuple[TrainConfig, Variant, str, str]:
-    """Everything the run needs, checked before Ray starts, each failure one line: the config; with
-    RAY_ADDRESS, no node-local FEATURES, --out or --storage (unless --shared-fs); the training
-    subsets and eval splits in the store; the calibration rows; the MLflow store (a tracking server
-    that answers; a remote --out needs one); --out and --storage writable.
+def preflight(job: TrainJob) -> tuple[TrainConfig, Variant, str, str]:
+    """Everything the run needs, checked before Ray starts, each failure one line: with RAY_ADDRESS,
+    no node-local FEATURES, --out or --storage (unless --shared-fs); the training subsets and eval
+    splits in the store; the calibration rows; the MLflow store (a tracking server that answers; a
+    remote --out needs one); --out and --storage writable.
     Returns (config with its calibration split resolved, variant, OUT URL, storage URL)."""
-    from gendet.mlops import tracking
-
-    cfg = build_config(args)
-    out_url, storage = output_urls(args)
-    for url, what in ((args.features, "FEATURES"), (out_url, "--out"), (storage, "--storage")):
-        gio.require_reachable(url, what, "--shared-fs", shared=args.shared_fs)
-    variant = resolve_variant(args.features, encoder=args.encoder)
+    out_url, storage = gio.absolute(job.out), storage_url(job.out, job.storage)
+    check_reachable({"FEATURES": job.features, "--out": out_url, "--storage": storage}, shared_fs=job.shared_fs)
+    variant = resolve_variant(job.features, encoder=job.encoder)
+    cfg = job.train
     counts = row_counts(variant.url)
-    check_rows(variant.url, eval_splits=args.eval_splits, train_subsets=cfg.train_subsets, train_splits=cfg.train_splits,
+    check_rows(variant.url, eval_splits=job.eval_splits, train_subsets=cfg.train_subsets, train_splits=cfg.train_splits,
                counts=counts)
     val_rows = sum(n for (split, _), n in counts.items() if split == VAL)
-    cfg = resolve_calibration_split(cfg, eval_splits=args.eval_splits, val_rows=val_rows)
+    cfg = resolve_calibration_split(cfg, eval_splits=job.eval_splits, val_rows=val_rows)
     check_source(cfg, ParquetSource(variant.url, **cfg.training_rows()))
     check_calibration(cfg, ParquetSource(variant.url, **cfg.calibration_rows()))
-    tracking.check_tracking(out_url)
-    gio.check_writable(out_url, "--out")
-    gio.check_writable(storage, "--storage")
+    check_outputs({"--out": out_url, "--storage": storage}, tracking_dir=out_url)
     return cfg, variant, out_url, storage
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
+def run(job: TrainJob) -> dict[str, Any]:
     """Validate, fit on Ray Train, then evaluate, log, register and gate; returns the run summary."""
-    from pipelines._ray import require_ray
-
-    require_ray()
-    cfg, variant, out_url, storage = preflight(args)
-    print(f"calibration: {cfg.calibration_split}" + (f" ({cfg.calibration_holdout:.0%} of the training content_ids, "
-                                                      "left out of training)" if cfg.calibration_split != VAL else ""))
-    detectors_url = fit(args, cfg, variant, out_url, storage)
+    from gendet.mlops import tracking
     from gendet.mlops.training_report import ReportOptions, report_training
+    from pipelines._ray import require_ray
     from pipelines.evaluate import evaluate_store
 
-    opts = ReportOptions(out=out_url, eval_splits=tuple(args.eval_splits), run_name=args.name,
-                         params={"num_workers": args.num_workers, "use_gpu": args.use_gpu},
-                         register=args.register, gate_margin=args.gate_margin, gate_real_floor=args.gate_real_floor,
-                         gate_max_family_drop=getattr(args, "gate_max_family_drop", 0.02))
-    return report_training(cfg, variant, detectors_url, opts, evaluate_store)
+    require_ray()
+    with tracking.tracking_uri(job.tracking_uri):
+        cfg, variant, out_url, storage = preflight(job)
+        log.info("calibration: %s%s", cfg.calibration_split,
+                 f" ({cfg.calibration_holdout:.0%} of the training content_ids, left out of training)"
+                 if cfg.calibration_split != VAL else "")
+        detectors_url = fit(job, cfg, variant, out_url, storage)
+        opts = ReportOptions(out=out_url, eval_splits=tuple(job.eval_splits), run_name=job.name,
+                             params={"num_workers": job.workers.num_workers, "use_gpu": job.workers.use_gpu},
+                             register=job.register, gate=job.gate, job=to_dict(job))
+        return report_training(cfg, variant, detectors_url, opts, evaluate_store)
 
 
-def run(args: argparse.Namespace) -> int:
-    train(args)
+def main(job: TrainJob) -> int:
+    summary = run(job)
+    _jobs.emit(summary["table"])
+    log.info("run %s logged to %s; metrics in %s", summary["run_id"], summary["tracking_uri"], summary["metrics"])
+    if summary.get("gate"):
+        gate = summary["gate"]
+        log.info("%s version %s: %s (%s)", gate["registered"], gate["version"],
+                 "PROMOTED to champion" if gate["promoted"] else "stays challenger", gate["reason"])
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines._ray import pipeline_main
-
-    return pipeline_main("python -m pipelines.train", __doc__, add_arguments, run, argv)
-
+JOB = _jobs.JobSpec(TrainJob, main, presets=PRESETS,
+                    preset_help="the paper's learning rates (genimage, ufd), or a short schedule (debug, demo); "
+                                "TrainConfig values applied before --config, flags and --set")
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_jobs.run(JOB, prog="python -m pipelines.train"))

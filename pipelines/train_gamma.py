@@ -1,4 +1,4 @@
-"""``gendet train-gamma`` / ``python -m pipelines.train_gamma``: GAMMA (issue 13) on Ray Train.
+"""``gendet train-gamma`` / ``python -m pipelines.train_gamma``: GAMMA on Ray Train.
 
 A ``TorchTrainer`` with N workers runs the library's epoch loop (``gendet.method.gamma.trainer``) with
 DDP when N > 1: every worker reads the training rows of the store's token variant
@@ -29,104 +29,119 @@ model as ``challenger`` and runs the promotion gate.
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
 import sys
 import tempfile
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import tyro
 
 from gendet import GendetError, first_line
 from gendet import io as gio
-from gendet.config import ConfigError, csv_tuple, from_dict, parse_assignments, read_config_file, to_dict
+from gendet.config import check, from_dict, to_dict
 from gendet.method.gamma.config import GammaConfig
+from gendet.mlops.gate import GateConfig
+from pipelines import _jobs
+from pipelines._common import Workers, check_outputs, check_reachable, storage_url
+from pipelines._jobs import Flat, Positional
 
+log = logging.getLogger(__name__)
 MODEL, STATE, HISTORY = "model", "state.pt", "history.json"
+RUN_RECORD = "gendet-gamma-run.json"  # beside Ray Train's files under --storage/--name: what the run trains
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("features", metavar="FEATURES", help="feature store URL with a token variant (`gendet extract --tokens`)")
-    p.add_argument("--train-subsets", required=True, type=csv_tuple, help="subsets to train on, e.g. sd14,inpaint-sd14")
-    p.add_argument("--out", default="out/train-gamma", help="output directory: model/, metrics.json, table.md, plots/, "
-                                                            "SQLite MLflow store when MLFLOW_TRACKING_URI is unset")
-    p.add_argument("--encoder", default=None, help="token variant to use when several encoders are present")
-    p.add_argument("--config", default=None, metavar="FILE", help="JSON or YAML file of GammaConfig fields")
-    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                   help="a GammaConfig field, repeatable, applied last, e.g. --set epochs=10 --set reverse_attention=false")
-    p.add_argument("--eval-splits", type=csv_tuple, default=("test",), help="splits scored for the per-subset table")
-    p.add_argument("--target-fpr", type=float, default=0.05, help="FPR on held-out reals for the calibrated threshold")
-    p.add_argument("--calibration-split", default="auto", choices=("auto", "val", "train_holdout"),
-                   help="rows the threshold is fitted on (auto: val unless it is scored or absent, else a held-out "
-                        "share of the training content_ids, left out of training)")
-    p.add_argument("--calibration-holdout", type=float, default=0.1, help="share of training content_ids held out")
-    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP when > 1)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per worker")
-    p.add_argument("--storage", default=None, help="checkpoint storage URL, reached by every node (default: OUT/ray_results)")
-    p.add_argument("--shared-fs", action="store_true", help="with RAY_ADDRESS set, allow local paths every node mounts")
-    p.add_argument("--name", default="gendet-gamma", help="run name under --storage; rerun the same name to resume")
-    p.add_argument("--max-failures", type=int, default=2, help="worker failures Ray Train recovers from")
-    p.add_argument("--register", default=None, metavar="NAME", help="register the model under NAME (alias challenger) "
-                                                                    "and run the promotion gate")
-    p.add_argument("--gate-margin", type=float, default=0.0, help="mean accuracy the challenger must gain over the champion")
-    p.add_argument("--gate-real-floor", type=float, default=0.8, help="minimum real accuracy at the calibrated threshold")
-    p.add_argument("--gate-max-family-drop", type=float, default=0.02,
-                   help="largest fall of any subset's calibrated accuracy below the champion's on it")
-    p.add_argument("--stop-after-epoch", type=int, default=None, help=argparse.SUPPRESS)  # tests: a driver that dies
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GammaTrainJob:
+    """GAMMA (a classification head and two segmentation heads over token grids, with reverse
+    cross-attention) on a token variant of a feature store (`gendet extract --tokens`), on Ray Train;
+    calibrated on held-out rows, scored per subset with pixel F1/IoU where masks exist, logged to
+    MLflow; with --register NAME, registered as challenger and gated. Rerun the same command (same
+    --storage and --name) to resume.
+
+    Examples:
+      gendet train-gamma out/features --train-subsets sdv14,inpaint-sdv14 --eval-splits val --register gendet-gamma
+      gendet train-gamma out/features --train-subsets ae_nearest_f8,splice-ae_nearest_f8 --epochs 20 --width 64
+    """
+
+    features: Positional[str]
+    """Feature store URL with a token variant (`gendet extract --tokens`)."""
+    train_subsets: tuple[str, ...] = ()
+    """Subsets to train on (whole-image fakes, manipulations and their reals), e.g. sdv14,inpaint-sdv14."""
+    gamma: Annotated[GammaConfig, Flat] = field(default_factory=GammaConfig)
+    eval_splits: tuple[str, ...] = ("test",)
+    """Splits scored for the per-subset table."""
+    encoder: str | None = None
+    """The token variant's encoder, when the store holds several."""
+    target_fpr: float = 0.05
+    """False-positive rate on held-out reals of the calibrated threshold."""
+    calibration_split: Literal["auto", "val", "train_holdout"] = "auto"
+    """Rows the threshold and Platt scaling are fitted on (auto: val unless it is scored or absent,
+    else a held-out share of the training content_ids, left out of training)."""
+    calibration_holdout: float = 0.1
+    """Share of the training content_ids held out for calibration under train_holdout."""
+    out: str = "out/train-gamma"
+    """Output folder: model/, metrics.json, table.md, plots/, the SQLite MLflow store when
+    MLFLOW_TRACKING_URI is unset."""
+    workers: Annotated[Workers, Flat] = field(default_factory=Workers)
+    storage: str | None = None
+    """Checkpoint storage URL every node reaches (default: OUT/ray_results)."""
+    name: str = "gendet-gamma"
+    """Run name under --storage; rerun the same name to resume."""
+    shared_fs: bool = False
+    """With RAY_ADDRESS set, local FEATURES, --out and --storage are a mount every node sees (NFS)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (default: MLFLOW_TRACKING_URI; unset, a SQLite store under --out)."""
+    register: str | None = None
+    """Register the model under this name (alias challenger) and run the gate."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    stop_after_epoch: Annotated[int | None, tyro.conf.Suppress] = None
+    """Tests: the driver dies after this epoch."""
+
+    def __post_init__(self) -> None:
+        check(bool(self.train_subsets), "--train-subsets: empty; name the subset(s) to train on")
+        check(bool(self.eval_splits), "--eval-splits: empty; name the split(s) to score, e.g. test or val")
+        check(0 < self.target_fpr < 1, f"--target-fpr {self.target_fpr}: must be in (0, 1)")
+        check(0 < self.calibration_holdout < 1, f"--calibration-holdout {self.calibration_holdout}: must be in (0, 1)")
 
 
-def build_config(args: argparse.Namespace) -> GammaConfig:
-    if not args.train_subsets:
-        raise ConfigError("--train-subsets: empty; name the subset(s) to train on")
-    if args.num_workers < 1:
-        raise ConfigError(f"--num-workers {args.num_workers}: must be >= 1")
-    overrides = read_config_file(GammaConfig, args.config) if args.config else {}
-    overrides |= parse_assignments(GammaConfig, args.assignments)
-    return from_dict(GammaConfig, overrides)
-
-
-def row_plan(args: argparse.Namespace, counts: dict[tuple[str, str], int]):
+def row_plan(job: GammaTrainJob, counts: dict[tuple[str, str], int]):
     """GenDet's rule for which rows train and which calibrate (``TrainConfig.training_rows`` /
     ``calibration_rows``), resolved for this store and these eval splits."""
     from gendet.method.gendet.config import VAL, TrainConfig, resolve_calibration_split
 
-    plan = TrainConfig(train_subsets=tuple(args.train_subsets), target_fpr=args.target_fpr,
-                       calibration_split=args.calibration_split, calibration_holdout=args.calibration_holdout)
+    plan = TrainConfig(train_subsets=tuple(job.train_subsets), target_fpr=job.target_fpr,
+                       calibration_split=job.calibration_split, calibration_holdout=job.calibration_holdout)
     val_rows = sum(n for (split, _), n in counts.items() if split == VAL)
-    return resolve_calibration_split(plan, eval_splits=args.eval_splits, val_rows=val_rows)
+    return resolve_calibration_split(plan, eval_splits=job.eval_splits, val_rows=val_rows)
 
 
-def preflight(args: argparse.Namespace) -> dict[str, Any]:
+def preflight(job: GammaTrainJob) -> dict[str, Any]:
     """Everything the run needs, before Ray starts, each failure one line; returns the run's facts."""
     from gendet.features.contents import check_rows, row_counts
     from gendet.features.sources import ParquetSource
     from gendet.features.tokens import resolve_token_variant
+    from gendet.method.gamma.trainer import training_sources
     from gendet.method.gendet.trainer import check_calibration, check_source
-    from gendet.mlops import tracking
-    from pipelines.train import output_urls
+    from gendet.method.runs import check_resumable
 
-    cfg = build_config(args)
-    out_url, storage = output_urls(args)
-    for url, what in ((args.features, "FEATURES"), (out_url, "--out"), (storage, "--storage")):
-        gio.require_reachable(url, what, "--shared-fs", shared=args.shared_fs)
-    variant = resolve_token_variant(args.features, encoder=args.encoder)
+    out_url, storage = gio.absolute(job.out), storage_url(job.out, job.storage)
+    check_reachable({"FEATURES": job.features, "--out": out_url, "--storage": storage}, shared_fs=job.shared_fs)
+    variant = resolve_token_variant(job.features, encoder=job.encoder)
     counts = row_counts(variant.url)
-    check_rows(variant.url, eval_splits=args.eval_splits, train_subsets=args.train_subsets, counts=counts)
-    plan = row_plan(args, counts)
+    check_rows(variant.url, eval_splits=job.eval_splits, train_subsets=job.train_subsets, counts=counts)
+    plan = row_plan(job, counts)
     training = ParquetSource(variant.url, **plan.training_rows())
     check_source(plan, training)
     check_calibration(plan, ParquetSource(variant.url, **plan.calibration_rows()))
-    if sum(training.counts().values()) < args.num_workers:
-        raise ConfigError(f"--num-workers {args.num_workers}: more workers than training rows")
-    tracking.check_tracking(out_url)
-    gio.check_writable(out_url, "--out")
-    gio.check_writable(storage, "--storage")
-    run = {"cfg": cfg, "variant": variant, "plan": plan, "out": out_url, "storage": storage,
+    if sum(training.counts().values()) < job.workers.num_workers:
+        raise GendetError(f"--num-workers {job.workers.num_workers}: more workers than training rows")
+    check_outputs({"--out": out_url, "--storage": storage}, tracking_dir=out_url)
+    run = {"cfg": job.gamma, "variant": variant, "plan": plan, "out": out_url, "storage": storage,
            "sources": training_sources(training)}
-    check_resumable(args, run)
+    check_resumable(storage, job.name, run_record(run), filename=RUN_RECORD)
     return run
-
-
-RUN_RECORD = "gendet-gamma-run.json"  # beside Ray Train's files under --storage/--name: what the run trains
 
 
 def run_record(run: dict[str, Any]) -> dict[str, Any]:
@@ -134,35 +149,6 @@ def run_record(run: dict[str, Any]) -> dict[str, Any]:
     rows = {k: list(v) if isinstance(v, tuple) else v for k, v in run["plan"].training_rows().items()}
     return {"gamma_config": to_dict(run["cfg"]), "sources": list(run["sources"]), "training_rows": rows,
             "variant": {**variant.key_fields(), "token_grid": list(variant.token_grid)}}
-
-
-def check_resumable(args: argparse.Namespace, run: dict[str, Any]) -> None:
-    """A rerun under the same --storage/--name resumes that run: refuse, before Ray starts, one that
-    would train something else on its checkpoint (another config, other rows or source classes)."""
-    url = gio.join(run["storage"], args.name, RUN_RECORD)
-    if not gio.exists(url):
-        return
-    before, now = gio.read_json(url), run_record(run)
-    changed = sorted(k for k in now if before.get(k) != now[k])
-    if changed:
-        raise GendetError(f"{url}: the run {args.name!r} there trained with another {', '.join(changed)}; rerun it as it was "
-                          "to resume it, or pass another --name (or --storage) to start a new run")
-
-
-def training_sources(training) -> tuple[str, ...]:
-    """Head 2's classes (``source_classes``) from the training rows' label and manipulation columns
-    (no tokens read), decided once on the driver so every worker and every resume agree."""
-    from types import SimpleNamespace
-
-    import numpy as np
-
-    from gendet.method.gamma.trainer import source_classes
-
-    cols = training.table(None, columns=["family", "subset", "label", "manipulation", "generated_fraction"]).to_pydict()
-    text = {k: np.asarray([v or "" for v in cols[k]], dtype=object) for k in ("family", "subset", "manipulation")}
-    fraction = np.asarray([0.0 if v is None else v for v in cols["generated_fraction"]], dtype=np.float32)
-    labels = (np.asarray(cols["label"], dtype=object) == "fake").astype(int)
-    return source_classes(SimpleNamespace(**text, labels=labels, generated_fraction=fraction))
 
 
 # --- inside a Ray Train worker -------------------------------------------------------------------
@@ -174,6 +160,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from gendet.features.tokens import load_token_rows
     from gendet.method.gamma.trainer import fit_gamma, trained_detector
 
+    _jobs.setup_logging()  # a worker process: its progress lines reach `ray job logs`
     cfg = from_dict(GammaConfig, config["gamma_config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -229,29 +216,31 @@ def _die_once_registered(config: dict[str, Any], timeout_s: float = 120.0) -> No
 
 
 # --- on the driver ---------------------------------------------------------------------------------
-def fit(args: argparse.Namespace, run: dict[str, Any]) -> str:
+def fit(job: GammaTrainJob, run: dict[str, Any]) -> str:
     """Run the TorchTrainer; returns ``OUT/model`` (copied from the run's last checkpoint)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from gendet.method.runs import write_record
     from pipelines._ray import init_ray
 
     init_ray()
-    variant, plan = run["variant"], run["plan"]
+    variant, plan, workers = run["variant"], run["plan"], job.workers
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"gamma_config": to_dict(run["cfg"]), "features": gio.absolute(args.features),
+        train_loop_config={"gamma_config": to_dict(run["cfg"]), "features": gio.absolute(job.features),
                            "encoder": variant.encoder,
                            "training_rows": plan.training_rows(), "sources": list(run["sources"]),
-                           "detector_fields": variant.detector_fields(), "out_url": run["out"], "use_gpu": args.use_gpu,
-                           "stop_after_epoch": args.stop_after_epoch, "storage": run["storage"], "name": args.name},
-        scaling_config=ray.train.ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,
-                                               resources_per_worker={"CPU": args.cpus_per_worker}),
-        run_config=ray.train.RunConfig(name=args.name, storage_path=run["storage"],
-                                       failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
+                           "detector_fields": variant.detector_fields(), "out_url": run["out"], "use_gpu": workers.use_gpu,
+                           "stop_after_epoch": job.stop_after_epoch, "storage": run["storage"], "name": job.name},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
+                                               resources_per_worker={"CPU": workers.cpus_per_worker},
+                                               placement_strategy=workers.placement_strategy),
+        run_config=ray.train.RunConfig(name=job.name, storage_path=run["storage"],
+                                       failure_config=ray.train.FailureConfig(max_failures=workers.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
-    gio.write_json_atomic(gio.join(run["storage"], args.name, RUN_RECORD), run_record(run))
+    write_record(run["storage"], job.name, run_record(run), filename=RUN_RECORD)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
@@ -272,41 +261,44 @@ def fit(args: argparse.Namespace, run: dict[str, Any]) -> str:
     return model_url
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
+def run(job: GammaTrainJob) -> dict[str, Any]:
     """Validate, fit on Ray Train, calibrate, evaluate, log, register and gate; returns the summary."""
     from gendet.features.tokens import load_token_rows
     from gendet.method.gamma.detector import GammaDetector
+    from gendet.mlops import tracking
     from gendet.mlops.gamma_report import report_gamma
     from gendet.mlops.training_report import ReportOptions
     from pipelines._ray import require_ray
 
     require_ray()
-    run = preflight(args)
-    plan, variant = run["plan"], run["variant"]
-    print(f"calibration: {plan.calibration_split}; source classes: {', '.join(run['sources'])}")
-    model_url = fit(args, run)
-    det = GammaDetector.load(model_url)
-    cal = load_token_rows(args.features, encoder=variant.encoder, **plan.calibration_rows())
-    det.calibrate(cal.tokens, cal.labels, args.target_fpr, split=plan.calibration_split)
-    det.save(model_url)
-    opts = ReportOptions(out=run["out"], eval_splits=tuple(args.eval_splits), run_name=args.name,
-                         params={"num_workers": args.num_workers, "use_gpu": args.use_gpu,
-                                 "train_subsets": ",".join(args.train_subsets)},
-                         register=args.register, gate_margin=args.gate_margin, gate_real_floor=args.gate_real_floor,
-                         gate_max_family_drop=args.gate_max_family_drop)
-    return report_gamma(run["cfg"], det, model_url, variant, opts, features=args.features)
+    with tracking.tracking_uri(job.tracking_uri):
+        facts = preflight(job)
+        plan, variant = facts["plan"], facts["variant"]
+        log.info("calibration: %s; source classes: %s", plan.calibration_split, ", ".join(facts["sources"]))
+        model_url = fit(job, facts)
+        det = GammaDetector.load(model_url)
+        cal = load_token_rows(job.features, encoder=variant.encoder, **plan.calibration_rows())
+        det.calibrate(cal.tokens, cal.labels, job.target_fpr, split=plan.calibration_split)
+        det.save(model_url)
+        opts = ReportOptions(out=facts["out"], eval_splits=tuple(job.eval_splits), run_name=job.name,
+                             params={"num_workers": job.workers.num_workers, "use_gpu": job.workers.use_gpu,
+                                     "train_subsets": ",".join(job.train_subsets)},
+                             register=job.register, gate=job.gate, job=to_dict(job))
+        return report_gamma(facts["cfg"], det, model_url, variant, opts, features=job.features)
 
 
-def run(args: argparse.Namespace) -> int:
-    train(args)
+def main(job: GammaTrainJob) -> int:
+    summary = run(job)
+    _jobs.emit(summary["table"])
+    log.info("run %s logged to %s; metrics in %s", summary["run_id"], summary["tracking_uri"], summary["metrics"])
+    if summary.get("gate"):
+        gate = summary["gate"]
+        log.info("%s version %s: %s (%s)", gate["registered"], gate["version"],
+                 "PROMOTED to champion" if gate["promoted"] else "stays challenger", gate["reason"])
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines._ray import pipeline_main
-
-    return pipeline_main("python -m pipelines.train_gamma", __doc__, add_arguments, run, argv)
-
+JOB = _jobs.JobSpec(GammaTrainJob, main)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_jobs.run(JOB, prog="python -m pipelines.train_gamma"))

@@ -13,6 +13,7 @@ from conftest import free_port
 
 from gendet import GendetError
 from gendet import io as gio
+from helpers.cli import run_cli
 from helpers.synthetic_store import write_synthetic_store
 from pipelines import evaluate as evaluate_pipeline
 from pipelines import sweep as sweep_pipeline
@@ -83,11 +84,11 @@ def test_check_writable_on_s3_names_a_missing_bucket_and_leaves_no_probe(moto_s3
 # --- the verbs: refused before Ray, nothing written -------------------------------------------------------
 
 def _train(store, out, *extra):
-    return train_pipeline.main([store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug", *extra])
+    return run_cli(train_pipeline, [store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug", *extra])
 
 
 def _sweep(store, out, *extra):
-    return sweep_pipeline.main([store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug",
+    return run_cli(sweep_pipeline, [store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug",
                                 "--grid", "alpha=0.1", *extra])
 
 
@@ -148,7 +149,7 @@ def test_evaluate_checks_model_server_splits_and_out_before_scoring(tmp_path, ge
     store = str(tmp_path / "store")
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    assert evaluate_pipeline.main([store, "--model", "models:/gendet@champion", "--out", str(tmp_path / "m.json")]) == 2
+    assert run_cli(evaluate_pipeline, [store, "--model", "models:/gendet@champion", "--out", str(tmp_path / "m")]) == 2
     assert f"MLflow tracking server {uri} does not answer" in one_line_error(capsys)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
 
@@ -159,14 +160,14 @@ def test_evaluate_checks_model_server_splits_and_out_before_scoring(tmp_path, ge
     arch = Arch(feature_dim=64, layers=1, heads=2)
     model = Detector(method="gendet", arch=arch, nets=build_method_nets("gendet", arch), encoder=ENCODER,
                      preprocess_hash=PHASH).save(str(tmp_path / "detector"))
-    assert evaluate_pipeline.main([store, "--model", model, "--out", str(tmp_path / "m.json")]) == 2
-    assert "no rows of split test" in one_line_error(capsys) and not (tmp_path / "m.json").exists()
+    assert run_cli(evaluate_pipeline, [store, "--model", model, "--out", str(tmp_path / "m")]) == 2
+    assert "no rows of split test" in one_line_error(capsys) and not (tmp_path / "m").exists()
     (tmp_path / "a-file").write_text("x")
-    assert evaluate_pipeline.main([store, "--model", model, "--eval-splits", "val",
+    assert run_cli(evaluate_pipeline, [store, "--model", model, "--eval-splits", "val",
                                    "--out", str(tmp_path / "a-file" / "m.json")]) == 2
-    assert f"--out {tmp_path / 'a-file'}: cannot write here" in one_line_error(capsys)
+    assert f"--out {tmp_path / 'a-file' / 'm.json'}: cannot write here" in one_line_error(capsys)
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
-    assert evaluate_pipeline.main([store, "--model", model, "--eval-splits", "val", "--out", str(tmp_path / "m.json")]) == 2
+    assert run_cli(evaluate_pipeline, [store, "--model", model, "--eval-splits", "val", "--out", str(tmp_path / "m")]) == 2
     assert "a path on this node's disk" in one_line_error(capsys)
     monkeypatch.delenv("RAY_ADDRESS")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -174,7 +175,7 @@ def test_evaluate_checks_model_server_splits_and_out_before_scoring(tmp_path, ge
 
     MlflowClient().search_experiments()  # the store's tables made now: MLflow logs that to stderr
     capsys.readouterr()
-    assert evaluate_pipeline.main([store, "--model", model, "--eval-splits", "val", "--out", str(tmp_path / "m.json"),
+    assert run_cli(evaluate_pipeline, [store, "--model", model, "--eval-splits", "val", "--out", str(tmp_path / "m"),
                                    "--mlflow-run", "0123456789abcdef"]) == 2
     assert "--mlflow-run 0123456789abcdef: no such run" in one_line_error(capsys)
-    assert not (tmp_path / "m.json").exists()
+    assert not (tmp_path / "m").exists()

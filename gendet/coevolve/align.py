@@ -26,6 +26,7 @@ extraction path).
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ from gendet.method.gendet.detector import Detector
 from gendet.zoo.config import FAMILIES, FamilyConfig, family_config
 from gendet.zoo.photos import collect_photos, random_crops
 from gendet.zoo.regenerate import psnr, regenerate, sdedit_trajectory, to_tensor
+
+log = logging.getLogger(__name__)
 
 TRAINABLE = ("auto", "decoder", "all")
 
@@ -178,8 +181,8 @@ def align_generator(cfg: AlignConfig, detector: Detector, *, model: torch.nn.Mod
         opt.step()
         result.history.append({"step": step, "loss": loss.item(), "fidelity": fidelity.item(), "align": align.item()})
         if log_every and (step % log_every == 0 or step == cfg.steps - 1):
-            print(f"    align {cfg.family} step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in result.history[-1].items()
-                                                                     if k != "step"), flush=True)
+            log.info("align %s step %d: %s", cfg.family, step,
+                     " ".join(f"{k}={v:.4f}" for k, v in result.history[-1].items() if k != "step"))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -15,7 +15,7 @@ pooled feature, for models that look at *where* an image is fake (``gendet.metho
   window all but ignores a patch's border, so a blob that meets a token mostly near its edges was
   barely measured; the shifted patches measure there and give every token nine looks instead of
   one (inpaint_f8 mask IoU 0.50 -> 0.545, every seed over 0.5; unseen whole-image accuracy +2 points:
-  benchmarks/results/gamma-ablation-cpu2-tok288.md). Grid 16 x 16 for v2 (256 px canvas), 8 x 8 for
+  experiments/results/gamma-ablation-cpu2-tok288.md). Grid 16 x 16 for v2 (256 px canvas), 8 x 8 for
   v1 (128 px). v2 tiles crops under 256 px across its canvas, so their tokens repeat once per
   tile, as do their masks (``token_mask`` puts a mask through the same geometry). A GAMMA model
   trained on 0.5's 96-wide tokens reads their first ``PATCH_DIM`` columns (``model_tokens``), and a

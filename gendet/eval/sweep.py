@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gendet import GendetError
+from gendet import io as gio
+from gendet.config import ConfigError, csv_tuple, parse_value
 from gendet.eval.tables import markdown_table, mean_over
 
 SUMMARY = ("acc", "ap", "acc_calibrated")
@@ -121,3 +123,54 @@ def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
         writer.writerow(["" if row.get(c) is None else (cell(row[c]) if not isinstance(row[c], float) else repr(row[c]))
                          for c in columns])
     return buf.getvalue()
+
+
+def parse_grid(cls: type, items: Sequence[str]) -> dict[str, list[Any]]:
+    """``["alpha=0.01,0.1"]`` -> ``{"alpha": [0.01, 0.1]}``: each value typed as field ``alpha`` of the
+    config dataclass ``cls`` takes it; a bad key or value is a one-line error naming it."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not csv_tuple(text):
+            raise ConfigError(f"--grid {item}: expected KEY=V1,V2,..., e.g. --grid alpha=0.01,0.1,1")
+        if key not in known:
+            raise ConfigError(f"--grid {item}: unknown field {key!r}; known: {', '.join(sorted(known))}")
+        if key in grid:
+            raise ConfigError(f"--grid {item}: {key} is swept twice; give all its values in one --grid")
+        grid[key] = [parse_value(cls, key, v) for v in csv_tuple(text)]
+    return grid
+
+
+TABLE_AXES = ("alpha", "margin")  # rows, columns of the Table-5 pivot when both are swept
+CSV_FIXED = ("trial_id", "status", "mlflow_run_id", "train_seconds")
+
+
+def write_tables(out: str, grid: Mapping[str, list[Any]], rows: list[dict[str, Any]], title: str) -> tuple[str, str]:
+    """Write OUT/sweep.csv (one row per trial) and OUT/sweep.md (Table 5's shape when alpha and
+    margin are swept, then every grid point); returns (CSV text, Markdown text)."""
+    knobs = [k for k in grid if k != "seed"]
+    numbers = list(NUMBERS)
+    extra = sorted({k for r in rows for k in r if "/" in k})
+    columns = [*CSV_FIXED[:1], *grid, *CSV_FIXED[1:], *numbers, *extra]
+    table_csv = csv_text(rows, columns)
+    gio.write_bytes_atomic(gio.join(out, "sweep.csv"), table_csv.encode())
+    done = [r for r in rows if r["status"] == "TERMINATED"]
+    parts = [title, ""]
+    if set(TABLE_AXES) <= set(knobs):
+        others = [k for k in knobs if k not in TABLE_AXES]
+        for values, members in group(done, others).items() if others else [((), done)]:
+            where = ", ".join(f"{k}={v}" for k, v in zip(others, values))
+            parts += [f"Unseen accuracy (%), mean ± sd over seeds{f' ({where})' if where else ''}:", "",
+                      pivot_table(members, *TABLE_AXES), ""]
+    parts += ["Every grid point (%, mean ± sd over seeds):", "", grid_table(done, knobs or ["seed"], numbers)]
+    failed = [r for r in rows if r["status"] != "TERMINATED"]
+    if failed:
+        parts += ["", f"{len(failed)} trial(s) did not finish: " + "; ".join(r["point"] for r in failed)]
+    text = "\n".join(parts) + "\n"
+    gio.write_bytes_atomic(gio.join(out, "sweep.md"), text.encode())
+    return table_csv, text
+

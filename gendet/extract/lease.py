@@ -1,7 +1,8 @@
 """A lease on one variant folder of the store, so two extractions never write it at once.
 
 ``<variant>/_lease.json`` holds the owner (host, pid, a random token) and an expiry. It is created
-with an exclusive create (``open(..., "x")`` locally, a conditional PUT, ``If-None-Match: *``,
+with an exclusive create (locally a hard link of a file written aside, so a reader never sees half a
+lease; a conditional PUT, ``If-None-Match: *``,
 through fsspec's ``pipe_file(mode="create")`` on s3) and read back, so of two runs starting together
 one gets it. A thread renews it while the run works; a run that dies stops renewing, and its lease
 expires after ``ttl`` seconds, so a crash never blocks the store for good; on the same machine a
@@ -73,9 +74,15 @@ class StoreLease:
     def _create(self) -> bool:
         fs, path = gio.fs_and_path(self.url)
         try:
-            if gio.is_local(fs):
-                with open(path, "xb") as f:
+            if gio.is_local(fs):  # whole or absent: written aside, then linked in (fails if the lease exists)
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                tmp = f"{path}.{self.token}.tmp"
+                with open(tmp, "wb") as f:
                     f.write(self._body())
+                try:
+                    os.link(tmp, path)
+                finally:
+                    os.remove(tmp)
             else:
                 fs.pipe_file(path, self._body(), mode="create")
         except FileExistsError:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from gendet import GendetError
 from gendet import io as gio
@@ -33,6 +32,7 @@ from gendet.extract.mapper import FeatureMapper
 from gendet.extract.reader import ShardReader
 from gendet.extract.tokens import resolve_token_grid
 from gendet.extract.writer import ShardAssembler, ShardRows, write_shard
+from gendet.progress import progress
 
 
 @dataclass
@@ -111,7 +111,7 @@ def consume(plan: Plan, batches: Iterator[dict[str, Any]], mapper: Callable | No
     """Assemble mapper output into shards and write each as it completes.
     Returns (stats of written shards, {stem: error} of failed ones)."""
     assembler, done, failed = ShardAssembler(), [], {}
-    with tqdm(total=len(plan.todo), unit="shard", desc="extract", dynamic_ncols=True) as bar:
+    with progress(total=len(plan.todo), unit="shard", desc="extract") as bar:
         for batch in batches:
             for shard in assembler.add(mapper(batch) if mapper else batch):
                 try:
@@ -189,7 +189,7 @@ def _as_is(batch: Any) -> Any:
 
 
 def shard_loader(plan: Plan) -> torch.utils.data.DataLoader:
-    workers = min(plan.cfg.num_workers, len(plan.todo))
+    workers = min(plan.cfg.decode_workers, len(plan.todo))
     return torch.utils.data.DataLoader(_ShardStream(plan.reader, plan.todo), batch_size=None, num_workers=workers,
                                        collate_fn=_as_is, prefetch_factor=4 if workers else None,
                                        persistent_workers=False)

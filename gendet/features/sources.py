@@ -256,13 +256,15 @@ class CachingSource:
     each kind also keeps the rows it streamed, as ``dtype``, while they stay under ``cache_rows``;
     later epochs reshuffle that copy in memory (a permutation seeded by (seed, kind, epoch)). Past
     the cap the copy is dropped and every epoch streams: memory is bounded by the cap, never by
-    the store. ``counts`` is None: the caller checks the rows before the run.
+    the store. ``counts`` is None: the caller checks the rows before the run; ``rows`` ({"real": n,
+    "fake": n}, when the caller knows them) only sizes progress displays.
     """
 
     def __init__(self, stream: Callable[[Kind, int], Iterator[tuple[np.ndarray, np.ndarray]]], *, dim: int,
-                 batch_size: int, seed: int = 0, cache_rows: int = 0, dtype: str = "float16"):
+                 batch_size: int, seed: int = 0, cache_rows: int = 0, dtype: str = "float16",
+                 rows: dict[str, int] | None = None):
         self.stream, self.dim, self.batch_size, self.seed = stream, dim, batch_size, seed
-        self.cache_rows, self.dtype = cache_rows, np.dtype(dtype)
+        self.cache_rows, self.dtype, self.rows = cache_rows, np.dtype(dtype), rows
         self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def counts(self) -> None:

@@ -1,4 +1,4 @@
-"""The tail of a GAMMA training run, on the driver: evaluate, print, log to MLflow, register, gate
+"""The tail of a GAMMA training run, on the driver: evaluate, log to MLflow, register, gate
 (``gendet train-gamma``; GenDet's is ``gendet.mlops.training_report``, whose options it takes).
 
 MLflow gets: the GammaConfig and the data as params; the per-epoch losses as ``loss/<part>``
@@ -12,7 +12,6 @@ as a pyfunc model (``gendet.serve.pyfunc.log_detector``), registered as ``challe
 
 from __future__ import annotations
 
-import json
 import tempfile
 from typing import Any
 
@@ -23,7 +22,9 @@ from gendet.features.tokens import load_token_rows
 from gendet.method.gamma.config import GammaConfig
 from gendet.method.gamma.detector import GammaDetector
 from gendet.method.gamma.eval import PIXEL_KEYS, gamma_report, overlay_figure, report_table
-from gendet.mlops.training_report import ReportOptions, family_table
+from gendet.mlops.gate import register_and_gate
+from gendet.mlops.tracking import JOB_ARTIFACT
+from gendet.mlops.training_report import ReportOptions
 
 METHOD = "gamma"
 
@@ -59,30 +60,15 @@ def log_history(history: list[dict[str, Any]]) -> None:
 def gate(opts: ReportOptions, model_uri: str, report: dict, rows, variant: Variant) -> dict[str, Any]:
     """Register the logged model as challenger and run the promotion gate against the champion
     (a GAMMA champion is scored on the same token rows; a GenDet one on their pooled features)."""
-    from mlflow import MlflowClient
+    def score_champion(champion: Any) -> dict:
+        if isinstance(champion, GammaDetector):
+            return gamma_report(champion, rows, model="champion")[0]
+        from gendet.eval import scoring
 
-    from gendet.eval import scoring
-    from gendet.mlops import registry
-    from gendet.serve.loading import load_model
+        scored = scoring.score_store({"champion": champion}, variant, tuple(opts.eval_splits))
+        return scoring.reports(scored, {"champion": champion})["champion"]
 
-    client = MlflowClient()
-    version = registry.register(model_uri, opts.register, client=client)
-    champion = registry.version_by_alias(client, opts.register, registry.CHAMPION)
-    champion_report = None
-    if champion is not None and champion.version != version.version:
-        champ = load_model(f"models:/{opts.register}@{registry.CHAMPION}")
-        if isinstance(champ, GammaDetector):
-            champion_report = gamma_report(champ, rows, model="champion")[0]
-        else:
-            scored = scoring.score_store({"champion": champ}, variant, tuple(opts.eval_splits))
-            champion_report = scoring.reports(scored, {"champion": champ})["champion"]
-    decision = registry.promote(client, opts.register, report, champion_report, margin=opts.gate_margin,
-                                real_acc_floor=opts.gate_real_floor, version=version.version,
-                                max_family_drop=opts.gate_max_family_drop)
-    return {"registered": opts.register, "version": str(version.version), "promoted": decision.promoted,
-            "reason": decision.reason, "champion_version": decision.champion_version,
-            "worst_family": decision.worst_family, "worst_family_drop": decision.worst_family_drop,
-            "families": family_table(report, champion_report)}
+    return register_and_gate(model_uri, opts.register, report, score_champion, opts.gate)
 
 
 def report_gamma(cfg: GammaConfig, det: GammaDetector, model_url: str, variant: Variant, opts: ReportOptions, *,
@@ -99,11 +85,12 @@ def report_gamma(cfg: GammaConfig, det: GammaDetector, model_url: str, variant: 
     gio.write_json_atomic(gio.join(out, "metrics.json"), report)
     text = report_table(report, METHOD)
     gio.write_bytes_atomic(gio.join(out, "table.md"), (text + "\n").encode())
-    print(text)
     history = gio.read_json(gio.join(out, "history.json"))
     fig = overlay_figure(det, rows, loc["token_probs"]) if "token_probs" in loc else None
     with tracking.start_run(out, run_name=opts.run_name, tags={"gendet.features": variant.url, "gendet.method": METHOD}) as run:
         tracking.log_config(cfg)
+        if opts.job is not None:
+            mlflow.log_dict(json_safe(dict(opts.job)), JOB_ARTIFACT)
         mlflow.log_params({"features": variant.url, "encoder": variant.encoder, **opts.params,
                            "token_grid": f"{det.grid[0]}x{det.grid[1]}", "sources": ",".join(det.sources),
                            "eval_splits": ",".join(opts.eval_splits), "calibration_split": det.calibration_split,
@@ -129,5 +116,4 @@ def report_gamma(cfg: GammaConfig, det: GammaDetector, model_url: str, variant: 
             summary["gate"] = gate(opts, info.model_uri, report, rows, variant)
         mlflow.log_dict(json_safe(summary), "summary.json")
     gio.write_json_atomic(gio.join(out, "train_summary.json"), json_safe(summary))
-    print(json.dumps(json_safe(summary), indent=2))
-    return summary
+    return {**summary, "table": text}

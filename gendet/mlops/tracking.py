@@ -30,6 +30,7 @@ from gendet import GendetError
 from gendet import io as gio
 
 DEFAULT_EXPERIMENT = "gendet"
+JOB_ARTIFACT = "job.json"  # the whole job a run ran (pipelines' typed job as a dict): what `gendet fix` retrains from
 _METRIC_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
 # metrics.json keys that are per-subset numbers worth a metric each (counts are params of the data)
 SUBSET_METRICS = ("acc", "real_acc", "fake_acc", "ap", "best_acc", "acc_calibrated",
@@ -97,8 +98,9 @@ def check_tracking(out_dir: str | None, *, timeout: float = 3.0) -> str:
 def use_experiment(out_dir: str | None, experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the resolved store and experiment; returns the experiment id.
 
-    With the SQLite default the experiment is created with its artifacts under
-    ``<out>/mlartifacts`` (MLflow would otherwise put them in ``./mlruns`` of the current dir).
+    With the SQLite default (or a ``sqlite:///`` URI the user names) the experiment is created with
+    its artifacts under ``mlartifacts`` beside the database (MLflow would otherwise put them in
+    ``./mlruns`` of the current dir).
     """
     from_user = os.environ.get("MLFLOW_TRACKING_URI")
     uri = resolve_tracking_uri(out_dir)
@@ -111,10 +113,13 @@ def use_experiment(out_dir: str | None, experiment: str = DEFAULT_EXPERIMENT) ->
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         exp_id = found.experiment_id
-    elif from_user:
-        exp_id = client.create_experiment(experiment)
-    else:
+    elif not from_user:
         exp_id = client.create_experiment(experiment, artifact_location=local_store(out_dir)[1])
+    elif uri.startswith("sqlite:///"):  # a local store the user named: its artifacts beside it, as the default's
+        artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        exp_id = client.create_experiment(experiment, artifact_location=artifacts)
+    else:
+        exp_id = client.create_experiment(experiment)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -197,3 +202,48 @@ def log_reports(reports: Mapping[str, Mapping[str, Any]], *, artifact_dir: str =
 def log_figure(fig: Any, name: str) -> None:
     """Log a matplotlib figure as a PNG artifact (``plots/<name>.png``)."""
     mlflow.log_figure(fig, f"plots/{name}.png")
+
+
+@contextlib.contextmanager
+def tracking_uri(uri: str | None) -> Iterator[None]:
+    """Within the block MLflow logs to ``uri`` when one is given (a job's ``--tracking-uri``), as
+    if ``MLFLOW_TRACKING_URI`` were set: this process and those it starts (Ray workers, servers)."""
+    if not uri:
+        yield
+        return
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def check_run(run_id: str) -> None:
+    """A one-line error, before any work, when ``run_id`` is not a run of the tracking store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        raise GendetError(f"--mlflow-run {run_id}: no such run in the tracking store ({exc.error_code}); "
+                          "pass a run id of MLFLOW_TRACKING_URI's store") from None
+
+
+def log_evaluation(run_id: str, report: Mapping[str, Any], table_text: str) -> None:
+    """``gendet evaluate --mlflow-run``: metrics.json, the table and the headline numbers into that
+    run (the client, not start_run: whatever experiment this process has active)."""
+    from gendet.eval.metrics import json_safe
+
+    client = MlflowClient()
+    client.log_dict(run_id, json_safe(dict(report)), "evaluate/metrics.json")
+    client.log_text(run_id, table_text, "evaluate/table.md")
+    for key, value in (("eval_mean_acc", report.get("mean_acc")), ("eval_mAP", report.get("mAP")),
+                       ("eval_mean_pixel_f1", report.get("mean_pixel_f1")),
+                       ("eval_mean_pixel_iou", report.get("mean_pixel_iou"))):
+        if value is not None:
+            client.log_metric(run_id, key, float(value))

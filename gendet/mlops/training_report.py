@@ -1,4 +1,4 @@
-"""The tail of a training run, on the driver: evaluate, print, log to MLflow, register, gate.
+"""The tail of a training run, on the driver: evaluate, log to MLflow, register, gate.
 
 Only the driver talks to MLflow (the Train workers never do), which is Ray's rank-0-only rule
 made stronger: one process logs, after the run, from the files rank 0 wrote. How the store is
@@ -8,13 +8,13 @@ scorer on Ray Data; ``gendet.eval.scoring`` has the in-process one), so this mod
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from gendet import GendetError
 from gendet import io as gio
 from gendet.eval.metrics import json_safe
 from gendet.eval.tables import table
@@ -22,6 +22,8 @@ from gendet.features.store import Variant
 from gendet.method.gendet.config import TrainConfig
 from gendet.method.gendet.detector import Detector
 from gendet.method.gendet.trainer import DIAGNOSTICS
+from gendet.mlops.gate import GateConfig, register_and_gate
+from gendet.mlops.tracking import JOB_ARTIFACT
 
 REPORTED = "gendet"  # the method whose metrics.json is the run's headline and whose model is registered
 
@@ -30,7 +32,7 @@ Evaluate = Callable[[dict[str, Detector], Variant, tuple[str, ...]], tuple[dict[
 
 @dataclass(frozen=True, kw_only=True)
 class ReportOptions:
-    """What the tail of a run needs besides the trained detectors (``gendet train``'s flags)."""
+    """What the tail of a run needs besides the trained model (the training job's fields)."""
 
     out: str
     """Output folder: metrics/, metrics.json, table.md, plots/, train_summary.json."""
@@ -39,11 +41,10 @@ class ReportOptions:
     params: Mapping[str, Any] = field(default_factory=dict)
     """Extra MLflow params of the run (e.g. workers, GPU)."""
     register: str | None = None
-    """Register the headline detector under this name (alias challenger) and run the gate."""
-    gate_margin: float = 0.0
-    gate_real_floor: float = 0.8
-    gate_max_family_drop: float = 0.02
-    """Largest fall of any subset's calibrated accuracy below the champion's (the gate's family rule)."""
+    """Register the headline model under this name (alias challenger) and run the gate."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    job: Mapping[str, Any] | None = None
+    """The whole job that trained (its dict), logged as ``job.json``: what ``gendet fix`` retrains from."""
 
 
 def headline_method(detectors: dict[str, Detector]) -> str:
@@ -94,45 +95,21 @@ def log_plots(reports: dict[str, dict], scored: dict[str, np.ndarray], detectors
 
 def gate(opts: ReportOptions, variant: Variant, model_uri: str, challenger_report: dict,
          evaluate: Evaluate) -> dict[str, Any]:
-    """Register the logged model as challenger and run the promotion gate against the champion."""
-    from mlflow import MlflowClient
+    """Register the logged model as challenger and run the promotion gate against the champion,
+    scored on the same variant and splits."""
+    def score_champion(champion: Any) -> dict:
+        if not isinstance(champion, Detector):
+            raise GendetError(f"models:/{opts.register}@champion is a GAMMA model; register GenDet detectors under "
+                              "another name (--register)")
+        return evaluate({"champion": champion}, variant, tuple(opts.eval_splits))[0]["champion"]
 
-    from gendet.mlops import registry
-    from gendet.serve.loading import load_detector
-
-    client = MlflowClient()
-    version = registry.register(model_uri, opts.register, client=client)
-    champion = registry.version_by_alias(client, opts.register, registry.CHAMPION)
-    champion_report = None
-    if champion is not None and champion.version != version.version:
-        champ = load_detector(f"models:/{opts.register}@{registry.CHAMPION}")
-        champion_report = evaluate({"champion": champ}, variant, tuple(opts.eval_splits))[0]["champion"]
-    decision = registry.promote(client, opts.register, challenger_report, champion_report,
-                                margin=opts.gate_margin, real_acc_floor=opts.gate_real_floor, version=version.version,
-                                max_family_drop=opts.gate_max_family_drop)
-    return {"registered": opts.register, "version": str(version.version), "promoted": decision.promoted,
-            "reason": decision.reason, "champion_version": decision.champion_version,
-            "worst_family": decision.worst_family, "worst_family_drop": decision.worst_family_drop,
-            "families": family_table(challenger_report, champion_report)}
-
-
-FAMILY_KEYS = ("acc_calibrated", "fake_acc_calibrated", "real_acc_calibrated", "ap")
-
-
-def family_table(challenger_report: dict, champion_report: dict | None) -> dict[str, dict[str, Any]]:
-    """{subset: {"champion": {...}, "challenger": {...}}} of the calibrated accuracies and AP both
-    models reached on the gate's evaluation set (champion: None when there is none)."""
-    def pick(report: dict | None, subset: str) -> dict[str, Any] | None:
-        found = (report or {}).get("subsets", {}).get(subset)
-        return None if found is None else {k: found.get(k) for k in FAMILY_KEYS}
-
-    subsets = sorted(set(challenger_report.get("subsets", {})) | set((champion_report or {}).get("subsets", {})))
-    return {s: {"champion": pick(champion_report, s), "challenger": pick(challenger_report, s)} for s in subsets}
+    return register_and_gate(model_uri, opts.register, challenger_report, score_champion, opts.gate)
 
 
 def report_training(cfg: TrainConfig, variant: Variant, detectors_url: str, opts: ReportOptions,
                     evaluate: Evaluate) -> dict[str, Any]:
-    """Evaluate every trained method, print the table, log the run; returns a summary dict."""
+    """Evaluate every trained method, write and log the table, log the run; returns the summary (with
+    ``table``, the per-subset Markdown table)."""
     import mlflow
 
     from gendet.mlops import tracking
@@ -147,10 +124,11 @@ def report_training(cfg: TrainConfig, variant: Variant, detectors_url: str, opts
     gio.write_json_atomic(gio.join(out, "metrics.json"), reports[head])
     text = table(reports)
     gio.write_bytes_atomic(gio.join(out, "table.md"), (text + "\n").encode())
-    print(text)
     history = gio.read_json(gio.join(out, "history.json"))
     with tracking.start_run(out, run_name=opts.run_name, tags={"gendet.features": variant.url}) as run:
         tracking.log_config(cfg)
+        if opts.job is not None:
+            mlflow.log_dict(json_safe(dict(opts.job)), JOB_ARTIFACT)
         mlflow.log_params({"features": variant.url, "encoder": variant.encoder, **opts.params,
                            "eval_splits": ",".join(opts.eval_splits)})
         log_history(history)
@@ -165,5 +143,4 @@ def report_training(cfg: TrainConfig, variant: Variant, detectors_url: str, opts
             summary["gate"] = gate(opts, variant, info.model_uri, reports[head], evaluate)
         mlflow.log_dict(summary, "summary.json")
     gio.write_json_atomic(gio.join(out, "train_summary.json"), json_safe(summary))
-    print(json.dumps(json_safe(summary), indent=2))
-    return summary
+    return {**summary, "table": text}

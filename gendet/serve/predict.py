@@ -1,7 +1,7 @@
 """``gendet predict``: score images, folders and URLs with a trained detector.
 
-``gendet predict --model URI PATH_OR_URL... [--batch-size N] [--out FILE]`` prints one JSON line per
-image: ``path``, ``score`` (P(fake)), ``is_fake`` (score > threshold) and ``threshold`` (the model's
+``gendet predict PATH_OR_URL... --model URI`` (``pipelines.predict``) prints one JSON line per image:
+``path``, ``score`` (P(fake)), ``is_fake`` (score > threshold) and ``threshold`` (the model's
 calibrated threshold; 0.5 for a detector trained without calibration). ``URI`` is
 ``models:/gendet@champion``, ``models:/gendet/3``, ``runs:/<run>/detector``, or a directory (local
 or fsspec URL) of a saved Detector or of an MLflow model; everything else (encoder name and
@@ -29,18 +29,14 @@ Python API: ``load_scorer(uri)`` (``gendet.serve.loading``) once, then ``predict
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import posixpath
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from tqdm import tqdm
-
 from gendet import GendetError, first_line
 from gendet import io as gio
+from gendet.progress import progress as progress_display
 from gendet.serve.loading import load_scorer
 from gendet.serve.scorer import NO_MASKS, ImageScorer, ItemError, decode_image
 
@@ -123,7 +119,7 @@ def iter_predictions(scorer: ImageScorer, inputs: Sequence[str], *, batch_size: 
         raise GendetError(f"--mask-dir {mask_dir}: {NO_MASKS}")
     paths = expand_inputs(inputs)
     taken: set[str] = set()
-    bar = tqdm(total=len(paths), unit="img", disable=None if progress is None else not progress, file=sys.stderr)
+    bar = progress_display(total=len(paths), desc="predict", unit="img", disable=progress is False)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         items = [read_item(p) for p in chunk]
@@ -142,43 +138,3 @@ def predict(model: str | ImageScorer, inputs: Sequence[str], *, batch_size: int 
     ``mask_dir``: write each image's mask and overlay there (a GAMMA model)."""
     scorer = model if isinstance(model, ImageScorer) else load_scorer(model, device=device, masks=bool(mask_dir))
     return list(iter_predictions(scorer, inputs, batch_size=batch_size, progress=False, mask_dir=mask_dir))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="URI",
-                        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/PATH, or a local model directory")
-    parser.add_argument("inputs", nargs="+", metavar="PATH_OR_URL", help="images, folders (recursive) or fsspec URLs")
-    parser.add_argument("--batch-size", type=int, default=32, help="images encoded together (default 32)")
-    parser.add_argument("--out", metavar="FILE",
-                        help="write the JSON lines here (path or fsspec URL) instead of stdout")
-    parser.add_argument("--device", default="cpu",
-                        help="torch device for the encoder (default cpu; the small heads run on CPU)")
-    parser.add_argument("--threshold", type=float, help="override the model's calibrated threshold")
-    parser.add_argument("--mask-dir", metavar="DIR",
-                        help="GAMMA models: write DIR/<image>.mask.png (255 = predicted generated) and "
-                             "DIR/<image>.overlay.png per image; each line names its mask")
-    parser.add_argument("--tracking-uri",
-                        help="MLflow tracking URI for models:/ and runs:/ (default: MLFLOW_TRACKING_URI)")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.tracking_uri:
-        import mlflow
-
-        mlflow.set_tracking_uri(args.tracking_uri)
-    mask_dir = getattr(args, "mask_dir", None)
-    scorer = load_scorer(args.model, device=args.device, threshold=args.threshold, masks=bool(mask_dir))
-    lines, scored = [], 0
-    for row in iter_predictions(scorer, args.inputs, batch_size=args.batch_size, mask_dir=mask_dir):
-        scored += "score" in row
-        line = json.dumps(row)
-        if args.out:
-            lines.append(line)
-        else:
-            print(line, flush=True)
-    if args.out:
-        gio.write_bytes_atomic(args.out, "".join(f"{line}\n" for line in lines).encode("utf-8"))
-    if not scored:
-        raise GendetError(f"no image could be scored among {', '.join(args.inputs)[:200]}; "
-                          "see the error of each item above and pass readable images")
-    return 0

@@ -117,7 +117,7 @@ def _families() -> dict[str, FamilyConfig]:
                      latent_channels=1, sdedit_strength=0.2, sdedit_steps=5),
         # SD-inpainting's decoder is SD's VAE: ae_nearest_f8's architecture, but every fake is
         # regenerated only inside one blob of 15-50 % of the crop. The rest is the real photo, so
-        # the fingerprint is diluted: the zoo's hard family on purpose (benchmarks/results/zoo.md).
+        # the fingerprint is diluted: the zoo's hard family on purpose (experiments/results/zoo.md).
         FamilyConfig(name="inpaint_f8", kind="autoencoder", upsample="nearest", downsample=8, latent_channels=32,
                      mask_fraction=1.0),
     ]

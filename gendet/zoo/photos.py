@@ -36,8 +36,8 @@ from __future__ import annotations
 import glob
 import hashlib
 import importlib.util
+import logging
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -181,7 +181,7 @@ def collect_photos(sources: tuple[str, ...] | None = None, *, min_side: int = 64
 
     ``min_side``: photos whose decoded short side is below it are skipped (see module docstring).
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or logging.getLogger(__name__).info
     known = {s.name for s in sources_table}
     unknown = sorted(set(sources or ()) - known)
     if unknown:

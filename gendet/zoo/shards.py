@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,17 +41,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
-from tqdm import tqdm
 
 from gendet import GendetError
 from gendet import io as gio
 from gendet.config import check, to_dict, to_json
 from gendet.data.manipulations import MASK_MEMBER, encode_mask
 from gendet.data.shards import Sample, ShardWriter
+from gendet.progress import progress
 from gendet.zoo.config import family_config, parse_families
 from gendet.zoo.photos import SPLIT_FRACTIONS, collect_photos, random_crops
 from gendet.zoo.regenerate import random_masks, regenerate
 from gendet.zoo.train import load_or_train
+
+log = logging.getLogger(__name__)
 
 PNG_COMPRESS_LEVEL = 6
 
@@ -149,7 +152,7 @@ def build_zoo_shards(out_url: str, cfg: ZooShardsConfig, *, reuse: bool = False)
     With ``reuse``, shards whose ``zoo_summary.json`` holds the same config are kept as they are."""
     summary_url = gio.join(out_url, "zoo_summary.json")
     if reuse and gio.exists(summary_url) and gio.read_json(summary_url).get("config") == json.loads(to_json(cfg)):
-        print(f"    reusing {out_url} (same zoo config)")
+        log.info("reusing %s (same zoo config)", out_url)
         return gio.read_json(summary_url)
     # photos are kept at twice the largest crop, so the crops' windows (1x, 2x, 4x) have room
     photos, report = collect_photos(tuple(cfg.sources) or None, min_side=min(cfg.sizes),
@@ -205,7 +208,7 @@ def _write_family(out_url: str, family: str, photos: list, cfg: ZooShardsConfig,
     mask_share = fcfg.mask_fraction or cfg.masked_fraction
     counts = {"real": 0, "fake": 0, "masked": 0}
     with ShardWriter(out_url, prefix=name, max_count=cfg.shard_size) as writer:
-        for photo in tqdm(photos, desc=f"zoo {family}", leave=False):
+        for photo in progress(photos, desc=f"zoo {family}", unit="photo", leave=False):
             for size in cfg.sizes:
                 if min(photo.pixels.shape[:2]) < size:
                     continue  # never upscale a real photo

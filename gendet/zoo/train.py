@@ -13,15 +13,14 @@ Weights are looked up in this order, by family name and ``config_hash``:
 
 Files are read with ``safetensors`` only (no pickle).
 
-Ship weights: ``python -m gendet.zoo.train --out gendet/zoo/weights`` (all families).
+Ship weights: ``gendet zoo gendet/zoo/weights --train-weights`` (all families; ``train_weights``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
-import sys
 import time
 from importlib import resources
 
@@ -29,14 +28,16 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from gendet import GendetError
 from gendet.config import replace, to_json
+from gendet.progress import progress as progress_display
 from gendet.zoo.config import FamilyConfig, config_hash, family_config, parse_families
 from gendet.zoo.models import PatchDiscriminator, alpha_bar, build_model
 from gendet.zoo.photos import PIP_SOURCES, collect_photos, random_crops
 from gendet.zoo.regenerate import to_tensor
+
+log = logging.getLogger(__name__)
 
 TRAIN_THREADS = 2
 CROPS_PER_PHOTO = 48
@@ -80,7 +81,7 @@ def train_family(cfg: FamilyConfig, crops: np.ndarray, *, progress: bool = True)
     if cfg.kind == "vq":
         model.quantizer.init_from(model.encoder(pool[:256]), g)
     model.train()
-    for step in tqdm(range(cfg.steps), desc=f"train {cfg.name}", disable=not progress, leave=False):
+    for step in progress_display(range(cfg.steps), desc=f"train {cfg.name}", unit="step", leave=False, disable=not progress):
         x = _batch(pool, cfg.batch_size, cfg.train_patch, g)
         recon = None
         if cfg.kind == "diffusion":
@@ -158,23 +159,17 @@ def load_or_train(family: str | FamilyConfig, *, train_steps: int | None = None,
     return model, cfg, {"weights": path, "trained_now": True, "train_seconds": seconds}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gendet.zoo.train", description="train zoo families and write their weights")
-    parser.add_argument("--families", default="all", help="comma-separated family names (default all)")
-    parser.add_argument("--out", required=True, help="folder for <family>-<hash>.safetensors (gendet/zoo/weights to ship)")
-    args = parser.parse_args(argv)
+def train_weights(out: str, families: str = "all") -> list[dict]:
+    """Train ``families`` from scratch and write ``OUT/<family>-<config hash>.safetensors`` (the
+    shipped weights: ``gendet zoo gendet/zoo/weights --train-weights``); one row per family."""
     rows = []
-    for name in parse_families(args.families):
+    for name in parse_families(families):
         cfg = family_config(name)
         start = time.perf_counter()
         model = train_family(cfg, training_crops(cfg.crop_size, cfg.seed))
         seconds = time.perf_counter() - start
-        path = os.path.join(args.out, f"{name}-{config_hash(cfg)}.safetensors")
+        path = os.path.join(out, f"{name}-{config_hash(cfg)}.safetensors")
         save_weights(model, cfg, path, seconds)
         rows.append({"family": name, "weights": path, "train_seconds": round(seconds, 1)})
-        print(json.dumps(rows[-1]), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        log.info("%s", json.dumps(rows[-1]))
+    return rows

@@ -14,7 +14,6 @@ Each check is also shown failing on a broken copy.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import importlib
@@ -312,28 +311,21 @@ def entrypoints() -> list[tuple[str, str]]:
     return [(where, job["entrypoint"]) for where, obj in ray_objects() for job in job_specs(obj)]
 
 
-def parse_entrypoint(entrypoint: str) -> tuple[str, argparse.Namespace]:
-    """``python -m pipelines.X ARGS`` -> (module, its parsed args); AssertionError naming the flag refused."""
+def parse_entrypoint(entrypoint: str) -> tuple[str, object]:
+    """``python -m pipelines.X ARGS`` -> (module, its job, validated); AssertionError naming the flag refused."""
+    from pipelines import _jobs
+
     argv = shlex.split(entrypoint)
     assert argv[:2] == ["python", "-m"] and argv[2].startswith("pipelines."), f"not a pipelines module: {entrypoint!r}"
     module = importlib.import_module(argv[2])
-    assert callable(getattr(module, "main", None)), f"{argv[2]} has no main()"
-    parser = argparse.ArgumentParser(prog=argv[2])
-    module.add_arguments(parser)
+    assert isinstance(getattr(module, "JOB", None), _jobs.JobSpec), f"{argv[2]} has no JOB"
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         try:
-            args = parser.parse_args(argv[3:])
+            job, _ = _jobs.parse(module.JOB, argv[3:], prog=argv[2])
         except SystemExit:
             raise AssertionError(f"{argv[2]} refuses {entrypoint!r}: {stderr.getvalue().strip()}") from None
-    if argv[2] == "pipelines.train":  # the training config is built before any work: check it here too
-        module.build_config(args)
-    if argv[2] == "pipelines.extract":
-        from gendet.config import config_from_args
-        from gendet.extract.config import ExtractConfig
-
-        config_from_args(ExtractConfig, args)
-    return argv[2], args
+    return argv[2], job
 
 
 def test_every_entrypoint_is_accepted_by_its_pipeline():
@@ -383,7 +375,7 @@ def test_jobs_fit_their_clusters_and_the_refresh_reports_through_the_metric():
     train = objects[("RayJob", "gendet-train")]["spec"]
     args = parse_entrypoint(train["entrypoint"])[1]
     gpu = next(g for g in train["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
-    assert args.use_gpu and args.num_workers <= gpu["maxReplicas"]
+    assert args.workers.use_gpu and args.workers.num_workers <= gpu["maxReplicas"]
     assert all(u.startswith("s3://") for u in (args.features, args.out, args.storage))  # every node reaches them
     refresh = objects[("RayCronJob", "gendet-refresh")]["spec"]["jobTemplate"]
     assert ("RayCluster", refresh["clusterSelector"]["ray.io/cluster"]) in objects

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from gendet import GendetError
-from gendet.cli import main as gendet_main
 from gendet.data.importers import import_folder, import_genimage, import_ufd
 from gendet.data.shards import iter_tar_members, list_shards
+from pipelines.cli import main as gendet_main
 
 
 def _image_bytes(seed: int, fmt: str = "PNG", size: tuple[int, int] = (24, 16)) -> bytes:

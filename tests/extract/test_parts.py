@@ -27,8 +27,10 @@ def summaries_of(plan, mapper):
 
 def test_parts_make_the_same_store_as_the_plain_runner_and_duplicates_count_once(tmp_path):
     rows = write_good_shards(str(tmp_path / "shards"), "p", n_shards=2, per_shard=5)
-    plain = run_local(ExtractConfig(shards=str(tmp_path / "shards"), features=str(tmp_path / "plain"), batch_size=3))
-    plan = prepare(ExtractConfig(shards=str(tmp_path / "shards"), features=str(tmp_path / "parts"), batch_size=3))
+    plain = run_local(ExtractConfig(encoder="spectrum:v1",
+                                    shards=str(tmp_path / "shards"), features=str(tmp_path / "plain"), batch_size=3))
+    plan = prepare(ExtractConfig(encoder="spectrum:v1",
+                                 shards=str(tmp_path / "shards"), features=str(tmp_path / "parts"), batch_size=3))
     mapper = PartWritingMapper(plan.info.encoder, variant_url=plan.info.url)
     summaries = summaries_of(plan, mapper)
     assert all(set(s) == {"shard", "index", "n_rows", "error"} for s in summaries)  # no features to the driver
@@ -59,7 +61,8 @@ def test_parts_make_the_same_store_as_the_plain_runner_and_duplicates_count_once
 def test_a_cut_shard_fails_without_a_marker_and_leaves_no_parts(tmp_path):
     (tmp_path / "shards").mkdir()
     write_truncated_shard(str(tmp_path / "shards" / "cut-000000.tar"))
-    plan = prepare(ExtractConfig(shards=str(tmp_path / "shards"), features=str(tmp_path / "store"), batch_size=4))
+    plan = prepare(ExtractConfig(encoder="spectrum:v1",
+                                 shards=str(tmp_path / "shards"), features=str(tmp_path / "store"), batch_size=4))
     tracker = PartTracker()
     done = [s for summary in summaries_of(plan, PartWritingMapper(plan.info.encoder, variant_url=plan.info.url))
             for s in tracker.add(summary)]
@@ -72,7 +75,8 @@ def test_a_cut_shard_fails_without_a_marker_and_leaves_no_parts(tmp_path):
 
 def test_missing_rows_are_refused_and_clear_parts_removes_leftovers(tmp_path):
     write_good_shards(str(tmp_path / "shards"), "m", n_shards=1, per_shard=6)
-    plan = prepare(ExtractConfig(shards=str(tmp_path / "shards"), features=str(tmp_path / "store"), batch_size=2))
+    plan = prepare(ExtractConfig(encoder="spectrum:v1",
+                                 shards=str(tmp_path / "shards"), features=str(tmp_path / "store"), batch_size=2))
     mapper = PartWritingMapper(plan.info.encoder, variant_url=plan.info.url)
     batches = list(plan.reader.read(plan.todo[0]))
     mapper(dict(batches[0]))  # a run killed after its first batch (the mapper takes the pixels out)

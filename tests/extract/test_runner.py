@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from gendet import GendetError
-from gendet.cli import main as gendet_main
 from gendet.extract.config import ExtractConfig
 from gendet.extract.runner import prepare, run_local
 from gendet.features.store import feature_files, feature_schema, list_variants, resolve_variant
 from helpers.bad_shards import write_bad_shard, write_good_shards
+from pipelines.cli import main as gendet_main
 
 
 @pytest.fixture()
@@ -30,7 +30,8 @@ def mtimes(folder):
 
 def test_store_rows_schema_quarantine_and_counts(shards, tmp_path):
     folder, good, bad = shards
-    summary = run_local(ExtractConfig(shards=str(folder), features=str(tmp_path / "store"), batch_size=4, num_workers=2))
+    summary = run_local(ExtractConfig(encoder="spectrum:v1",
+                                      shards=str(folder), features=str(tmp_path / "store"), batch_size=4, decode_workers=2))
     kept = [k for k, r in bad.items() if not r]
     assert summary["images"] == len(good) + len(kept) and summary["shards_failed"] == {}
     assert summary["read"] == summary["images"] + summary["quarantined"] == len(good) + len(bad)
@@ -51,7 +52,8 @@ def test_store_rows_schema_quarantine_and_counts(shards, tmp_path):
 
 def test_rerun_writes_nothing_and_a_deleted_stats_file_redoes_only_its_shard(shards, tmp_path):
     folder, good, _ = shards
-    cfg = ExtractConfig(shards=str(folder), features=str(tmp_path / "store"), batch_size=4, num_workers=0)
+    cfg = ExtractConfig(encoder="spectrum:v1",
+                        shards=str(folder), features=str(tmp_path / "store"), batch_size=4, decode_workers=0)
     run_local(cfg)
     variant_dir = tmp_path / "store" / os.path.basename(resolve_variant(cfg.features).url)
     before = mtimes(variant_dir)
@@ -71,9 +73,9 @@ def test_rerun_writes_nothing_and_a_deleted_stats_file_redoes_only_its_shard(sha
 def test_other_encoder_and_degrade_write_beside(shards, tmp_path):
     folder, good, _ = shards
     store = str(tmp_path / "store")
-    base = dict(shards=str(folder / "good-000000.tar"), features=store, batch_size=8, num_workers=0)
-    run_local(ExtractConfig(**base))
-    run_local(ExtractConfig(**base, degrade="jpeg:65"))
+    base = dict(shards=str(folder / "good-000000.tar"), features=store, batch_size=8, decode_workers=0)
+    run_local(ExtractConfig(**base, encoder="spectrum:v1"))
+    run_local(ExtractConfig(**base, encoder="spectrum:v1", degrade="jpeg:65"))
     run_local(ExtractConfig(**base, encoder="open_clip:GenDet-Debug-ViT/none", feature_dtype="float32"))
     variants = {(v.encoder, v.degrade): v for v in list_variants(store)}
     assert set(variants) == {("spectrum:v1", ""), ("spectrum:v1", "jpeg:65"), ("open_clip:GenDet-Debug-ViT/none", "")}
@@ -114,8 +116,8 @@ def test_cli_verb_reports_bad_input_as_one_line(tmp_path, capsys):
 def test_unreadable_shard_is_reported_and_the_others_written(shards, tmp_path):
     folder, good, _ = shards
     (folder / "broken-000000.tar").mkdir()  # listed as a shard, but cannot be read
-    summary = run_local(ExtractConfig(shards=str(folder), features=str(tmp_path / "store"), max_retries=1,
-                                      num_workers=0))
+    summary = run_local(ExtractConfig(encoder="spectrum:v1", shards=str(folder), features=str(tmp_path / "store"), max_retries=1,
+                                      decode_workers=0))
     assert list(summary["shards_failed"]) == ["broken-000000"]
     assert "broken-000000.tar: cannot read shard" in summary["shards_failed"]["broken-000000"]
     assert summary["shards_done"] == 3 and "broken-000000" not in resolve_variant(str(tmp_path / "store")).shards
@@ -131,11 +133,12 @@ def test_cut_off_or_empty_shard_fails_and_its_complete_copy_is_extracted_on_reru
     whole = {p.name: p.read_bytes() for p in full.iterdir()}
     (folder / "late-000000.tar").write_bytes(whole["late-000000.tar"][: len(whole["late-000000.tar"]) // 2])
     (folder / "late-000001.tar").write_bytes(b"")  # an upload that has not started writing yet
-    cfg = ExtractConfig(shards=str(folder), features=store, num_workers=0, max_retries=0)
+    cfg = ExtractConfig(encoder="spectrum:v1", shards=str(folder), features=store, decode_workers=0, max_retries=0)
     first = run_local(cfg)
     assert sorted(first["shards_failed"]) == ["late-000000", "late-000001"] and first["shards_done"] == 1
     assert not list((tmp_path / "store").glob("*/late-*.stats.json"))
-    assert gendet_main(["extract", str(folder), store, "--local", "--num-workers", "0", "--max-retries", "0"]) == 1
+    assert gendet_main(["extract", str(folder), store, "--local", "--decode-workers", "0", "--max-retries", "0",
+                        "--encoder", "spectrum:v1"]) == 1
     for name, data in whole.items():  # the uploads complete
         (folder / name).write_bytes(data)
     second = run_local(cfg)
@@ -146,7 +149,7 @@ def test_cut_off_or_empty_shard_fails_and_its_complete_copy_is_extracted_on_reru
 def test_a_shard_replaced_after_extraction_is_redone(tmp_path):
     folder, store = tmp_path / "shards", str(tmp_path / "store")
     write_good_shards(str(folder), "s", n_shards=2, per_shard=3)
-    cfg = ExtractConfig(shards=str(folder), features=store, num_workers=0)
+    cfg = ExtractConfig(encoder="spectrum:v1", shards=str(folder), features=store, decode_workers=0)
     assert run_local(cfg)["store_rows"] == 6
     other = tmp_path / "other"
     write_good_shards(str(other), "s", n_shards=1, per_shard=5)  # same name, new content
@@ -161,7 +164,7 @@ def test_deleted_or_cut_parquet_is_named_with_the_fix_and_repaired_by_the_rerun(
 
     folder, store = tmp_path / "shards", str(tmp_path / "store")
     write_good_shards(str(folder), "p", n_shards=3, per_shard=4)
-    cfg = ExtractConfig(shards=str(folder), features=store, num_workers=0)
+    cfg = ExtractConfig(encoder="spectrum:v1", shards=str(folder), features=store, decode_workers=0)
     run_local(cfg)
     variant = resolve_variant(store)
     os.remove(os.path.join(variant.url, "p-000000.parquet"))
@@ -182,7 +185,7 @@ def test_deleted_or_cut_parquet_is_named_with_the_fix_and_repaired_by_the_rerun(
 def test_manifest_rows_are_counted_in_the_files(tmp_path):
     folder, store = tmp_path / "shards", str(tmp_path / "store")
     write_good_shards(str(folder), "m", n_shards=2, per_shard=4)
-    run_local(ExtractConfig(shards=str(folder), features=store, num_workers=0))
+    run_local(ExtractConfig(encoder="spectrum:v1", shards=str(folder), features=store, decode_workers=0))
     variant = resolve_variant(store)
     os.remove(os.path.join(variant.url, "m-000001.parquet"))
     from gendet.extract.manifest import VariantInfo, rebuild_manifest
@@ -198,11 +201,12 @@ def test_a_run_is_refused_while_another_holds_the_store(tmp_path):
 
     folder, store = tmp_path / "shards", str(tmp_path / "store")
     write_good_shards(str(folder), "l", n_shards=1, per_shard=3)
-    cfg = ExtractConfig(shards=str(folder), features=store, num_workers=0)
+    cfg = ExtractConfig(encoder="spectrum:v1", shards=str(folder), features=store, decode_workers=0)
     variant_url = prepare(cfg).info.url
     with StoreLease(variant_url, what="the float32 run"):
         with pytest.raises(GendetError) as err:  # e.g. a float16 run started during a float32 one
-            run_local(ExtractConfig(shards=str(folder), features=store, num_workers=0, feature_dtype="float32"))
+            run_local(ExtractConfig(encoder="spectrum:v1",
+                                    shards=str(folder), features=store, decode_workers=0, feature_dtype="float32"))
         assert "being written by the float32 run" in str(err.value) and "\n" not in str(err.value)
     assert run_local(cfg)["store_rows"] == 3  # released: the next run goes ahead
     stale = StoreLease(variant_url, ttl=0.2, what="a run that died")
@@ -211,7 +215,8 @@ def test_a_run_is_refused_while_another_holds_the_store(tmp_path):
     import time
 
     time.sleep(0.5)
-    assert run_local(ExtractConfig(shards=str(folder), features=store, num_workers=0, mode="overwrite"))["shards_done"] == 1
+    assert run_local(ExtractConfig(encoder="spectrum:v1",
+                                   shards=str(folder), features=store, decode_workers=0, mode="overwrite"))["shards_done"] == 1
 
 
 def test_two_concurrent_runs_leave_one_complete_store_without_duplicates(tmp_path):
@@ -224,7 +229,7 @@ def test_two_concurrent_runs_leave_one_complete_store_without_duplicates(tmp_pat
     def one_run():
         barrier.wait()
         try:
-            results.append(run_local(ExtractConfig(shards=str(folder), features=store, num_workers=0)))
+            results.append(run_local(ExtractConfig(encoder="spectrum:v1", shards=str(folder), features=store, decode_workers=0)))
         except GendetError as exc:
             results.append(exc)
 
@@ -249,7 +254,7 @@ def test_a_lease_left_by_a_killed_process_on_this_machine_is_taken_over(tmp_path
 
     folder, store = tmp_path / "shards", str(tmp_path / "store")
     write_good_shards(str(folder), "k", n_shards=1, per_shard=3)
-    cfg = ExtractConfig(shards=str(folder), features=store, num_workers=0)
+    cfg = ExtractConfig(encoder="spectrum:v1", shards=str(folder), features=store, decode_workers=0)
     variant_url = prepare(cfg).info.url
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / "store").joinpath(os.path.basename(variant_url), "_lease.json").write_text(json.dumps(

@@ -16,7 +16,6 @@ from PIL import Image
 
 from gendet import GendetError
 from gendet import io as gio
-from gendet.cli import main as gendet_main
 from gendet.data.manipulations import MASK_MEMBER, encode_mask
 from gendet.data.shards import Sample, ShardWriter
 from gendet.encoders.registry import load_encoder
@@ -26,6 +25,7 @@ from gendet.extract.mapper import PartWritingMapper
 from gendet.extract.parts import finalize_shard
 from gendet.extract.runner import prepare, run_local
 from gendet.features.store import MANIFEST, STATS_SUFFIX, feature_matrix, feature_schema, resolve_variant, variant_key
+from pipelines.cli import main as gendet_main
 
 ENCODER = "spectrum:v1"  # 8 x 8 tokens of 288, pure torch: fast
 
@@ -89,7 +89,7 @@ def shards(tmp_path):
 
 
 def config(folder, store, **kw) -> ExtractConfig:
-    return ExtractConfig(shards=str(folder), features=str(store), encoder=ENCODER, batch_size=3, num_workers=0, **kw)
+    return ExtractConfig(shards=str(folder), features=str(store), encoder=ENCODER, batch_size=3, decode_workers=0, **kw)
 
 
 def rows_of(variant) -> dict[str, dict]:
@@ -275,7 +275,7 @@ def test_an_open_clip_vit_stores_its_patch_tokens(shards, tmp_path):
     folder, _ = shards
     name = "open_clip:GenDet-Debug-ViT/none"
     run_local(ExtractConfig(shards=str(folder / "a-000000.tar"), features=str(tmp_path / "store"), encoder=name,
-                            tokens=True, feature_dtype="float32", num_workers=0))
+                            tokens=True, feature_dtype="float32", decode_workers=0))
     variant, encoder = resolve_variant(str(tmp_path / "store"), tokens=True), load_encoder(name)
     assert (variant.token_grid, variant.token_dim) == (tuple(encoder.token_grid), encoder.token_dim) == ((4, 4), 64)
     table = pq.read_table(os.path.join(variant.url, "a-000000.parquet"))

@@ -52,7 +52,7 @@ def as_written_by_0_3_0(variant_url: str, **recorded) -> None:
 
 def test_the_manifest_and_every_stats_file_record_the_key(shards, tmp_path):
     store = str(tmp_path / "store")
-    run_local(ExtractConfig(shards=str(shards), features=store, num_workers=0, precision="bf16"))
+    run_local(ExtractConfig(encoder="spectrum:v1", shards=str(shards), features=store, decode_workers=0, precision="bf16"))
     variant = resolve_variant(store)
     manifest = gio.read_json(gio.join(variant.url, MANIFEST))
     # spectrum computes in fp32 whatever it is asked: its features' key says so
@@ -60,12 +60,13 @@ def test_the_manifest_and_every_stats_file_record_the_key(shards, tmp_path):
     assert manifest["encoder"] == "spectrum:v1" and len(manifest["variant_key"]) == 16
     stats = done_shards(variant.url)
     assert len(stats) == 2 and {s["variant_key"] for s in stats.values()} == {manifest["variant_key"]}
-    prepare(ExtractConfig(shards=str(shards), features=store, precision="fp32"))  # the same features: accepted
+    prepare(ExtractConfig(encoder="spectrum:v1",
+                          shards=str(shards), features=store, precision="fp32"))  # the same features: accepted
 
 
 def test_other_weights_or_precision_are_refused_naming_the_folder_and_the_flag(shards, tmp_path):
     store, weights = str(tmp_path / "store"), save_debug_clip(tmp_path / "a.pt", seed=1)
-    base = dict(shards=str(shards), features=store, encoder=DEBUG_CLIP, num_workers=0)
+    base = dict(shards=str(shards), features=store, encoder=DEBUG_CLIP, decode_workers=0)
     run_local(ExtractConfig(**base, weights=weights))
     variant = resolve_variant(store)
     assert variant.weights == weights and variant.weights_digest.startswith("sha256:") and variant.precision == "fp32"
@@ -83,7 +84,7 @@ def test_other_weights_or_precision_are_refused_naming_the_folder_and_the_flag(s
 def test_a_0_3_0_variant_stays_readable_and_extendable_and_checked(tmp_path):
     folder, store = tmp_path / "shards", str(tmp_path / "store")
     write_good_shards(str(folder), "old", n_shards=1, per_shard=3)
-    cfg = ExtractConfig(shards=str(folder), features=store, encoder=DEBUG_CLIP, num_workers=0)
+    cfg = ExtractConfig(shards=str(folder), features=store, encoder=DEBUG_CLIP, decode_workers=0)
     run_local(cfg)
     as_written_by_0_3_0(resolve_variant(store).url)
     assert resolve_variant(store).precision == ""  # read as it is: nothing recorded, nothing compared
@@ -98,11 +99,11 @@ def test_a_0_3_0_variant_stays_readable_and_extendable_and_checked(tmp_path):
 
 def test_a_0_3_0_folder_holding_another_degradation_is_refused_and_the_new_spec_has_its_own(shards, tmp_path):
     store = str(tmp_path / "store")
-    run_local(ExtractConfig(shards=str(shards), features=store, num_workers=0, degrade="blur:15"))
+    run_local(ExtractConfig(encoder="spectrum:v1", shards=str(shards), features=store, decode_workers=0, degrade="blur:15"))
     variant = resolve_variant(store, degrade="blur:15")
     # what 0.3.0 did: --degrade blur:1.5 went to the same folder (...__blur15), its shards say so
     as_written_by_0_3_0(variant.url, degrade="blur:1.5")
-    message = refused(ExtractConfig(shards=str(shards), features=store, degrade="blur:15"))
+    message = refused(ExtractConfig(encoder="spectrum:v1", shards=str(shards), features=store, degrade="blur:15"))
     assert message.startswith(variant.url) and "delete the folder and extract again" in message
-    plan = prepare(ExtractConfig(shards=str(shards), features=store, degrade="blur:1.5"))
+    plan = prepare(ExtractConfig(encoder="spectrum:v1", shards=str(shards), features=store, degrade="blur:1.5"))
     assert plan.info.url != variant.url and plan.info.url.endswith("__blur1.5") and len(plan.todo) == 2

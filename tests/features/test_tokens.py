@@ -52,7 +52,7 @@ def test_a_store_without_token_variant_is_refused_naming_the_fix(tmp_path):
 
 
 def test_a_store_from_the_real_extract(tmp_path):
-    from gendet.cli import main as gendet_main
+    from pipelines.cli import main as gendet_main
 
     write_masked_shards(tmp_path / "shards", n=8, splits=("train", "test"))
     store = str(tmp_path / "store")

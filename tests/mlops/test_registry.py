@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gendet import GendetError, cli
+from gendet import GendetError
 from gendet.eval.metrics import metrics_report
 from gendet.method.gendet.detector import Detector
 from gendet.mlops import registry
 from gendet.serve import predict, pyfunc
+from pipelines import cli
 
 
 def _report(mean_acc: float, real_acc: dict[str, tuple[float, int]]) -> dict:

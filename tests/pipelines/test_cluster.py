@@ -52,7 +52,7 @@ def test_extract_survives_a_lost_worker_node(ray_cluster, moto_s3, tmp_path):
     store = f"s3://{bucket}/lost/features"
     submit = ray_cli(cluster, "job", "submit", "--address", cluster.dashboard, "--submission-id", "extract-lost",
                      "--no-wait", "--", "python", "-m", "pipelines.extract", f"s3://{bucket}/lost/shards/", store,
-                     "--batch-size", "16", "--concurrency", "2")
+                     "--batch-size", "16", "--concurrency", "2", "--encoder", "spectrum:v1")
     assert submit.returncode == 0, submit.stdout + submit.stderr
 
     # Lose a node that runs an encoder actor while it encodes (part files or finished shards are
@@ -73,7 +73,9 @@ def test_extract_survives_a_lost_worker_node(ray_cluster, moto_s3, tmp_path):
         elif not written:
             assert job_status(cluster, "extract-lost") in ("PENDING", "RUNNING"), job_logs(cluster, "extract-lost")[-3000:]
         time.sleep(0.2)
-    assert killed, "no encoder actor ran on a worker node with the job under way"
+    assert killed, ("no encoder actor ran on a worker node with the job under way: actors on "
+                    f"{nodes_running(cluster, 'PartWritingMapper')}, job {job_status(cluster, 'extract-lost')}\n"
+                    + job_logs(cluster, "extract-lost")[-3000:])
 
     status = wait_job(cluster, "extract-lost", timeout=900)
     logs = job_logs(cluster, "extract-lost")
@@ -144,7 +146,8 @@ def test_train_across_nodes_survives_a_lost_node_then_registers_evaluates_and_re
     write_world(tmp_path / "shards", "w", {"seen": "nearest", "unseen": "nearest"})
     fs.put(str(tmp_path / "shards") + "/", f"{bucket}/chain/shards/", recursive=True)
     mlflow_env = {"MLFLOW_TRACKING_URI": mlflow_s3_server}
-    submit(cluster, "chain-extract", "pipelines.extract", f"{root}/shards/", f"{root}/features", "--batch-size", "32")
+    submit(cluster, "chain-extract", "pipelines.extract", f"{root}/shards/", f"{root}/features", "--batch-size", "32",
+           "--encoder", "spectrum:v1")
 
     # Two Train workers, one per node; a node is lost once a checkpoint is registered (on S3).
     submit(cluster, "chain-train", "pipelines.train", f"{root}/features", "--train-subsets", "seen", "--eval-splits",
@@ -179,8 +182,8 @@ def test_train_across_nodes_survives_a_lost_node_then_registers_evaluates_and_re
     assert fs.glob(f"{bucket}/mlflow/**/detector.json"), "the model's artifacts are not on S3"
 
     submit(cluster, "chain-evaluate", "pipelines.evaluate", f"{root}/features", "--model", "models:/chain@champion",
-           "--out", f"{root}/metrics.json", env_vars=mlflow_env)
-    metrics = json.loads(fs.cat(f"{bucket}/chain/metrics.json"))
+           "--out", f"{root}/eval", env_vars=mlflow_env)
+    metrics = json.loads(fs.cat(f"{bucket}/chain/eval/metrics.json"))
     assert set(metrics["subsets"]) == {"seen", "unseen"} and metrics["subsets"]["seen"]["acc"] > 0.8
 
     # A new generator arrives; the scheduled refresh extracts it, scores the champion, and alerts
@@ -188,8 +191,8 @@ def test_train_across_nodes_survives_a_lost_node_then_registers_evaluates_and_re
     write_world(tmp_path / "incoming", "new", {"stealth": "none"}, per_subset=60)
     fs.put(str(tmp_path / "incoming") + "/", f"{bucket}/chain/incoming/", recursive=True)
     submit(cluster, "chain-refresh", "pipelines.refresh", f"{root}/incoming/", f"{root}/features", "--model",
-           "models:/chain@champion", "--out", f"{root}/refresh.json", "--alert-exit", "0", env_vars=mlflow_env)
-    verdict = json.loads(fs.cat(f"{bucket}/chain/refresh.json"))
+           "models:/chain@champion", "--out", f"{root}/refresh", "--alert-exit", "0", env_vars=mlflow_env)
+    verdict = json.loads(fs.cat(f"{bucket}/chain/refresh/refresh.json"))
     assert verdict["alert"] is True, verdict
     port = cluster.metrics_ports["head"]
     samples = wait_for_gauge(str(port), "ray_gendet_refresh_alert", {"model": "chain", "version": "1"})

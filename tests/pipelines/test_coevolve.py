@@ -11,6 +11,7 @@ from gendet import GendetError
 from gendet.coevolve.lineage import load_aligned
 from gendet.extract.config import ExtractConfig
 from gendet.zoo.shards import ZooShardsConfig, build_zoo_shards
+from helpers.cli import run_cli
 from pipelines import coevolve
 from pipelines import train as train_pipeline
 from pipelines.extract import extract
@@ -26,15 +27,16 @@ def world(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("coevolve")
     shards, features, out = str(root / "shards"), str(root / "features"), root / "train"
     build_zoo_shards(shards, ZooShardsConfig(families=(TRAIN, HELD_OUT, FAMILY), photos_per_split=2, crops_per_photo=3))
-    extract(ExtractConfig(shards=shards, features=features, batch_size=64))
-    assert train_pipeline.main([features, "--train-subsets", TRAIN, "--out", str(out), "--preset", "debug", "--rotations", "1",
-                                "--methods", "gendet", "--num-workers", "1", "--cpus-per-worker", "1", "--register", "gendet",
-                                "--gate-real-floor", "0.0", "--eval-splits", "test"]) == 0
+    extract(ExtractConfig(encoder="spectrum:v1", shards=shards, features=features, batch_size=64))
+    assert run_cli(train_pipeline, [features, "--train-subsets", TRAIN, "--out", str(out), "--preset", "debug",
+                                    "--rotations", "1", "--methods", "gendet", "--num-workers", "1", "--cpus-per-worker", "1",
+                                    "--register", "gendet", "--gate.real-floor", "0.0", "--eval-splits", "test"]) == 0
     return root, features, f"sqlite:///{out / 'mlflow.db'}"
 
 
 def _argv(root, features, *extra):
-    return [features, "--out", str(root / "coevolve"), "--mlflow-out", str(root / "train"), "--family", FAMILY,
+    return [features, "--out", str(root / "coevolve"), "--tracking-uri", f"sqlite:///{root / 'train' / 'mlflow.db'}",
+            "--family", FAMILY,
             "--steps", "2", "--batch-size", "2", "--crops-per-photo", "2", "--photos-per-split", "2",
             "--align-crops-per-photo", "1", "--shots", "4", *extra]
 
@@ -42,7 +44,7 @@ def _argv(root, features, *extra):
 def test_two_rounds_record_lineage_and_a_rerun_skips_them(world, monkeypatch, capsys):
     root, features, db = world
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert coevolve.main(_argv(root, features, "--rounds", "2")) == 0
+    assert run_cli(coevolve, _argv(root, features, "--rounds", "2")) == 0
     client = MlflowClient(db)
     rounds = [json.loads((root / "coevolve" / f"round-{k}" / "round.json").read_text()) for k in (1, 2)]
     for k, record in enumerate(rounds, 1):
@@ -67,9 +69,9 @@ def test_two_rounds_record_lineage_and_a_rerun_skips_them(world, monkeypatch, ca
     runs_before = len(client.search_runs([run.info.experiment_id]))
 
     capsys.readouterr()
-    assert coevolve.main(_argv(root, features, "--rounds", "2")) == 0  # resume: nothing to do
-    printed = capsys.readouterr().out
-    assert printed.count("done before: skipped") == 2
+    assert run_cli(coevolve, _argv(root, features, "--rounds", "2")) == 0  # resume: nothing to do
+    logged = capsys.readouterr().err
+    assert logged.count("done before: skipped") == 2
     assert len(client.search_runs([run.info.experiment_id])) == runs_before
     summary = json.loads((root / "coevolve" / "coevolve.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
@@ -77,11 +79,11 @@ def test_two_rounds_record_lineage_and_a_rerun_skips_them(world, monkeypatch, ca
 
 def test_bad_requests_fail_in_one_line_before_any_work(world, tmp_path, capsys):
     root, features, _ = world
-    assert coevolve.main(_argv(root, features, "--family", "nope")) == 2
+    assert run_cli(coevolve, _argv(root, features, "--family", "nope")) == 2
     assert "unknown zoo family" in capsys.readouterr().err
-    assert coevolve.main(_argv(root, features, "--steps", "0")) == 2
+    assert run_cli(coevolve, _argv(root, features, "--steps", "0")) == 2
     assert "steps" in capsys.readouterr().err
-    assert coevolve.main(_argv(root, str(tmp_path / "missing"))) == 2
+    assert run_cli(coevolve, _argv(root, str(tmp_path / "missing"))) == 2
     assert "no feature store" in capsys.readouterr().err
     with pytest.raises(GendetError, match="registered model"):
         coevolve.pinned("runs:/abc/detector", MlflowClient(world[2]))

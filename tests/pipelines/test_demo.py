@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from gendet import GendetError
 from gendet.serve.loading import load_detector
 from gendet.zoo.config import FAMILIES
+from helpers.cli import run_cli
 from pipelines import demo, fix, refresh
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ TOP_KEYS = {"model", "encoder", "threshold", "calibrated_threshold", "target_fpr
 def test_demo_small_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "demo"
-    assert demo.main(["--out", str(out), "--small"]) == 0
+    assert run_cli(demo, ["--out", str(out), "--small"]) == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.md'}" in printed
 
@@ -86,21 +87,20 @@ def test_demo_small_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
     assert (out / "plots" / "acc_by_method.png").stat().st_size > 1000
 
     # The scheduled job runs again: every shard is in the store, nothing is extracted or judged.
-    again = out / "refresh-again.json"
-    code = refresh.main([str(out / "incoming"), str(out / "features"), "--model", first,
-                         "--out", str(again)])
-    assert code == 0 and json.loads(again.read_text())["new_shards"] == []
-    assert "nothing new" in capsys.readouterr().out
+    again = out / "refresh-again"
+    code = run_cli(refresh, [str(out / "incoming"), str(out / "features"), "--model", first, "--out", str(again)])
+    assert code == 0 and json.loads((again / "refresh.json").read_text())["new_shards"] == []
+    assert "nothing new" in capsys.readouterr().err
 
     # The same new shards judged against a reference they cannot meet: the alert fires, exit 3,
     # and the verdict is logged to MLflow with its tag (a fresh store, so they count as new).
     strict = tmp_path / "perfect.json"
     strict.write_text(json.dumps({"mean_acc_calibrated": 1.0}))
-    alert_out = out / "refresh-alert.json"
-    code = refresh.main([str(out / "incoming"), str(tmp_path / "features-2"), "--model", first,
-                         "--reference", str(strict), "--max-drop", "0", "--out", str(alert_out),
-                         "--mlflow-out", str(out)])
-    alerted = json.loads(alert_out.read_text())
+    alert_out = out / "refresh-alert"
+    code = run_cli(refresh, [str(out / "incoming"), str(tmp_path / "features-2"), "--model", first,
+                             "--reference", str(strict), "--max-drop", "0", "--out", str(alert_out),
+                             "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}"])
+    alerted = json.loads((alert_out / "refresh.json").read_text())
     assert code == refresh.ALERT_EXIT and alerted["alert"] is True and alerted["subsets"][demo.NEW_FAMILY]["slipped"]
     run = client.get_run(alerted["mlflow_run"])
     assert run.data.tags["gendet.alert"] == "true"
@@ -145,6 +145,7 @@ def check_fix(client, out, fixed, gate, verdict):
 
     # bad input is one line, before any work
     with pytest.raises(GendetError, match="registered model"):
-        fix.fix(str(out / "features"), model=str(out / "detectors" / "gendet"), subsets=[demo.NEW_FAMILY])
-    with pytest.raises(GendetError, match="no subsets"):
-        fix.fix(str(out / "features"), subsets=[])
+        fix.run(fix.FixJob(features=str(out / "features"), model=str(out / "detectors" / "gendet"),
+                           subsets=(demo.NEW_FAMILY,)))
+    with pytest.raises(GendetError, match="--subsets: none"):
+        fix.FixJob(features=str(out / "features"), subsets=())

@@ -12,11 +12,12 @@ from mlflow import MlflowClient
 from gendet.data.shards import usable_samples
 from gendet.eval.report import gamma_sections, overlay_section, write
 from gendet.features.tokens import resolve_token_variant
-from pipelines import demo, demo_gamma
+from pipelines import _demo_gamma as demo_gamma
+from pipelines import demo
 
 pytestmark = pytest.mark.slow
 
-TINY = ("width=16", "layers=1", "heads=2", "epochs=2", "batch_size=16")
+TINY = {"width": 16, "layers": 1, "heads": 2, "epochs": 2, "batch_size": 16}
 
 
 def test_demo_gamma_step(ray_local, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import torch
 
 from gendet.method.gendet.detector import Detector, build_method_nets
 from gendet.method.gendet.networks import Arch
+from helpers.cli import run_cli
 from helpers.synthetic_store import ENCODER, PHASH, write_synthetic_store
 from pipelines import evaluate
 
@@ -36,14 +37,15 @@ def test_evaluate_writes_metrics_and_table4_and_logs_to_a_run(ray_local, tmp_pat
                                                             artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment_id) as run:
         pass
-    out = tmp_path / "metrics.json"
-    assert evaluate.main([store, "--model", detector_dir, "--out", str(out), "--degrade", "all",
-                          "--mlflow-run", run.info.run_id, "--ray-min-rows", "0"]) == 0  # on Ray Data
-    in_process = tmp_path / "in-process.json"  # a store this small is scored in the driver by default: same numbers
-    assert evaluate.main([store, "--model", detector_dir, "--out", str(in_process), "--degrade", "all"]) == 0
-    assert json.loads(in_process.read_text()) == json.loads(out.read_text())
+    out = tmp_path / "eval"
+    assert run_cli(evaluate, [store, "--model", detector_dir, "--out", str(out), "--degrade", "all",
+                              "--mlflow-run", run.info.run_id, "--ray-min-rows", "0"]) == 0  # on Ray Data
+    in_process = tmp_path / "in-process"  # a store this small is scored in the driver by default: same numbers
+    assert run_cli(evaluate, [store, "--model", detector_dir, "--out", str(in_process), "--degrade", "all"]) == 0
+    assert json.loads((in_process / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
+    assert (out / "table.md").read_text().startswith("|")
 
-    metrics = json.loads(out.read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
     assert {"model", "encoder", "threshold", "calibrated_threshold", "target_fpr", "mean_acc", "mAP"} <= set(metrics)
     assert set(metrics["subsets"]) == {"seen", "unseen"}
     assert all(SUBSET_KEYS <= set(v) and v["n_real"] == v["n_fake"] == 30 for v in metrics["subsets"].values())
@@ -60,8 +62,8 @@ def test_evaluate_writes_metrics_and_table4_and_logs_to_a_run(ray_local, tmp_pat
 def test_bad_model_and_wrong_store_are_one_line_errors(ray_local, tmp_path, detector_dir, capsys):
     store = str(tmp_path / "store")
     write_synthetic_store(store, dim=32)
-    assert evaluate.main([store, "--model", str(tmp_path / "nothing")]) == 2
+    assert run_cli(evaluate, [store, "--model", str(tmp_path / "nothing")]) == 2
     assert "neither a saved detector" in capsys.readouterr().err
-    assert evaluate.main([store, "--model", detector_dir, "--out", str(tmp_path / "m.json")]) == 2
+    assert run_cli(evaluate, [store, "--model", detector_dir, "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
     assert "do not match" in err and len(err.splitlines()) == 1

@@ -38,10 +38,12 @@ def test_ray_pipeline_writes_the_same_store_as_the_plain_runner(ray_local, tmp_p
     folder = tmp_path / "shards"
     write_good_shards(str(folder), "good", n_shards=3, per_shard=5)
     write_bad_shard(str(folder / "bad-000000.tar"))
-    cfg = ExtractConfig(shards=str(folder), features=str(tmp_path / "ray"), batch_size=4, concurrency=2, read_tasks=2)
+    cfg = ExtractConfig(encoder="spectrum:v1",
+                        shards=str(folder), features=str(tmp_path / "ray"), batch_size=4, concurrency=2, read_tasks=2)
     summary = extract(cfg)
     assert summary["shards_done"] == 4 and summary["shards_failed"] == {}
-    run_local(ExtractConfig(shards=str(folder), features=str(tmp_path / "plain"), batch_size=7, num_workers=2))
+    run_local(ExtractConfig(encoder="spectrum:v1",
+                            shards=str(folder), features=str(tmp_path / "plain"), batch_size=7, decode_workers=2))
     ray_tables, plain_tables = store_tables(cfg.features), store_tables(str(tmp_path / "plain"))
     assert list(ray_tables) == list(plain_tables) and len(ray_tables) == 8  # features + quarantine per shard
     for name, table in ray_tables.items():
@@ -59,7 +61,7 @@ def test_decoding_stays_in_tasks_apart_from_the_encoder_actors(ray_local, tmp_pa
     write_good_shards(str(tmp_path / "shards"), "one", n_shards=1, per_shard=3)
     from gendet.extract.runner import prepare
 
-    cfg = ExtractConfig(shards=str(tmp_path / "shards"), features=str(tmp_path / "s"), read_tasks=1)
+    cfg = ExtractConfig(encoder="spectrum:v1", shards=str(tmp_path / "shards"), features=str(tmp_path / "s"), read_tasks=1)
     ds = build_dataset(prepare(cfg))
     assert sum(len(b["index"]) for b in ds.iter_batches(batch_size=None)) == 4  # 3 samples + end row, summarised
     stats = ds.stats()
@@ -72,7 +74,7 @@ def test_sigkilled_job_resumes_with_every_sample_exactly_once(ray_local, tmp_pat
     rows = write_good_shards(str(folder), "k", n_shards=8, per_shard=4, size=(40, 32))
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     cmd = [sys.executable, "-m", "pipelines.extract", str(folder), str(store), "--batch-size", "2", "--read-tasks", "1",
-           "--shared-fs"]  # one machine: its disk is every node's
+           "--shared-fs", "--encoder", "spectrum:v1"]  # one machine: its disk is every node's
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not glob.glob(str(store / "*" / "*.stats.json")) and proc.poll() is None and time.monotonic() < deadline:
@@ -81,7 +83,7 @@ def test_sigkilled_job_resumes_with_every_sample_exactly_once(ray_local, tmp_pat
     proc.wait()
     done_at_kill = len(glob.glob(str(store / "*" / "*.stats.json")))
     assert 1 <= done_at_kill < 8, "the job was not killed mid-run"
-    summary = extract(ExtractConfig(shards=str(folder), features=str(store), batch_size=4, read_tasks=2))
+    summary = extract(ExtractConfig(encoder="spectrum:v1", shards=str(folder), features=str(store), batch_size=4, read_tasks=2))
     assert summary["shards_skipped"] >= done_at_kill and summary["shards_done"] == 8 - summary["shards_skipped"]
     keys = all_keys(str(store))
     assert sorted(keys) == sorted(r["key"] for r in rows) and len(keys) == len(set(keys))
@@ -96,7 +98,7 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(ray_head, tmp_path):
     submit = subprocess.run(
         ["ray", "job", "submit", "--address", address, "--submission-id", "extract-test", "--",
          "python", "-m", "pipelines.extract", str(folder), str(store), "--batch-size", "4", "--read-tasks", "1",
-         "--shared-fs"],
+         "--shared-fs", "--encoder", "spectrum:v1"],
         env=env, capture_output=True, text=True, timeout=400)
     status = subprocess.run(["ray", "job", "status", "--address", address, "extract-test"],
                             env=env, capture_output=True, text=True, timeout=60)

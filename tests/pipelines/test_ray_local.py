@@ -79,7 +79,9 @@ def test_local_ray_listens_on_loopback_only():
 
 JOIN = """
 import os
+from pipelines._jobs import setup_logging
 from pipelines._ray import JOINED_RUNNING_NODE, init_ray
+setup_logging()  # as every job does: its INFO lines on stderr
 init_ray(progress=False)
 import ray
 print("JOINED", JOINED_RUNNING_NODE, ray.get_runtime_context().gcs_address, os.environ.get("RAY_ADDRESS"), flush=True)

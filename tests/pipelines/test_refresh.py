@@ -18,6 +18,7 @@ from gendet.method.gendet.detector import Detector
 from gendet.mlops import registry
 from gendet.serve import pyfunc
 from helpers.bad_shards import write_good_shards
+from helpers.cli import run_cli
 from helpers.metrics import scrape, value, wait_for_gauge
 from pipelines import _metrics, refresh
 
@@ -50,7 +51,7 @@ def submit(address: str, env: dict, submission_id: str, args: list[str]) -> subp
 def test_a_slip_under_ray_job_submit_succeeds_and_pages_through_metrics(ray_head, champion, mlflow_server, tmp_path):
     address, env = ray_head
     client, version = champion
-    shards, store, out = tmp_path / "incoming", tmp_path / "features", tmp_path / "refresh.json"
+    shards, store, out = tmp_path / "incoming", tmp_path / "features", tmp_path / "refresh"
     write_good_shards(str(shards), "newgen", n_shards=2, per_shard=4)
     args = [str(shards), str(store), "--model", f"models:/{MODEL}@champion", "--tracking-uri", mlflow_server,
             "--out", str(out), "--batch-size", "4", "--shared-fs"]  # one machine: its paths are every node's
@@ -58,7 +59,7 @@ def test_a_slip_under_ray_job_submit_succeeds_and_pages_through_metrics(ray_head
     job = submit(address, env, "refresh-slip-1", [*args, "--alert-exit", "0"])
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "refresh-slip-1' succeeded" in job.stdout and "ALERT" in job.stdout
-    result = json.loads(out.read_text())
+    result = json.loads((out / "refresh.json").read_text())
     assert result["alert"] is True and result["model_version"] == version
     assert result["model_uri"] == f"models:/{MODEL}/{version}" and result["new_shards"] == ["newgen-000000", "newgen-000001"]
     assert all(v["slipped"] and v["fake_acc_calibrated"] == 0.0 for v in result["subsets"].values())
@@ -85,7 +86,7 @@ def test_a_slip_under_ray_job_submit_succeeds_and_pages_through_metrics(ray_head
     # with the default --alert-exit; the standing alert stays exported, the timestamp moves on.
     again = submit(address, env, "refresh-slip-2", args)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "nothing new" in again.stdout and json.loads(out.read_text())["new_shards"] == []
+    assert "nothing new" in again.stdout and json.loads((out / "refresh.json").read_text())["new_shards"] == []
     deadline = time.monotonic() + 90
     while value(samples := scrape(port), _metrics.PROMETHEUS_PREFIX + _metrics.LAST_RUN, model=MODEL) == ran_at:
         assert time.monotonic() < deadline, "the second run's timestamp was not exported"
@@ -98,17 +99,17 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test (set_tracking_uri exports it)
     write_good_shards(str(tmp_path / "incoming"), "x", n_shards=1, per_shard=2)
-    base = [str(tmp_path / "incoming"), str(tmp_path / "features"), "--out", str(tmp_path / "r.json")]
-    assert refresh.main([*base, "--alert-exit", "1"]) == 2
+    base = [str(tmp_path / "incoming"), str(tmp_path / "features"), "--out", str(tmp_path / "r")]
+    assert run_cli(refresh, [*base, "--alert-exit", "1"]) == 2
     assert "--alert-exit 1: 1 is a crash" in capsys.readouterr().err
-    assert refresh.main([*base, "--reference", str(tmp_path / "absent.json")]) == 2
+    assert run_cli(refresh, [*base, "--reference", str(tmp_path / "absent.json")]) == 2
     assert "absent.json: not found" in capsys.readouterr().err
-    assert refresh.main([*base, "--model", str(tmp_path / "a-detector-dir"), "--fix"]) == 2
+    assert run_cli(refresh, [*base, "--model", str(tmp_path / "a-detector-dir"), "--fix"]) == 2
     assert "--fix: " in (err := capsys.readouterr().err) and "is not a registered model" in err
-    assert refresh.main([*base, "--fix", "--fix-shots", "-1"]) == 2
+    assert run_cli(refresh, [*base, "--fix", "--fix-shots", "-1"]) == 2
     assert "--fix-shots -1" in capsys.readouterr().err
     try:
-        assert refresh.main([*base, "--model", "models:/nobody@champion", "--tracking-uri", uri]) == 2
+        assert run_cli(refresh, [*base, "--model", "models:/nobody@champion", "--tracking-uri", uri]) == 2
     finally:
         mlflow.set_tracking_uri(None)
     errors = [line for line in capsys.readouterr().err.splitlines() if "gendet: error:" in line]  # MLflow logs its INFO there

@@ -1,5 +1,6 @@
 """`gendet train` on Ray Train: 2 CPU workers with DDP on a small store, MLflow logging, registry."""
 
+import dataclasses
 import json
 import os
 
@@ -8,6 +9,7 @@ from mlflow import MlflowClient
 
 from gendet.features.sources import ParquetSource
 from gendet.method.gendet.detector import Detector
+from helpers.cli import job_of, run_cli
 from helpers.synthetic_store import write_synthetic_store
 from pipelines import train as train_pipeline
 
@@ -17,7 +19,7 @@ pytestmark = pytest.mark.slow
 def _args(store, out, *extra):
     return [store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug", "--rotations", "1",
             "--batch-size", "32", "--num-workers", "2", "--cpus-per-worker", "0.5", "--register", "gendet",
-            "--gate-real-floor", "0.5", *extra]
+            "--gate.real-floor", "0.5", *extra]
 
 
 def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monkeypatch):
@@ -26,7 +28,7 @@ def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monke
     variant = write_synthetic_store(store)
     out = tmp_path / "out"
     # val is scored (as on GenImage): calibration holds out part of the training rows instead
-    assert train_pipeline.main(_args(store, out, "--eval-splits", "val")) == 0
+    assert run_cli(train_pipeline, _args(store, out, "--eval-splits", "val")) == 0
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["subsets"]) == {"seen", "unseen"}
@@ -60,7 +62,7 @@ def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
     # (the gate reads the gendet rung alone: the second run trains only it)
     # (streamed from Parquet this time: Ray Data's filter leaves the same held-out rows out)
-    assert train_pipeline.main(_args(store, out2, "--gate-margin", "0.5", "--name", "second", "--methods", "gendet",
+    assert run_cli(train_pipeline, _args(store, out2, "--gate.margin", "0.5", "--name", "second", "--methods", "gendet",
                                      "--eval-splits", "val", "--in-memory-rows", "0")) == 0
     pretrain = json.loads((out2 / "history.json").read_text())[0]
     assert 2 * pretrain["rows"] in (training_rows, training_rows - 1)
@@ -73,15 +75,15 @@ def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monke
 def test_bad_training_request_fails_before_ray(tmp_path, capsys):
     store = str(tmp_path / "store")
     write_synthetic_store(store, per_split={"train": 10, "test": 10})
-    assert train_pipeline.main([store, "--train-subsets", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert run_cli(train_pipeline, [store, "--train-subsets", "nope", "--out", str(tmp_path / "o")]) == 2
     assert "no rows of subset nope in split train" in capsys.readouterr().err
-    assert train_pipeline.main([store, "--train-subsets", "seen", "--rotations", "0", "--out", str(tmp_path / "o")]) == 2
-    assert train_pipeline.main([store, "--train-subsets", "", "--out", str(tmp_path / "o")]) == 2
+    assert run_cli(train_pipeline, [store, "--train-subsets", "seen", "--rotations", "0", "--out", str(tmp_path / "o")]) == 2
+    assert run_cli(train_pipeline, [store, "--train-subsets", "", "--out", str(tmp_path / "o")]) == 2
     assert "--train-subsets: empty" in capsys.readouterr().err  # not "every subset" by accident
-    assert train_pipeline.main([store, "--train-subsets", "seen", "--num-workers", "0", "--out", str(tmp_path / "o")]) == 2
+    assert run_cli(train_pipeline, [store, "--train-subsets", "seen", "--num-workers", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--num-workers 0: must be >= 1" in capsys.readouterr().err
     # calibration is never fitted on rows that are missing or scored
-    assert train_pipeline.main([store, "--train-subsets", "seen", "--set", "calibration_split=val",
+    assert run_cli(train_pipeline, [store, "--train-subsets", "seen", "--set", "calibration_split=val",
                                 "--out", str(tmp_path / "o")]) == 2
     assert "no val rows" in capsys.readouterr().err
 
@@ -96,8 +98,8 @@ def test_worker_killed_mid_run_resumes_from_last_checkpoint(ray_local, tmp_path,
     store = str(tmp_path / "store")
     write_synthetic_store(store, per_split={"train": 60, "val": 20, "test": 20})
     out = tmp_path / "out"
-    args = _train_args(store, out, tmp_path / "ckpt", "killed-worker", "--fault-after-stage", "r01.b")
-    assert train_pipeline.main(args) == 0
+    job = job_of(train_pipeline, _train_args(store, out, tmp_path / "ckpt", "killed-worker"))
+    train_pipeline.run(dataclasses.replace(job, fault_after_stage="r01.b"))  # a test-only field: no flag
     assert json.loads((out / "fault-injected").read_text())["stage"] == "r01.b"
     resume = json.loads((out / "resume.json").read_text())
     assert resume["restored"] is True  # the restarted worker group began from a checkpoint
@@ -140,7 +142,7 @@ def test_driver_killed_then_same_command_resumes(ray_local, tmp_path, monkeypatc
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (out / "detectors").exists()
-    assert train_pipeline.main(args) == 0  # the same command again
+    assert run_cli(train_pipeline, args) == 0  # the same command again
     assert json.loads((out / "resume.json").read_text())["restored"] is True
     assert Detector.load(str(out / "detectors" / "gendet")).method == "gendet"
 
@@ -187,7 +189,7 @@ def test_s3_out_gets_the_detectors_through_ray_train_storage_and_resumes_from_it
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "RAY_ADDRESS": "local"}
     args = [sys.executable, "-m", "pipelines.train", store, "--train-subsets", "seen", "--out", out, "--preset", "debug",
             "--rotations", "1", "--batch-size", "32", "--methods", "gendet", "--name", "s3-run", "--register", "s3-model",
-            "--gate-real-floor", "0"]
+            "--gate.real-floor", "0"]
     for attempt in (1, 2):
         proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

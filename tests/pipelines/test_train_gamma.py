@@ -4,16 +4,19 @@ resumes, MLflow logging (a real tracking server), the registry and the gate."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from mlflow import MlflowClient
 
-from gendet.cli import main as gendet_main
+from gendet import GendetError
 from gendet.features.tokens import load_token_rows
 from gendet.method.gamma.detector import GammaDetector
+from helpers.cli import job_of, run_cli
 from helpers.token_store import write_masked_shards, write_token_store
 from pipelines import train_gamma
+from pipelines.cli import main as gendet_main
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +32,15 @@ def test_two_workers_train_resume_log_register(ray_local, mlflow_server, tmp_pat
     assert gendet_main(["extract", str(tmp_path / "shards"), store, "--local", "--tokens", "--encoder", "spectrum:v1"]) == 0
     args = [store, "--train-subsets", "sd,inpaint-inpaint_f8", "--out", str(out), "--storage", str(storage),
             "--name", "gamma-run", "--num-workers", "2", "--cpus-per-worker", "0.5", "--register", "gamma-test",
-            "--gate-real-floor", "0.0", *TINY]
+            "--gate.real-floor", "0.0", *TINY]
     # The first attempt dies after epoch 1 with no retries left: an error line naming the fix
-    assert train_gamma.main([*args, "--stop-after-epoch", "1", "--max-failures", "0"]) == 2
+    dies = dataclasses.replace(job_of(train_gamma, [*args, "--max-failures", "0"]), stop_after_epoch=1)  # a test-only field
+    with pytest.raises(GendetError, match="rerun the same command"):
+        train_gamma.run(dies)
     assert json.loads((out / "resume.json").read_text()) == {"restored": False, "epoch": 0}
     assert not (out / "model").exists()
 
-    assert train_gamma.main([*args[:-1], "epochs=3"]) == 2  # another config on that checkpoint: refused before Ray
+    assert run_cli(train_gamma, [*args[:-1], "epochs=3"]) == 2  # another config on that checkpoint: refused before Ray
     assert gendet_main(["train-gamma", *args]) == 0  # the same command again: resumes after epoch 1
     assert json.loads((out / "resume.json").read_text()) == {"restored": True, "epoch": 1}
     history = json.loads((out / "history.json").read_text())
@@ -66,10 +71,10 @@ def test_two_workers_train_resume_log_register(ray_local, mlflow_server, tmp_pat
     assert str(client.get_model_version_by_alias("gamma-test", "champion").version) == "1"
 
     # `gendet evaluate` scores the registered GAMMA model on the token variant: the same numbers
-    evaluated = tmp_path / "eval.json"
+    evaluated = tmp_path / "eval"
     assert gendet_main(["evaluate", store, "--model", "models:/gamma-test@champion", "--out", str(evaluated),
                         "--mlflow-run", run.info.run_id]) == 0
-    again = json.loads(evaluated.read_text())
+    again = json.loads((evaluated / "metrics.json").read_text())
     for key in ("mean_acc", "mAP", "mean_pixel_f1", "mean_pixel_iou", "calibrated_threshold"):
         assert again[key] == pytest.approx(metrics[key]), key
     assert "eval_mean_pixel_f1" in client.get_run(run.info.run_id).data.metrics
@@ -79,29 +84,27 @@ def test_bad_requests_fail_before_ray(tmp_path, capsys):
     store = str(tmp_path / "store")
     write_token_store(store, per_split={"train": 4, "test": 4})
     out = str(tmp_path / "o")
-    assert train_gamma.main([store, "--train-subsets", "nope", "--out", out]) == 2
+    assert run_cli(train_gamma, [store, "--train-subsets", "nope", "--out", out]) == 2
     assert "no rows of subset nope" in capsys.readouterr().err
-    assert train_gamma.main([store, "--train-subsets", "sd", "--out", out, "--set", "heads=3"]) == 2
+    assert run_cli(train_gamma, [store, "--train-subsets", "sd", "--out", out, "--set", "heads=3"]) == 2
     assert "multiple of heads" in capsys.readouterr().err
-    assert train_gamma.main([store, "--train-subsets", "sd", "--out", out, "--eval-splits", "val"]) == 2
+    assert run_cli(train_gamma, [store, "--train-subsets", "sd", "--out", out, "--eval-splits", "val"]) == 2
     assert "no rows of split val" in capsys.readouterr().err
     pooled = tmp_path / "pooled"
     from helpers.synthetic_store import write_synthetic_store
 
     write_synthetic_store(str(pooled), per_split={"train": 4, "test": 4})
-    assert train_gamma.main([str(pooled), "--train-subsets", "seen", "--out", out]) == 2
+    assert run_cli(train_gamma, [str(pooled), "--train-subsets", "seen", "--out", out]) == 2
     assert "--tokens" in capsys.readouterr().err
     assert len(load_token_rows(store)) == 16
 
 
 def test_calibration_rows_follow_gendets_rule(tmp_path):
-    from pipelines._ray import verb_args
-
     store = str(tmp_path / "store")
     write_token_store(store, per_split={"train": 8, "val": 4, "test": 4})
-    run = train_gamma.preflight(verb_args(train_gamma, [store, "--train-subsets", "sd", "--out", str(tmp_path / "o")]))
+    run = train_gamma.preflight(job_of(train_gamma, [store, "--train-subsets", "sd", "--out", str(tmp_path / "o")]))
     assert run["plan"].calibration_split == "val" and run["sources"] == ("camera", "sd")
-    args = verb_args(train_gamma, [store, "--train-subsets", "sd,inpaint-inpaint_f8", "--out", str(tmp_path / "o"),
+    args = job_of(train_gamma, [store, "--train-subsets", "sd,inpaint-inpaint_f8", "--out", str(tmp_path / "o"),
                                    "--eval-splits", "val", "--calibration-holdout", "0.5"])
     run = train_gamma.preflight(args)  # val is scored: part of the training content_ids calibrates instead
     assert run["plan"].calibration_split == "train_holdout" and run["sources"] == ("camera", "inpaint_f8", "sd")

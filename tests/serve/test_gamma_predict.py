@@ -16,7 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
-from gendet import GendetError, cli
+from gendet import GendetError
 from gendet.encoders.registry import load_encoder
 from gendet.encoders.tokens import coarsen, geometry_mask
 from gendet.method.gamma.config import GammaConfig
@@ -25,6 +25,7 @@ from gendet.method.gamma.networks import GammaNet
 from gendet.serve import predict, pyfunc
 from gendet.serve.loading import load_detector
 from gendet.serve.masks import image_mask, seen_box, seen_fraction
+from pipelines import cli
 
 
 def _gamma(encoder_name: str, grid=None, seed: int = 0, seg_bias: float | None = None, token_dim: int | None = None,
@@ -90,10 +91,10 @@ def _png(path) -> np.ndarray:
 
 
 def test_predict_mask_dir_writes_masks_and_overlays_of_each_images_size(gamma_dir, images, tmp_path, capsys):
-    out, masks = tmp_path / "scores.jsonl", tmp_path / "masks"
+    out, masks = tmp_path / "scores", tmp_path / "masks"
     assert cli.main(["predict", "--model", gamma_dir, *map(str, images), str(tmp_path / "gone.png"),
                      "--mask-dir", str(masks), "--out", str(out)]) == 0
-    rows = _lines(out.read_text())
+    rows = _lines((out / "predictions.jsonl").read_text())
     direct = _direct(gamma_dir, images)
     for row, path, score in zip(rows, images, direct["score"]):
         assert set(row) == {"path", "score", "is_fake", "threshold", "fake_fraction", "mask"}

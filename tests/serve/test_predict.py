@@ -13,10 +13,11 @@ import torch
 from conftest import free_port
 from PIL import Image
 
-from gendet import GendetError, cli
+from gendet import GendetError
 from gendet.method.gendet.detector import Detector
 from gendet.serve import predict
 from gendet.serve import scorer as scorer_mod
+from pipelines import cli
 
 BAD_IMAGE = ("not_an_image", "corrupt_image", "truncated_image")  # extract's quarantine reasons
 
@@ -45,12 +46,12 @@ def _lines(text: str) -> list[dict]:
 
 
 def test_cli_scores_a_folder_and_reports_each_bad_item(messy_folder, tiny_detector_dir, tiny_scores, tmp_path, capsys):
-    out = tmp_path / "scores.jsonl"
+    out = tmp_path / "scores"
     missing = str(tmp_path / "missing.png")
     code = cli.main(["predict", "--model", tiny_detector_dir, str(messy_folder), missing,
                      "--batch-size", "2", "--out", str(out)])
     assert code == 0
-    rows = _lines(out.read_text())
+    rows = _lines((out / "predictions.jsonl").read_text())
     names = [r["path"].removeprefix(str(messy_folder) + "/") for r in rows]
     assert names == ["corrupt.jpg", "img0.jpg", "img2.jpg", "sub/bomb.png", "sub/img1.png", "sub/img3.png",
                      str(tmp_path / "missing.png")]
@@ -187,8 +188,8 @@ def test_predict_sees_the_features_the_extraction_job_stored(scorer, tiny_images
         for i, path in enumerate(tiny_images):
             writer.write(Sample(key=f"f{i}", image=Path(path).read_bytes(), image_ext=Path(path).suffix[1:],
                                 label="real", subset="files"))
-    run_local(ExtractConfig(shards=str(tmp_path / "shards"), features=str(tmp_path / "store"),
-                            feature_dtype="float32", batch_size=4, num_workers=1))
+    run_local(ExtractConfig(encoder="spectrum:v1", shards=str(tmp_path / "shards"), features=str(tmp_path / "store"),
+                            feature_dtype="float32", batch_size=4, decode_workers=1))
     variant = resolve_variant(str(tmp_path / "store"), scorer.encoder.name)
     stored = np.stack(pq.read_table(f"{variant.url}/files-000000.parquet")["feature"].to_numpy(zero_copy_only=False))
     served = scorer.features([scorer_mod.decode_image(Path(p).read_bytes()) for p in tiny_images])

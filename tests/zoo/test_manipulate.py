@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gendet import cli
 from gendet.data.manipulation_shards import read_masks
 from gendet.data.shards import Sample, ShardWriter, group_samples, iter_tar_members, list_shards, parse_sample
 from gendet.zoo.manipulate import inpaint_maker
+from pipelines import cli
 
 
 def _textured(seed, shape=(44, 60)):

@@ -21,11 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tqdm import tqdm
-
 from gendet import GendetError
 from gendet import io as gio
 from gendet.data.shards import Sample, ShardWriter, sanitize_key
+from gendet.progress import progress
 
 SUMMARY_PREFIX = "import_summary"
 MAX_KEY = 90  # USTAR names hold 100 characters: key + "." + extension must fit
@@ -191,7 +190,7 @@ def write_groups(root: str, out: str, groups: list[Group], *, source: str, shard
     for reason, rel in skipped_in_plan:
         skip(reason, rel)
     shards: list[str] = []
-    bar = tqdm(total=sum(len(g.items) for g in groups), desc=f"import {source}", unit="img")
+    bar = progress(total=sum(len(g.items) for g in groups), desc=f"import {source}", unit="img")
     for g in groups:
         seen: set[str] = set()
         writer = ShardWriter(out, g.prefix, max_count=shard_size)

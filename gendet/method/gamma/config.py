@@ -18,6 +18,7 @@ class GammaConfig:
     heads: int = 4
     """Attention heads (trunk and reverse cross-attention); must divide ``width``."""
     mlp_ratio: float = 2.0
+    """MLP expansion ratio of each transformer block."""
     seg_heads: bool = True
     """The two segmentation heads (False: the ablation without them, and so without reverse attention)."""
     reverse_attention: bool = True
@@ -30,19 +31,24 @@ class GammaConfig:
     """Weight of a soft Dice loss on head 1 over the images with a manipulated token (0: BCE alone).
     Per-token BCE on mostly-authentic grids pulls probabilities down (masks under-segment at 0.5);
     Dice scores the overlap itself: inpaint_f8 mask IoU 0.28 -> 0.35 at 0.5 with weight 1, image
-    accuracy alike (benchmarks/results/gamma-ablation-cpu2.md, 3 seeds); weight 2 with ``seg_context``
-    (benchmarks/results/gamma-ablation-cpu2-x5.md)."""
+    accuracy alike (experiments/results/gamma-ablation-cpu2.md, 3 seeds); weight 2 with ``seg_context``
+    (experiments/results/gamma-ablation-cpu2-x5.md)."""
     epochs: int = 30
+    """Passes over the training rows."""
     batch_size: int = 64
+    """Rows per optimisation step, per worker."""
     lr: float = 1e-3
+    """Peak learning rate of AdamW's one-cycle schedule."""
     weight_decay: float = 0.01
+    """AdamW weight decay."""
     seed: int = 0
+    """Seeds the initial weights and every epoch's shuffle."""
     mask_threshold: float = 0.5
     """Threshold on the upsampled token probabilities that makes a pixel mask."""
     seg_context: int = 4
     """3 x 3 convolutions over the token grid in segmentation head 1 (``GridContext``; 0 = none):
     manipulated regions are contiguous, so a token's neighbours vote on it (4 layers: 9 x 9 tokens;
-    benchmarks/results/gamma-ablation-cpu2-x5.md)."""
+    experiments/results/gamma-ablation-cpu2-x5.md)."""
 
     def __post_init__(self) -> None:
         check(self.width >= 8 and self.heads >= 1 and self.width % self.heads == 0,

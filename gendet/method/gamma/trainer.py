@@ -32,6 +32,7 @@ from gendet.method.gamma.config import GammaConfig
 from gendet.method.gamma.detector import CAMERA, GammaDetector
 from gendet.method.gamma.losses import GammaTargets, gamma_loss, source_targets
 from gendet.method.gamma.networks import GammaNet
+from gendet.progress import progress
 
 
 class GammaTrainer:
@@ -188,8 +189,25 @@ def fit_gamma(rows, cfg: GammaConfig, *, state: dict | None = None, on_epoch: Ca
                            device=device, wrap=wrap)
     if state is not None:
         trainer.load_state_dict(state)
-    while not trainer.done and (stop_after is None or trainer.epoch < stop_after):
-        row = trainer.run_epoch(tokens, targets)
-        if on_epoch:
-            on_epoch(trainer, row)
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    with progress(total=max(0, last - trainer.epoch), desc=f"GAMMA ({len(mine)} rows)", unit="epoch") as bar:
+        while not trainer.done and (stop_after is None or trainer.epoch < stop_after):
+            row = trainer.run_epoch(tokens, targets)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if on_epoch:
+                on_epoch(trainer, row)
     return trainer, sources
+
+
+def training_sources(training) -> tuple[str, ...]:
+    """Head 2's classes (``source_classes``) of a ``ParquetSource`` of training rows, from their label
+    and manipulation columns (no tokens read): decided once, so every worker and every resume agree."""
+    from types import SimpleNamespace
+
+    cols = training.table(None, columns=["family", "subset", "label", "manipulation", "generated_fraction"]).to_pydict()
+    text = {k: np.asarray([v or "" for v in cols[k]], dtype=object) for k in ("family", "subset", "manipulation")}
+    fraction = np.asarray([0.0 if v is None else v for v in cols["generated_fraction"]], dtype=np.float32)
+    labels = (np.asarray(cols["label"], dtype=object) == "fake").astype(int)
+    return source_classes(SimpleNamespace(**text, labels=labels, generated_fraction=fraction))
+

@@ -23,7 +23,7 @@ from gendet.config import ConfigError, check
 from gendet.config import replace as _replace
 from gendet.method.gendet.networks import METHODS, STUDENT_METHODS
 
-__all__ = ["METHODS", "STUDENT_METHODS", "TrainConfig", "preset", "preset_names", "replace",
+__all__ = ["METHODS", "PRESETS", "STUDENT_METHODS", "TrainConfig", "preset", "preset_names", "replace",
            "resolve_calibration_split"]
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -53,7 +53,7 @@ class TrainConfig:
     """What N_c trains on (Eq. 4): discrepancies of the raw features of both classes (``raw``); of
     reals and G(fakes) (``augmented``, the paper's z^f = N(G(x^f)) read literally); or of reals,
     raw fakes and G(fakes) (``both``). The paper is ambiguous. Measured on the demo's features over 3
-    seeds (benchmarks/results/demo-seeds-cpu2*.md), gendet's unseen accuracy: raw 88.5 +- 2.2,
+    seeds (experiments/results/demo-seeds-cpu2*.md), gendet's unseen accuracy: raw 88.5 +- 2.2,
     augmented 87.8 +- 2.7, both 87.5 +- 1.8: no gain from G's features, so ``raw`` stays the default."""
     student_optimizer: Literal["per_stage", "shared"] = "per_stage"
     """``per_stage``: each student has one AdamW for stage (a) and another for stage (b), so Adam's
@@ -220,7 +220,7 @@ def resolve_calibration_split(cfg: TrainConfig, *, eval_splits: Sequence[str], v
     return _replace(cfg, calibration_split=choice)
 
 
-_PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, dict[str, Any]] = {
     "genimage": dict(teacher_lr=1e-5, student_lr=1e-5, augmenter_lr=1e-5, classifier_lr=1e-3),
     "ufd": dict(teacher_lr=1e-5, student_lr=1e-4, augmenter_lr=1e-4, classifier_lr=1e-5),
     # Tiny and fast, with rates that learn something in a few hundred steps (tests, demo).
@@ -235,18 +235,18 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset_names() -> tuple[str, ...]:
-    return tuple(_PRESETS)
+    return tuple(PRESETS)
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """A full config for a named preset (``genimage``, ``ufd``, ``debug``) with overrides."""
-    if name not in _PRESETS:
-        raise ConfigError(f"preset: unknown {name!r}; choose from {', '.join(_PRESETS)}")
+    if name not in PRESETS:
+        raise ConfigError(f"preset: unknown {name!r}; choose from {', '.join(PRESETS)}")
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(f"TrainConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-    return TrainConfig(**{**_PRESETS[name], **overrides})
+    return TrainConfig(**{**PRESETS[name], **overrides})
 
 
 def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:

@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from gendet.config import ConfigError, to_json
 from gendet.features.sources import BatchSource
@@ -41,6 +40,7 @@ from gendet.method.gendet.config import TrainConfig
 from gendet.method.gendet.detector import Detector, calibrate
 from gendet.method.gendet.networks import Arch, Teacher, TeacherHead, scoring_net_types
 from gendet.method.gendet.schedule import Stage, build_nets, learning_rate, net_key, optimizer_key, optimizer_keys, plan
+from gendet.progress import progress
 
 Report = Callable[[str, dict[str, float], "str | None"], None]
 PrepareModel = Callable[[nn.Module], nn.Module]
@@ -166,9 +166,10 @@ class Trainer:
         steps, rows_seen, start = 0, 0, time.perf_counter()
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.precision == "bf16"
                     else contextlib.nullcontext())
+        bar = progress(total=self._batches(stage), desc=f"{stage.name} ({stage.kind})", unit="batch", leave=False)
         for epoch in range(stage.epochs):
-            batches = self.source.batches(stage.kind, first_epoch + epoch)
-            for x, y in tqdm(batches, desc=f"{stage.name} ({stage.kind})", leave=False, unit="batch"):
+            for x, y in self.source.batches(stage.kind, first_epoch + epoch):
+                bar.update(1)
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 cache = _BatchCache(self.nets, x)
                 for job in stage.jobs:
@@ -188,12 +189,22 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
+        bar.close()
         self.nets_requires_grad_off()
         return [{"stage": stage.name, "kind": stage.kind, "job": job, "epochs": stage.epochs, "batches": steps,
                  "rows": rows_seen, "mean_loss": float(total) / max(steps, 1), "seconds": seconds,
                  "features_per_s": rows_seen / seconds if seconds > 0 else 0.0,
                  **_means(extras.get(job))}
                 for job, total in totals.items()]
+
+    def _batches(self, stage: Stage) -> int | None:
+        """The stage's batches, for its progress display (None when the source cannot say)."""
+        if not hasattr(self, "_rows"):
+            self._rows = getattr(self.source, "rows", None) or (self.source.counts() if hasattr(self.source, "counts") else None)
+        if not self._rows:
+            return None
+        n = sum(self._rows.values()) if stage.kind == "all" else self._rows.get(stage.kind, 0)
+        return -(-n // self.cfg.batch_size) * stage.epochs
 
     def nets_requires_grad_off(self) -> None:
         for net in self.nets.values():

@@ -33,9 +33,9 @@ AP; mean ± sd over seeds of the mean over held-out sources (each source weighs 
 has 1 photo or 38; the per-source tables show each). No Ray: the library's extractor
 (``run_local``), trainer (``train_all``) and metrics.
 
-    python benchmarks/heldout.py                                  # leave-one-source-out, spectrum:v2, clean and clean+aug:1
-    python benchmarks/heldout.py --hold-out mate-backgrounds --arms clean --encoders spectrum:v1 spectrum:v2
-    python benchmarks/heldout.py --arms clean aug:0.5 clean+aug:1 --crops-per-photo 6
+    python -m experiments.heldout                                 # leave-one-source-out, spectrum:v2, clean and clean+aug:1
+    python -m experiments.heldout --hold-out mate-backgrounds --arms clean --encoders spectrum:v1 spectrum:v2
+    python -m experiments.heldout --arms clean aug:0.5 clean+aug:1 --crops-per-photo 6
 """
 
 from __future__ import annotations
@@ -52,18 +52,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from experiments.settings import train_settings
+from gendet.eval import metrics, tables
+from gendet.extract.config import ExtractConfig
+from gendet.extract.runner import run_local
+from gendet.features.sources import TensorSource
+from gendet.features.store import feature_files, feature_matrix, resolve_variant
+from gendet.method.gendet.config import METHODS, TrainConfig, preset
+from gendet.method.gendet.trainer import train_all
+from gendet.zoo.shards import ZooShardsConfig, build_zoo_shards
 
-from gendet.config import parse_assignments  # noqa: E402
-from gendet.eval import metrics, tables  # noqa: E402
-from gendet.extract.config import ExtractConfig  # noqa: E402
-from gendet.extract.runner import run_local  # noqa: E402
-from gendet.features.sources import TensorSource  # noqa: E402
-from gendet.features.store import feature_files, feature_matrix, resolve_variant  # noqa: E402
-from gendet.method.gendet.config import METHODS, TrainConfig, preset  # noqa: E402
-from gendet.method.gendet.trainer import train_all  # noqa: E402
-from gendet.zoo.shards import ZooShardsConfig, build_zoo_shards  # noqa: E402
+RESULTS = Path(__file__).resolve().parent / "results"
 
 TRAIN_FAMILY = "ae_nearest_f8"
 TRAIN_SIZES = (64, 128)
@@ -244,7 +243,7 @@ def report(frame: pd.DataFrame, args, found: dict, seconds: float) -> str:
                              "`source` real acc at `cal+`", per_source(arm_part, "real acc cal+"),
                              "`source` real acc at `worst`", per_source(arm_part, "real acc worst")]
     reals = " (and every family's real crops)" if args.train_reals == "all" else ""
-    head = (f"`python benchmarks/heldout.py {' '.join(sys.argv[1:])}` on {os.cpu_count()} cores (shared, nice 15, "
+    head = (f"`python -m experiments.heldout {' '.join(sys.argv[1:])}` on {os.cpu_count()} cores (shared, nice 15, "
             f"torch threads {torch.get_num_threads()}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
             f"{seconds:.0f} s. Photos per source: {found}; crops per photo at 64 px: {args.crops_per_photo}. Held out in "
             f"turn: {helds}. Trained on {TRAIN_FAMILY}{reals}, the other sources, sizes {list(TRAIN_SIZES)} px, split train "
@@ -274,7 +273,7 @@ def main() -> None:
                    help="reals to train on: the training family's, or every family's crops of the training photos")
     p.add_argument("--crops-per-photo", type=int, default=6, help="crops per photo at 64 px (fewer at larger sizes)")
     p.add_argument("--preset", default="demo")
-    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="folder of the .md and .csv written")
+    p.add_argument("--results", default=str(RESULTS), help="folder of the .md and .csv written")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a TrainConfig field for every run (gendet train --set); the result file is named by them")
     args = p.parse_args()
@@ -287,7 +286,7 @@ def main() -> None:
     unknown = sorted(set(helds) - set(found))
     if unknown:
         raise SystemExit(f"--hold-out {unknown}: not in the world; its sources are {sorted(found)}")
-    overrides = parse_assignments(TrainConfig, args.sets)
+    overrides = train_settings(args.sets)
     records = []
     for encoder in args.encoders:
         rows = load_rows(args.out, encoder)

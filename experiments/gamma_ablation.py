@@ -35,10 +35,10 @@ on partial fakes: the test ``inpaint_f8`` fakes and, training-side, the val mani
 1); ``--per-image N`` draws N manipulations per training-side real (its own world and cache: more partial
 fakes to learn from, ``ManipulateConfig.per_image``).
 
-    nice -n 10 python benchmarks/gamma_ablation.py --seeds 0 1 2      # -> results/gamma-ablation-cpu2.md|json
-    nice -n 10 python benchmarks/gamma_ablation.py --seeds 0 1 2 --per-image 5 --seg-context 4 --dice-weight 2 \
+    nice -n 10 python -m experiments.gamma_ablation --seeds 0 1 2     # -> results/gamma-ablation-cpu2.md|json
+    nice -n 10 python -m experiments.gamma_ablation --seeds 0 1 2 --per-image 5 --seg-context 4 --dice-weight 2 \
         --arms "gamma +gen" "gamma -manip" "gamma +gen -reverse" "gamma +gen -seg" gendet "gendet +gen" --tag x5
-    nice -n 10 python benchmarks/gamma_ablation.py --seeds 0 --arms gamma --tag pilot
+    nice -n 10 python -m experiments.gamma_ablation --seeds 0 --arms gamma --tag pilot
 """
 
 from __future__ import annotations
@@ -55,33 +55,25 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from experiments.gamma_world import KINDS, TRAIN_FAMILY, build_world, encode_world
+from gendet.config import to_dict
+from gendet.data.manipulations import GENERATED_KINDS
+from gendet.encoders.tokens import TOKEN_DIM
+from gendet.eval import metrics, tables
+from gendet.eval.pixel import pixel_metrics
+from gendet.features.sources import TensorSource
+from gendet.method.gamma.config import GammaConfig
+from gendet.method.gamma.detector import CAMERA
+from gendet.method.gamma.losses import GammaTargets
+from gendet.method.gamma.networks import pixel_masks, predict_gamma
+from gendet.method.gamma.trainer import gamma_targets as store_targets
+from gendet.method.gamma.trainer import train_gamma
+from gendet.method.gendet.config import preset
+from gendet.method.gendet.trainer import train_all
+from pipelines import demo
 
-from gendet.config import to_dict  # noqa: E402
-from gendet.data.decode import BadSample, decode_image  # noqa: E402
-from gendet.data.manipulation_shards import ManipulateConfig, build_manipulated_shards  # noqa: E402
-from gendet.data.manipulations import GENERATED_KINDS, MASK_MEMBER, decode_mask  # noqa: E402
-from gendet.data.shards import list_shards, usable_sample_parts  # noqa: E402
-from gendet.encoders.registry import load_encoder  # noqa: E402
-from gendet.encoders.tokens import TOKEN_DIM, geometry_mask  # noqa: E402
-from gendet.eval import metrics, tables  # noqa: E402
-from gendet.eval.pixel import pixel_metrics  # noqa: E402
-from gendet.features.sources import TensorSource  # noqa: E402
-from gendet.method.gamma.config import GammaConfig  # noqa: E402
-from gendet.method.gamma.detector import CAMERA  # noqa: E402
-from gendet.method.gamma.losses import GammaTargets  # noqa: E402
-from gendet.method.gamma.networks import pixel_masks, predict_gamma  # noqa: E402
-from gendet.method.gamma.trainer import gamma_targets as store_targets  # noqa: E402
-from gendet.method.gamma.trainer import train_gamma  # noqa: E402
-from gendet.method.gendet.config import preset  # noqa: E402
-from gendet.method.gendet.trainer import train_all  # noqa: E402
-from gendet.zoo.config import parse_families  # noqa: E402
-from pipelines import demo  # noqa: E402
-
-TRAIN_FAMILY = demo.TRAIN_FAMILY
+RESULTS = Path(__file__).resolve().parent / "results"
 PARTIAL = "inpaint_f8"
-KINDS = ("splice", "copy_move", "perturb", "inpaint")
 TARGET_FPR = 0.05
 MASK_GRID = (0.2, 0.3, 0.4, 0.5)
 GAMMA_ARMS = {"gamma": ("full", {}), "gamma -manip": ("whole", {}), "gamma +gen": ("generated", {}),
@@ -92,111 +84,6 @@ GAMMA_ARMS = {"gamma": ("full", {}), "gamma -manip": ("whole", {}), "gamma +gen"
               "gamma +gen -seg": ("generated", {"seg_heads": False, "reverse_attention": False})}
 LADDER_ARMS = {"gendet": "whole", "gendet +manip": "full", "gendet +gen": "generated"}  # each also gives its linear probe
 ARMS = (*GAMMA_ARMS, *LADDER_ARMS)
-
-
-# --- the world: zoo shards, manipulations, encoded arrays (cached) ---------------------------------
-
-def manip_folder(cache: str, per_image: int) -> str:
-    return os.path.join(cache, "manip" if per_image == 1 else f"manip-x{per_image}")
-
-
-def build_world(cache: str, per_image: int = 1) -> tuple[dict, dict]:
-    zoo = demo.zoo_shards(os.path.join(cache, "shards"), list(parse_families("all")), False)
-    from gendet.zoo.manipulate import inpaint_maker  # the zoo's generators
-
-    train_shards = os.path.join(cache, "shards", f"{TRAIN_FAMILY}-*.tar")
-    cfg = ManipulateConfig(kinds=KINDS, per_image=per_image, seed=0)
-    summary = build_manipulated_shards(train_shards, manip_folder(cache, per_image), cfg, donors=train_shards, reuse=True,
-                                       makers={"inpaint": inpaint_maker((TRAIN_FAMILY,), area=cfg.area)})
-    return zoo, summary
-
-
-def _wanted(meta: dict, manipulated: bool, extra_reals: set[str], key: str) -> bool:
-    """Rows any arm reads: the training family (every split), the manipulations (train, val), every
-    family's val reals (calibration) and test rows, and the drawn extra train reals."""
-    split, family, real = meta.get("split"), meta["subset"], meta["label"] == "real"
-    if manipulated:
-        return split in ("train", "val")
-    return family == TRAIN_FAMILY or split == "test" or (split == "val" and real) or (
-        split == "train" and real and f"{family}/{key}" in extra_reals)
-
-
-def _samples(urls: list[str]):
-    for url in urls:
-        for key, meta, image, parts in usable_sample_parts(url):
-            mask = parts.get(MASK_MEMBER)
-            yield key, meta, image, decode_mask(mask) if mask else None
-
-
-def _extra_reals(cache: str, count: int) -> set[str]:
-    import pyarrow.parquet as pq
-
-    index = pq.read_table(os.path.join(cache, "shards", "zoo_index.parquet"), columns=["key", "family", "label", "split"])
-    rows = index.to_pandas()
-    rows = rows[(rows.family != TRAIN_FAMILY) & (rows.label == "real") & (rows.split == "train")].sort_values(["family", "key"])
-    picked = rows.sample(n=min(count, len(rows)), random_state=0)
-    return {f"{f}/{k}" for f, k in zip(picked.family, picked.key)}
-
-
-def encode_world(cache: str, zoo: dict, manip: dict, per_image: int = 1, batch: int = 64) -> dict[str, np.ndarray]:
-    """Pooled features, tokens, head targets and canvas masks of every row an arm reads (cached)."""
-    shape = [zoo["config"], zoo["families"], manip["counts"], demo.ENCODER, TOKEN_DIM]
-    stamp = hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:10]
-    path = os.path.join(cache, f"encoded-{stamp}.npz")
-    if os.path.exists(path):
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    encoder = load_encoder(demo.ENCODER)
-    extra = _extra_reals(cache, int(zoo["families"][TRAIN_FAMILY]["fake"]))
-    meta_cols = {k: [] for k in ("key", "subset", "family", "kind", "split")}
-    y, pooled, tokens, tmask, gen, canvas, canvas_row = [], [], [], [], [], [], []
-    pending: list[torch.Tensor] = []
-
-    def flush() -> None:
-        if pending:
-            f, t = encoder.features_and_tokens(torch.stack(pending))
-            pooled.append(f.float().numpy())
-            tokens.append(t.to(torch.float16).numpy())
-            pending.clear()
-
-    t0 = time.perf_counter()
-    zoo_urls = list_shards(os.path.join(cache, "shards", "*.tar"))
-    manip_urls = list_shards(os.path.join(manip_folder(cache, per_image), "*.tar"))
-    for manipulated, urls in ((False, zoo_urls), (True, manip_urls)):
-        for key, meta, image, mask in _samples(urls):
-            if not _wanted(meta, manipulated, extra, key):
-                continue
-            try:
-                pending.append(encoder.preprocess(decode_image(image)))
-            except BadSample:
-                continue
-            fake = meta["label"] == "fake"
-            kind = meta.get("manipulation") or ("whole" if fake else "real")
-            family = meta.get("family", "") if manipulated else meta["subset"]
-            for col, value in (("key", key), ("subset", meta["subset"]), ("family", family), ("kind", kind),
-                               ("split", meta.get("split", ""))):
-                meta_cols[col].append(value)
-            y.append(int(fake))
-            n = encoder.token_grid[0] * encoder.token_grid[1]
-            if mask is not None and mask.any() and not mask.all():
-                tm = encoder.token_mask(mask)
-                canvas.append(geometry_mask(encoder.preprocessor, mask) > 0.5)
-                canvas_row.append(len(y) - 1)
-            else:
-                tm = np.full(n, float(fake), np.float32)
-            tmask.append(tm)
-            generated = kind == "whole" or kind in GENERATED_KINDS
-            gen.append(tm if generated else np.zeros(n, np.float32))
-            if len(pending) == batch:
-                flush()
-    flush()
-    out = {k: np.array(v) for k, v in meta_cols.items()}
-    out |= {"y": np.array(y, np.int64), "pooled": np.concatenate(pooled), "tokens": np.concatenate(tokens),
-            "token_mask": np.stack(tmask).astype(np.float32), "generated": np.stack(gen).astype(np.float32),
-            "canvas": np.stack(canvas), "canvas_row": np.array(canvas_row, np.int64),
-            "grid": np.array(encoder.token_grid), "encode_seconds": np.array(time.perf_counter() - t0)}
-    np.savez(path, **out)
-    return out
 
 
 # --- training sets and the arms ----------------------------------------------------------------------
@@ -446,7 +333,7 @@ def main() -> None:
             costs.append(got["cost"])
             records += got["records"]
     counts = {k: int(v) for k, v in manip["counts"].items()}
-    world_line = (f"`python benchmarks/gamma_ablation.py {' '.join(sys.argv[1:])}` on {os.cpu_count()} cores (shared with other "
+    world_line = (f"`python -m experiments.gamma_ablation {' '.join(sys.argv[1:])}` on {os.cpu_count()} cores (shared with other "
                   f"agents, nice 10, torch threads {torch.get_num_threads()}), torch {torch.__version__}, "
                   f"{time.strftime('%Y-%m-%d')}. World: the demo's ({zoo['photos']} photos: {zoo['corpus']['found']}; crops of "
                   f"64/128/256 px, half of each label JPEG), every zoo family; encoder {demo.ENCODER} (tokens "
@@ -462,12 +349,11 @@ def main() -> None:
                   f"{int(((w['split'] == 'test') & (w['subset'] == PARTIAL) & (w['y'] == 1)).sum())} fakes and as many reals.")
     text = report(records, costs, args, w, world_line, time.perf_counter() - started)
     name = f"gamma-ablation-cpu{os.cpu_count()}{'-' + args.tag if args.tag else ''}"
-    out = REPO / "benchmarks" / "results"
-    (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps(metrics.json_safe({"records": records, "costs": costs, "args": vars(args)}),
+    (RESULTS / f"{name}.md").write_text(text)
+    (RESULTS / f"{name}.json").write_text(json.dumps(metrics.json_safe({"records": records, "costs": costs, "args": vars(args)}),
                                                  indent=1))
     print(text)
-    print("wrote", out / f"{name}.md")
+    print("wrote", RESULTS / f"{name}.md")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """The co-evolution table: a generator aligned against the champion, the champion fixed with its
 fakes, round after round (``pipelines.coevolve``), from a demo world.
 
-    python benchmarks/coevolution.py --world out/coevolution-world --rounds 3
+    python -m experiments.coevolution --world out/coevolution-world --rounds 3
 
 Makes the world when it is not there (``python -m pipelines.demo --out WORLD --no-degrade``: zoo
 shards, a feature store with the new family ``sdedit`` from the refresh step, and a champion at
 ``models:/gendet@champion`` in ``WORLD/mlflow.db``), runs the rounds (resumable: done rounds are
-skipped) and writes ``benchmarks/results/coevolution-<tag>.md`` (and ``.json``): per round the
+skipped) and writes ``experiments/results/coevolution-<tag>.md`` (and ``.json``): per round the
 generator's fidelity before/after alignment (PSNR and SSIM against the photo it regenerates, on
 held-out photos), the share of its fakes the champion catches (on the held-out photos at alignment;
 on the round's test rows before and after the detector update), the gate's decision, and the
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         demo = [sys.executable, "-m", "pipelines.demo", "--out", world, "--no-degrade"] + (["--small"] if args.small else [])
         subprocess.run(demo, cwd=ROOT, env=env, check=True)
     cmd = [sys.executable, "-m", "pipelines.coevolve", os.path.join(world, "features"), "--out", os.path.join(world, out_name),
-           "--mlflow-out", world, "--rounds", str(args.rounds), *args.coevolve_args]
+           "--tracking-uri", f"sqlite:///{os.path.join(world, 'mlflow.db')}", "--rounds", str(args.rounds),
+           *args.coevolve_args]
     if not args.report_only:
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
     done = sorted(glob.glob(os.path.join(world, out_name, "round-*", "round.json")), key=lambda u: int(u.split("-")[-1][:-11]))
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rounds:
         r["challenger"] = challenger(world, out_name, r)
     first = rounds[0]
-    text = (f"# Co-evolution, {len(rounds)} rounds (`benchmarks/coevolution.py`, {args.tag})\n\n"
+    text = (f"# Co-evolution, {len(rounds)} rounds (`python -m experiments.coevolution`, {args.tag})\n\n"
             f"World: `python -m pipelines.demo --no-degrade{' --small' if args.small else ''}`, "
             f"then `{' '.join(['python -m pipelines.coevolve', *cmd[3:]]).replace(world, 'WORLD')}` "
             f"({sum(r['seconds'] for r in rounds):.0f} s of rounds). Generator: `{first['family']}`; "

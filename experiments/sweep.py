@@ -6,7 +6,7 @@ features); ``--build`` makes it with the same two verbs when it is missing::
 
     gendet zoo out/sweep-world/shards --families <all but sdedit> --crops-per-photo 16
     gendet extract out/sweep-world/shards out/sweep-world/features --encoder spectrum:v1 --batch-size 256 --local
-    python benchmarks/sweep.py --build    # -> benchmarks/results/sweep-alpha-margin-cpu2.md|csv
+    python -m experiments.sweep --build    # -> experiments/results/sweep-alpha-margin-cpu2.md|csv
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from pipelines import demo  # noqa: E402
-from pipelines import sweep as sweep_pipeline  # noqa: E402
-from pipelines._ray import verb_args  # noqa: E402
+from gendet.config import csv_tuple
+from gendet.method.gendet.config import preset
+from pipelines import demo
+from pipelines import sweep as sweep_pipeline
 
 GRID = ("alpha=0.01,0.1,1", "margin=1,2,4", "student_optimizer=per_stage,shared")
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> str:
@@ -43,7 +42,7 @@ def build_world(root: str) -> None:
     from gendet.zoo.config import parse_families
 
     families = ",".join(f for f in parse_families("all") if f != demo.NEW_FAMILY)
-    gendet = [sys.executable, "-m", "gendet"]
+    gendet = [sys.executable, "-m", "pipelines"]  # the gendet command
     subprocess.run([*gendet, "zoo", f"{root}/shards", "--families", families, "--crops-per-photo", "16"], check=True)
     subprocess.run([*gendet, "extract", f"{root}/shards", f"{root}/features", "--encoder", "spectrum:v1",
                     "--batch-size", "256", "--local"], check=True)
@@ -56,17 +55,21 @@ def main() -> None:
     p.add_argument("--out", default="out/sweep-alpha-margin")
     p.add_argument("--grid", action="append", default=None, metavar="KEY=V1,V2", help=f"default: {' '.join(GRID)}")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--name", default="sweep-alpha-margin", help="result files: benchmarks/results/<name>-cpu<N>.md|csv")
+    p.add_argument("--name", default="sweep-alpha-margin", help="result files: experiments/results/<name>-cpu<N>.md|csv")
     args = p.parse_args()
     features = os.path.join(args.world, "features")
     if args.build and not os.path.isdir(features):
         build_world(args.world)
+    train = preset("demo", methods=("gendet",), train_subsets=(demo.TRAIN_FAMILY,))
+    job = sweep_pipeline.SweepJob(features=features, train=train, grid=tuple(args.grid or GRID),
+                                  seeds=tuple(int(s) for s in csv_tuple(args.seeds)), eval_splits=("test",),
+                                  out=args.out, name=args.name)
     argv = [features, "--train-subsets", demo.TRAIN_FAMILY, "--preset", "demo", "--eval-splits", "test",
             "--seeds", args.seeds, "--out", args.out, "--name", args.name,
-            *[a for g in (args.grid or GRID) for a in ("--grid", g)]]
+            *[a for g in job.grid for a in ("--grid", g)]]  # the same job as `gendet sweep` flags (the result's text)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     load_before, started = os.getloadavg(), time.perf_counter()
-    summary = sweep_pipeline.sweep(verb_args(sweep_pipeline, argv))
+    summary = sweep_pipeline.run(job)
     wall, load_after = time.perf_counter() - started, os.getloadavg()
     import ray
     import torch
@@ -74,19 +77,18 @@ def main() -> None:
     table = Path(summary["md"]).read_text().split("\n", 1)[1].lstrip("\n")  # its title line is replaced below
     lines = [f"# `gendet sweep`: alpha x M (Table 5) on the demo's world, seeds {args.seeds}", "",
              f"- machine: {machine()}; torch {torch.__version__}, Ray {ray.__version__}; {time.strftime('%Y-%m-%d')}",
-             f"- command: `{' '.join(['python benchmarks/sweep.py', *map(shlex.quote, sys.argv[1:])])}`, i.e. "
+             f"- command: `{' '.join(['python -m experiments.sweep', *map(shlex.quote, sys.argv[1:])])}`, i.e. "
              f"`gendet sweep {' '.join(map(shlex.quote, argv))}`",
              f"- wall time {wall:.0f} s for {len(summary['rows'])} trials (Ray start-up included; load average "
              f"{load_before[0]:.1f} before, {load_after[0]:.1f} after: the machine is shared)",
              f"- trained on {demo.TRAIN_FAMILY} (preset `demo`: 10 rotations of 2-epoch stages), GenDet only; "
              "scored on the test split; unseen = the 6 other families (no sdedit), seen = the training family; "
              "accuracy at 0.5 after Platt scaling, calibrated accuracy at 5 % FPR on val reals", "", table]
-    results = REPO / "benchmarks" / "results"
     stem = f"{args.name}-cpu{os.cpu_count()}"
-    (results / f"{stem}.md").write_text("\n".join(lines))
-    shutil.copyfile(summary["csv"], results / f"{stem}.csv")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
+    shutil.copyfile(summary["csv"], RESULTS / f"{stem}.csv")
     print("\n".join(lines))
-    print("wrote", results / f"{stem}.md", "and .csv")
+    print("wrote", RESULTS / f"{stem}.md", "and .csv")
 
 
 if __name__ == "__main__":

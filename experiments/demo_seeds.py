@@ -3,7 +3,7 @@ mean ± sd per method of the numbers the README reports (one demo run is one dra
 families and under JPEG two runs differ by several points).
 
     gendet demo                                                # makes out/demo/features (and out/demo/shards)
-    python benchmarks/demo_seeds.py --seeds 0 1 2 --tag v0.5   # -> benchmarks/results/demo-seeds-cpu2-v0.5.md
+    python -m experiments.demo_seeds --seeds 0 1 2 --tag v0.5  # -> experiments/results/demo-seeds-cpu2-v0.5.md
 """
 
 from __future__ import annotations
@@ -11,26 +11,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from experiments.settings import train_settings
+from gendet.eval import tables
+from gendet.method.gendet.config import METHODS, preset
+from pipelines import demo, train
+from pipelines._common import Workers
 
-from gendet.eval import tables  # noqa: E402
-from gendet.method.gendet.config import METHODS  # noqa: E402
-from pipelines import demo, train  # noqa: E402
-from pipelines._ray import verb_args  # noqa: E402
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def one_seed(features: str, out: str, seed: int, sets: tuple[str, ...] = ()) -> dict:
-    args = verb_args(train, [features, "--train-subsets", demo.TRAIN_FAMILY, "--out", out, "--encoder", demo.ENCODER,
-                              "--preset", "demo", "--seed", str(seed), "--name", f"seed-{seed}", "--eval-splits", "test",
-                              *[a for kv in sets for a in ("--set", kv)]])
-    train.train(args)
+    cfg = preset("demo", **{"train_subsets": (demo.TRAIN_FAMILY,), "seed": seed, **train_settings(sets)})  # --set last
+    train.run(train.TrainJob(features=features, train=cfg, eval_splits=("test",), encoder=demo.ENCODER, out=out,
+                             workers=Workers(num_workers=1, cpus_per_worker=1.0), name=f"seed-{seed}"))
     by_degrade = demo.degraded_reports(features, os.path.join(out, "detectors"), demo.DEGRADES, METHODS)
     seen = [demo.TRAIN_FAMILY]
     row = {}
@@ -72,14 +70,14 @@ def main() -> None:
     rows = [one_seed(os.path.abspath(args.features), os.path.abspath(f"{args.out}/seed{s}"), s, tuple(args.sets))
             for s in args.seeds]
     lines = [f"# The demo's training over seeds {args.seeds}", "",
-             f"`python benchmarks/demo_seeds.py` on {os.cpu_count()} cores, torch {torch.__version__}, "
+             f"`python -m experiments.demo_seeds` on {os.cpu_count()} cores, torch {torch.__version__}, "
              f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s. Trained on {demo.TRAIN_FAMILY} "
              "(preset `demo`, 10 rotations), scored on the test split of the other families; mean ± sd over seeds "
              "of the mean over unseen families, in %. Degradations: accuracy at 0.5."
              + (f" Settings: {', '.join(args.sets)}." if args.sets else "") + world(args.features), ""]
     lines.append(tables.over_seeds_table(rows, METHODS))
     name = f"demo-seeds-cpu{os.cpu_count()}{tables.settings_suffix(args.sets)}{'-' + args.tag if args.tag else ''}.md"
-    path = REPO / "benchmarks" / "results" / name
+    path = RESULTS / name
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print("wrote", path)

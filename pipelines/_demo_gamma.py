@@ -1,4 +1,4 @@
-"""The demo's GAMMA step (issue 13): a second method, with masks, on the demo's own world.
+"""The demo's GAMMA step: a second method, with masks, on the demo's own world.
 
 1. Manipulations of the training family's real images (``gendet.data.manipulation_shards``): splice
    with the training family's fakes as donors (same split) and inpaint by the training family's own
@@ -19,9 +19,9 @@ Every call is the verb's own code (``pipelines.extract``, ``pipelines.train_gamm
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -29,17 +29,19 @@ from typing import Any
 from gendet import io as gio
 from gendet.data.manipulations import GENERATED_KINDS
 
+log = logging.getLogger(__name__)
+
 MODEL_NAME = "gendet-gamma"       # its own registered model: refresh and fix promote `gendet`
 # The generated kinds only: copy-move and perturb, which the spectrum tokens barely see, cost the
-# whole-image families and inpaint_f8 (gamma +gen against gamma: benchmarks/results/gamma-ablation-cpu2.md).
+# whole-image families and inpaint_f8 (gamma +gen against gamma: experiments/results/gamma-ablation-cpu2.md).
 KINDS = GENERATED_KINDS
 # Five draws per real: more partial fakes to learn where from (with GammaConfig's grid convolutions,
-# mask IoU 0.35 -> 0.50 against one draw: benchmarks/results/gamma-ablation-cpu2-x5.md; README).
+# mask IoU 0.35 -> 0.50 against one draw: experiments/results/gamma-ablation-cpu2-x5.md; README).
 PER_IMAGE = 5
 MASKED_FAMILY = "inpaint_f8"       # the zoo family whose fakes carry their masks: the overlays' images
 OVERLAYS = 4
 TOKEN_GRID = "8x8"                 # spectrum:v2's 16x16 averaged 2x2 (measured against 16x16: README)
-GAMMA_SETTINGS = ("width=64", "epochs=20")  # GammaConfig fields (--set): benchmarks/gamma_ablation.py's
+GAMMA_SETTINGS = {"width": 64, "epochs": 20}  # GammaConfig fields: experiments/gamma_ablation.py's
 
 
 def manipulated_shards(shards: str, out: str, train_family: str) -> dict[str, Any]:
@@ -62,7 +64,7 @@ def extract_tokens(shard_dirs: list[str], features: str, encoder: str, grid: str
     for shards in shard_dirs:
         out[shards] = extract(ExtractConfig(shards=shards, features=features, encoder=encoder, tokens=True,
                                             token_grid=grid, batch_size=256))
-        print("    " + format_summary(out[shards]).replace("\n", "\n    "))
+        log.info("    %s", format_summary(out[shards]).replace("\n", "\n    "))
     return out
 
 
@@ -78,14 +80,14 @@ def train_subsets(features: str, encoder: str, train_family: str) -> list[str]:
     return [s for s in wanted if counts.get(("train", s))]
 
 
-def train_gamma_args(features: str, out: str, subsets: list[str], encoder: str, num_workers: int) -> argparse.Namespace:
-    from pipelines import train_gamma
-    from pipelines._ray import verb_args
+def train_gamma_job(features: str, out: str, subsets: list[str], encoder: str, num_workers: int):
+    from gendet.method.gamma.config import GammaConfig
+    from pipelines._common import Workers
+    from pipelines.train_gamma import GammaTrainJob
 
-    sets = [a for kv in GAMMA_SETTINGS for a in ("--set", kv)]
-    return verb_args(train_gamma, [features, "--train-subsets", ",".join(subsets), "--out", out, "--encoder", encoder,
-                                   "--eval-splits", "test", "--num-workers", str(num_workers), "--cpus-per-worker", "1",
-                                   "--name", f"demo-gamma-{int(time.time())}", "--register", MODEL_NAME, *sets])
+    return GammaTrainJob(features=features, train_subsets=tuple(subsets), gamma=GammaConfig(**GAMMA_SETTINGS), out=out,
+                         encoder=encoder, eval_splits=("test",), workers=Workers(num_workers=num_workers, cpus_per_worker=1.0),
+                         name=f"demo-gamma-{int(time.time())}", register=MODEL_NAME)
 
 
 def masked_test_fakes(shards: str, limit: int) -> list[tuple[str, bytes, str, Any]]:
@@ -150,7 +152,7 @@ def run_gamma(out: str, shards: str, features: str, train_family: str, encoder: 
     t0 = time.perf_counter()
     manipulated = gio.join(out, "manipulated")
     manip = manipulated_shards(shards, manipulated, train_family)
-    print(f"    manipulations of {train_family}'s reals: {json.dumps(manip['counts'])}", flush=True)
+    log.info("    manipulations of %s's reals: %s", train_family, json.dumps(manip["counts"]))
     t_manip = time.perf_counter()
     extracted = extract_tokens([shards, manipulated], features, encoder, TOKEN_GRID)
     t_extract = time.perf_counter()
@@ -166,7 +168,7 @@ def run_gamma(out: str, shards: str, features: str, train_family: str, encoder: 
     try:
         from pipelines import train_gamma
 
-        summary = train_gamma.train(train_gamma_args(features, gamma_out, subsets, encoder, num_workers))
+        summary = train_gamma.run(train_gamma_job(features, gamma_out, subsets, encoder, num_workers))
         t_train = time.perf_counter()
         model = f"models:/{MODEL_NAME}/{summary['gate']['version']}"
         png, note = overlays(shards, out, model, summary["run_id"], tracking_uri)

@@ -6,7 +6,7 @@ Held-out = photos of the val and test splits (never seen in zoo training). The p
 on test-split photos, so no photo is on both sides. Reals and fakes are different crops of the
 same photos, both handed to the encoder as in-memory RGB arrays through the same PIL path.
 
-    python benchmarks/zoo.py --out benchmarks/results/zoo.md
+    python -m experiments.zoo                 # -> experiments/results/zoo.md
 """
 
 from __future__ import annotations
@@ -79,17 +79,17 @@ def _probe_acc(encoder, sets: dict) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default="all")
     parser.add_argument("--per-photo", type=int, default=24)
-    parser.add_argument("--out", default="benchmarks/results/zoo.md")
+    parser.add_argument("--out", default="experiments/results/zoo.md")
     args = parser.parse_args()
     load = os.getloadavg()
     photos, _ = collect_photos(log=lambda _m: None)
     encoder = load_encoder("spectrum:v1")
     rows = [bench_family(n, photos, encoder, args.per_photo) for n in parse_families(args.families)]
     lines = ["# Zoo: training cost, reconstruction and separability", "",
-             f"`python benchmarks/zoo.py` on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+             f"`python -m experiments.zoo` on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
              f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (machine shared with other jobs: "
              "training times are upper bounds). Crops 64 px. PSNR/SSIM: regeneration vs its source crop on "
              "test-split photos. probe_acc: LogisticRegression on `spectrum:v1` features, trained on val-split "

@@ -1,0 +1,1 @@
+"""Quality studies (held-out protocol, ablations, seeds, sweeps): run from the repo root as ``python -m experiments.<name>``."""

@@ -1,5 +1,0 @@
-import sys
-
-from gendet.cli import main
-
-sys.exit(main())

@@ -1,0 +1,82 @@
+"""``gendet import LAYOUT ROOT OUT`` / ``python -m pipelines.import_shards``: a dataset's folder
+layout -> WebDataset shards (``gendet.data.importers``: the layouts and what each sample gets)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+from gendet.config import check
+from pipelines import _jobs
+from pipelines._jobs import Positional
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ImportJob:
+    """Turn a dataset's folders into WebDataset shards (one image + one .json per sample):
+      genimage  ROOT/<subset>/{train,val}/{ai,nature}/*   ai -> fake, nature -> real; reals grouped by ImageNet stem
+      ufd       ROOT/<subset>/[<class>/]{0_real,1_fake}/* UniversalFakeDetect / ForenSynths; the class kept in the json
+      folder    DIR/**/*                                   every image, one --label and --subset
+
+    Examples:
+      gendet import genimage /data/GenImage/stable_diffusion_v_1_4 out/shards
+      gendet import ufd /data/UniversalFakeDetect/test out/shards --split test
+      gendet import folder /data/my_reals out/shards --label real --subset mine --split test
+    """
+
+    layout: Positional[Literal["genimage", "ufd", "folder"]]
+    """The folder layout (above)."""
+    root: Positional[str]
+    """The dataset's folder (local path or fsspec URL)."""
+    out: Positional[str]
+    """Output folder for the .tar shards (local path or fsspec URL)."""
+    label: Literal["real", "fake"] | None = None
+    """folder: the label of every image."""
+    subset: str | None = None
+    """folder: the group results are reported by (e.g. the generator)."""
+    split: Literal["train", "val", "test", ""] | None = None
+    """Split of every sample (ufd: default ROOT's name when it is train/val/test; folder: default none)."""
+    shard_size: int = 1000
+    """Samples per shard."""
+    overwrite: bool = False
+    """Delete shards of the same name already in OUT (otherwise that is an error)."""
+    json: bool = False
+    """Print the summary as JSON instead of text."""
+
+    def __post_init__(self) -> None:
+        check(self.shard_size >= 1, f"--shard-size {self.shard_size}: must be >= 1")
+        if self.layout == "folder":
+            check(self.label is not None and bool(self.subset), "import folder: give --label real|fake and --subset NAME")
+        else:
+            check(self.label is None and self.subset is None,
+                  f"import {self.layout}: --label and --subset are for `import folder` (the layout says them)")
+        check(not (self.layout == "genimage" and self.split), "import genimage: the split comes from the folders")
+
+
+def run(job: ImportJob) -> dict:
+    from gendet.data.importers import import_folder, import_genimage, import_ufd
+
+    common = {"shard_size": job.shard_size, "overwrite": job.overwrite}
+    if job.layout == "genimage":
+        return import_genimage(job.root, job.out, **common)
+    if job.layout == "ufd":
+        return import_ufd(job.root, job.out, split=job.split, **common)
+    return import_folder(job.root, job.out, label=job.label, subset=job.subset, split=job.split or "", **common)
+
+
+def main(job: ImportJob) -> int:
+    from gendet.data.importers.common import format_summary
+
+    summary = run(job)
+    _jobs.emit(json.dumps(summary, indent=2) if job.json else format_summary(summary))
+    return 0
+
+
+JOB = _jobs.JobSpec(ImportJob, main)
+
+if __name__ == "__main__":
+    sys.exit(_jobs.run(JOB, prog="python -m pipelines.import_shards"))
