@@ -22,22 +22,20 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gendet import io as gio
 from gendet.config import check
-from gendet.eval import scoring
-from gendet.eval.metrics import json_safe
-from gendet.eval.tables import degradation_table, table
-from gendet.features.contents import check_rows
-from gendet.features.store import Variant, feature_files, list_variants, resolve_variant
-from gendet.method.gamma.detector import GammaDetector
-from gendet.method.gendet.detector import Detector
 from pipelines import _jobs
 from pipelines._common import check_outputs, check_reachable
 from pipelines._jobs import Positional
+
+if TYPE_CHECKING:  # torch and pyarrow load only when the job runs: `gendet evaluate --help` stays fast
+    from gendet.features.store import Variant
+    from gendet.method.gamma.detector import GammaDetector
+    from gendet.method.gendet.detector import Detector
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +48,8 @@ def score_variant(detectors: dict[str, Detector], variant: Variant, splits: tupl
     import ray.data
     from ray.data.expressions import col
 
+    from gendet.eval import scoring
+    from gendet.features.store import feature_files
     from pipelines._ray import init_ray
 
     scoring.check_matches(detectors, variant)
@@ -77,6 +77,8 @@ def evaluate_store(detectors: dict[str, Detector], variant: Variant, splits: tup
                    ray_min_rows: int = RAY_MIN_ROWS) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """(metrics.json per method, scored columns) of ``detectors`` on a store variant: on Ray Data,
     or in this process when the variant has at most ``ray_min_rows`` rows."""
+    from gendet.eval import scoring
+
     if variant.rows and variant.rows <= ray_min_rows:
         scored = scoring.score_store(detectors, variant, splits, shards=shards)
     else:
@@ -125,6 +127,10 @@ class EvaluateJob:
 def preflight(job: EvaluateJob) -> tuple[Detector | GammaDetector, dict[str, Variant]]:
     """Everything the run needs, before any scoring, each failure one line; returns the model and
     {degrade: variant} to score."""
+    from gendet.eval import scoring
+    from gendet.features.contents import check_rows
+    from gendet.features.store import list_variants, resolve_variant
+    from gendet.method.gamma.detector import GammaDetector
     from gendet.serve.loading import load_model
 
     check_reachable({"FEATURES": job.features, "--out": job.out}, shared_fs=job.shared_fs)
@@ -168,6 +174,9 @@ def evaluate_gamma(det: GammaDetector, variant: Variant, job: EvaluateJob) -> di
 def run(job: EvaluateJob) -> dict[str, Any]:
     """Score, write OUT/metrics.json and OUT/table.md, log into --mlflow-run; returns metrics.json's
     dict with ``table`` (the Markdown) beside it."""
+    from gendet.eval.metrics import json_safe
+    from gendet.eval.tables import degradation_table, table
+    from gendet.method.gamma.detector import GammaDetector
     from gendet.mlops import tracking
     from pipelines._ray import require_ray
 

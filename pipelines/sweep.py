@@ -35,7 +35,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import tyro
 
@@ -43,14 +43,13 @@ from gendet import GendetError
 from gendet import io as gio
 from gendet.config import ConfigError, check, from_dict, to_dict
 from gendet.eval import sweep as gsweep
-from gendet.features.contents import check_rows, row_counts
-from gendet.features.sources import ParquetSource, TensorSource
-from gendet.features.store import Variant, feature_matrix, resolve_variant
 from gendet.method.gendet.config import PRESETS, VAL, TrainConfig, resolve_calibration_split
-from gendet.method.gendet.trainer import check_calibration, check_source
 from pipelines import _jobs
 from pipelines._common import check_outputs, check_reachable, storage_url
 from pipelines._jobs import Flat, Positional
+
+if TYPE_CHECKING:  # pyarrow and torch load only when the job runs: `gendet sweep --help` stays fast
+    from gendet.features.store import Variant
 
 log = logging.getLogger(__name__)
 DEFAULT_GRID = ("alpha=0.01,0.1,1", "margin=1,2,4")  # the paper's Table 5
@@ -131,6 +130,10 @@ def resolve_data(configs: list[TrainConfig], variant: Variant, eval_splits: tupl
     """The configs with their calibration rows resolved as ``gendet train`` resolves them (val,
     unless val is scored or absent: then a held-out part of the training rows); every distinct
     training and calibration selection checked for rows of both classes, the eval splits for rows."""
+    from gendet.features.contents import check_rows, row_counts
+    from gendet.features.sources import ParquetSource
+    from gendet.method.gendet.trainer import check_calibration, check_source
+
     counts = row_counts(variant.url)
     val_rows = sum(n for (split, _), n in counts.items() if split == VAL)
     resolved = [resolve_calibration_split(c, eval_splits=eval_splits, val_rows=val_rows) for c in configs]
@@ -153,6 +156,8 @@ def run_trial(point: dict[str, Any], *, configs: dict[str, dict[str, Any]], vari
     import ray.tune
     import torch
 
+    from gendet.features.sources import ParquetSource, TensorSource
+    from gendet.features.store import feature_matrix
     from gendet.method.gendet.trainer import train_all
     from gendet.mlops.training_report import headline_method
     from pipelines.evaluate import evaluate_store
@@ -227,6 +232,7 @@ def start_ray_quietly() -> None:
 def run(job: SweepJob) -> dict[str, Any]:
     """Check every point, run the grid on Ray Tune, log, write the tables; returns the summary
     (with ``result_grid``, Tune's own results, and ``table``, sweep.md's text)."""
+    from gendet.features.store import resolve_variant
     from gendet.mlops import tracking
     from pipelines._ray import require_ray
 

@@ -31,22 +31,22 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import tyro
 
 from gendet import GendetError
 from gendet import io as gio
 from gendet.config import from_dict, to_dict
-from gendet.features.contents import check_rows, row_counts
-from gendet.features.sources import CachingSource, ParquetSource, epoch_seed
-from gendet.features.store import Variant, feature_files, feature_matrix, resolve_variant
 from gendet.method.gendet.config import PRESETS, VAL, TrainConfig, resolve_calibration_split
-from gendet.method.gendet.trainer import check_calibration, check_source
 from gendet.mlops.gate import GateConfig
 from pipelines import _jobs
 from pipelines._common import Workers, check_outputs, check_reachable, storage_url
 from pipelines._jobs import Flat, Positional
+
+if TYPE_CHECKING:  # torch and pyarrow load only when the job runs: `gendet train --help` stays fast
+    from gendet.features.sources import CachingSource
+    from gendet.features.store import Variant
 
 log = logging.getLogger(__name__)
 DETECTORS = "detectors"
@@ -118,6 +118,9 @@ def ray_shard_source(dim: int, cfg: TrainConfig, cache_rows: int, rows: dict[str
     import numpy as np
     import ray.train
 
+    from gendet.features.sources import CachingSource, epoch_seed
+    from gendet.features.store import feature_matrix
+
     shards = {kind: ray.train.get_dataset_shard(kind) for kind in ("all", "real", "fake")}
 
     def stream(kind: str, epoch: int):
@@ -136,6 +139,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from gendet.features.sources import ParquetSource
     from gendet.method.gendet.trainer import train_all
 
     _jobs.setup_logging()  # a worker process: its progress lines reach `ray job logs`
@@ -203,6 +207,9 @@ def build_datasets(variant_url: str, cfg: TrainConfig, *, rows: int = 0, in_memo
     import ray.data
     from ray.data.expressions import col
 
+    from gendet.features.sources import ParquetSource
+    from gendet.features.store import feature_files
+
     source = ParquetSource(variant_url, **cfg.training_rows())
     if 0 < rows <= in_memory_rows:
         return {kind: ray.data.from_arrow(source.table(None if kind == "all" else kind)) for kind in ("all", "real", "fake")}
@@ -245,6 +252,7 @@ def fit(job: TrainJob, cfg: TrainConfig, variant: Variant, out_url: str, storage
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from gendet.features.sources import ParquetSource
     from pipelines._ray import init_ray
 
     init_ray()
@@ -273,6 +281,11 @@ def preflight(job: TrainJob) -> tuple[TrainConfig, Variant, str, str]:
     splits in the store; the calibration rows; the MLflow store (a tracking server that answers; a
     remote --out needs one); --out and --storage writable.
     Returns (config with its calibration split resolved, variant, OUT URL, storage URL)."""
+    from gendet.features.contents import check_rows, row_counts
+    from gendet.features.sources import ParquetSource
+    from gendet.features.store import resolve_variant
+    from gendet.method.gendet.trainer import check_calibration, check_source
+
     out_url, storage = gio.absolute(job.out), storage_url(job.out, job.storage)
     check_reachable({"FEATURES": job.features, "--out": out_url, "--storage": storage}, shared_fs=job.shared_fs)
     variant = resolve_variant(job.features, encoder=job.encoder)

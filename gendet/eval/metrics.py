@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, average_precision_score, roc_curve
 
 NAN = float("nan")
 
@@ -52,6 +51,8 @@ def as_fake_labels(labels: Sequence[Any] | np.ndarray) -> np.ndarray:
 
 def best_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     """Accuracy at the best threshold (both classes must be present)."""
+    from sklearn.metrics import roc_curve  # sklearn loads when a number is computed, not with every verb's --help
+
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     n_fake = int(labels.sum())
     n_real = labels.size - n_fake
@@ -64,6 +65,8 @@ def _rate(hits: np.ndarray) -> float:
 
 def subset_metrics(scores: np.ndarray, labels: np.ndarray, *, threshold: float, calibrated_threshold: float) -> dict[str, Any]:
     """The CONTRACTS.md metrics of one subset; NaN where a side is missing (module docstring)."""
+    from sklearn.metrics import accuracy_score, average_precision_score
+
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64)
     real, fake = scores[labels == 0], scores[labels == 1]
     both = real.size > 0 and fake.size > 0
@@ -83,6 +86,8 @@ def subset_metrics(scores: np.ndarray, labels: np.ndarray, *, threshold: float, 
 def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr_max: float) -> float:
     """The share of fakes caught at the best threshold whose false-positive rate on these reals
     is at most ``fpr_max`` (the operating point trust-and-safety teams set)."""
+    from sklearn.metrics import roc_curve  # sklearn loads when a number is computed, not with every verb's --help
+
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     ok = fpr <= fpr_max + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0

@@ -22,7 +22,7 @@ from gendet.features.tokens import load_token_rows
 from gendet.method.gamma.config import GammaConfig
 from gendet.method.gamma.detector import GammaDetector
 from gendet.method.gamma.eval import PIXEL_KEYS, gamma_report, overlay_figure, report_table
-from gendet.mlops.gate import register_and_gate
+from gendet.mlops.registry import register_and_gate
 from gendet.mlops.tracking import JOB_ARTIFACT
 from gendet.mlops.training_report import ReportOptions
 

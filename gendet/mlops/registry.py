@@ -15,7 +15,7 @@ version and on the version's run, and returned as a ``GateDecision``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import mlflow
@@ -25,12 +25,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gendet import GendetError, first_line
+from gendet.mlops.gate import MAX_FAMILY_DROP, GateConfig
 
 DEFAULT_NAME = "gendet"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 TAG_PREFIX = "gendet.gate."
-MAX_FAMILY_DROP = 0.02  # the gate's family rule: the largest fall of a subset's FAMILY_METRIC below the champion's
 FAMILY_METRIC = "acc_calibrated"
 
 
@@ -238,3 +238,40 @@ def reference_metric(model_uri: str, metric: str, *, client: MlflowClient | None
         return None
     value = client.get_run(version.run_id).data.metrics.get(metric)
     return None if value is None else float(value)
+
+
+FAMILY_KEYS = ("acc_calibrated", "fake_acc_calibrated", "real_acc_calibrated", "ap")
+
+
+def family_table(challenger_report: dict, champion_report: dict | None) -> dict[str, dict[str, Any]]:
+    """{subset: {"champion": {...}, "challenger": {...}}} of the calibrated accuracies and AP both
+    models reached on the gate's evaluation set (champion: None when there is none)."""
+    def pick(report: dict | None, subset: str) -> dict[str, Any] | None:
+        found = (report or {}).get("subsets", {}).get(subset)
+        return None if found is None else {k: found.get(k) for k in FAMILY_KEYS}
+
+    subsets = sorted(set(challenger_report.get("subsets", {})) | set((champion_report or {}).get("subsets", {})))
+    return {s: {"champion": pick(champion_report, s), "challenger": pick(challenger_report, s)} for s in subsets}
+
+
+def register_and_gate(model_uri: str, name: str, challenger_report: dict, score_champion: Callable[[Any], dict],
+                      gate: GateConfig) -> dict[str, Any]:
+    """The end of every training job that registers (``train``, ``train-gamma``, ``fix``): register
+    ``model_uri`` under ``name`` (alias challenger), score the champion when there is one on the same
+    evaluation set (``score_champion(loaded champion) -> metrics.json dict``: GenDet scores feature
+    rows, GAMMA token rows), run the gate; returns its record."""
+    from gendet.serve.loading import load_model
+
+    client = MlflowClient()
+    version = register(model_uri, name, client=client)
+    champion = version_by_alias(client, name, CHAMPION)
+    champion_report = None
+    if champion is not None and champion.version != version.version:
+        champion_report = score_champion(load_model(f"models:/{name}@{CHAMPION}"))
+    decision = promote(client, name, challenger_report, champion_report, margin=gate.margin,
+                                real_acc_floor=gate.real_floor, version=version.version,
+                                max_family_drop=gate.max_family_drop)
+    return {"registered": name, "version": str(version.version), "promoted": decision.promoted,
+            "reason": decision.reason, "champion_version": decision.champion_version,
+            "worst_family": decision.worst_family, "worst_family_drop": decision.worst_family_drop,
+            "families": family_table(challenger_report, champion_report)}

@@ -22,7 +22,8 @@ from gendet.features.store import Variant
 from gendet.method.gendet.config import TrainConfig
 from gendet.method.gendet.detector import Detector
 from gendet.method.gendet.trainer import DIAGNOSTICS
-from gendet.mlops.gate import GateConfig, register_and_gate
+from gendet.mlops.gate import GateConfig
+from gendet.mlops.registry import register_and_gate
 from gendet.mlops.tracking import JOB_ARTIFACT
 
 REPORTED = "gendet"  # the method whose metrics.json is the run's headline and whose model is registered

@@ -53,9 +53,9 @@ PACKAGE_DIR = Path(__file__).parents[1]
 # The code a served model runs, relative to the package (tests/serve check it is the import
 # closure of pyfunc_model): the rest of gendet (training, extraction, the zoo and its weights) stays out.
 SERVING_CODE = ("__init__.py", "io.py", "config.py", "progress.py", "data/__init__.py", "data/decode.py", "encoders",
-                "eval/__init__.py",
-                "eval/metrics.py", "method/__init__.py", "method/saved.py", "method/gendet/__init__.py",
-                "method/gendet/detector.py", "method/gendet/networks.py", "method/gamma/__init__.py", "method/gamma/config.py",
+                "eval/__init__.py", "eval/metrics.py", "method/__init__.py", "method/saved.py",
+                "method/gendet/__init__.py", "method/gendet/config.py", "method/gendet/detector.py",
+                "method/gendet/networks.py", "method/gamma/__init__.py", "method/gamma/config.py",
                 "method/gamma/networks.py", "method/gamma/detector.py", "serve")
 INPUT_COLUMN = "image"
 SIGNATURE = ModelSignature(

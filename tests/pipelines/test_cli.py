@@ -88,3 +88,12 @@ def test_logging_goes_to_stderr_and_follows_v_and_q(capsys):
     assert "hidden" not in captured.err and "shown" in captured.err and "details" in captured.err
     assert captured.out == ""
     _jobs.setup_logging()
+
+
+@pytest.mark.parametrize("verb", sorted(cli.available_verbs()))
+def test_a_verbs_module_loads_no_heavy_library_so_help_is_quick(verb):
+    """torch, Ray, MLflow, sklearn and pyarrow load when a job runs, not when its --help is read."""
+    code = ("import importlib, sys; importlib.import_module(sys.argv[1]); "
+            "print([m for m in ('torch', 'ray', 'mlflow', 'sklearn', 'pyarrow') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code, cli.VERBS[verb][0]], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

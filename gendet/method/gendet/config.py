@@ -21,7 +21,13 @@ from typing import Any, Literal
 
 from gendet.config import ConfigError, check
 from gendet.config import replace as _replace
-from gendet.method.gendet.networks import METHODS, STUDENT_METHODS
+
+METHODS = ("linear_probe", "teacher", "ts_real", "ts_fake", "gendet")
+"""The ablation ladder, cheapest first: Ojha et al.'s linear probe, the teacher alone, a
+teacher-student trained on reals only, one trained on reals and fakes without the augmenter, and
+GenDet (the networks: ``gendet.method.gendet.networks``)."""
+
+STUDENT_METHODS = ("ts_real", "ts_fake", "gendet")
 
 __all__ = ["METHODS", "PRESETS", "STUDENT_METHODS", "TrainConfig", "preset", "preset_names", "replace",
            "resolve_calibration_split"]

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gendet.method.gendet.config import METHODS, STUDENT_METHODS
+
 
 @dataclass(frozen=True, slots=True)
 class Arch:
@@ -190,12 +192,6 @@ def discrepancy(teacher: nn.Module, student: nn.Module, x: torch.Tensor) -> torc
 
 
 # --- which networks each rung of the ladder scores with: the one copy of the mapping -------------
-METHODS = ("linear_probe", "teacher", "ts_real", "ts_fake", "gendet")
-"""The ablation ladder, cheapest first: Ojha et al.'s linear probe, the teacher alone, a
-teacher-student trained on reals only, one trained on reals and fakes without the augmenter, and
-GenDet."""
-
-STUDENT_METHODS = ("ts_real", "ts_fake", "gendet")
 
 _SCORING_NETS: dict[str, dict[str, type[nn.Module]]] = {
     "linear_probe": {"probe": LinearProbe},
