@@ -46,7 +46,7 @@ from PIL import Image
 
 from gendet import GendetError
 from gendet.encoders.base import Encoder, Preprocessor, check_device
-from gendet.encoders.tokens import TOKEN_BINS, TOKEN_DIM, TOKEN_PATCH, spectrum_patch_tokens
+from gendet.encoders.tokens import TOKEN_BINS, TOKEN_DIM, TOKEN_PATCH, spectrum_patch_tokens, standardise
 
 SIZE = 128
 AZIMUTHAL_SCALES = ((128, 64), (64, 32))  # (patch size, radial bins)
@@ -139,12 +139,6 @@ def _patch_power(residual: torch.Tensor, p: int, window: torch.Tensor) -> torch.
 def _log_power(power: torch.Tensor) -> torch.Tensor:
     floor = REL_EPS * power.flatten(1).mean(1) + 1e-20
     return torch.log10(power + floor.view(-1, *([1] * (power.dim() - 1))))
-
-
-def _standardise(block: torch.Tensor) -> torch.Tensor:
-    mean = block.mean(1, keepdim=True)
-    std = block.std(1, keepdim=True, unbiased=False)
-    return (block - mean) / (std + 1e-6)
 
 
 def _fold_grid(power: torch.Tensor) -> torch.Tensor:
@@ -289,8 +283,8 @@ class SpectrumEncoder(Encoder):
         blocks = []
         for p, _ in self.scales:
             power = _log_power(_patch_power(residual, p, buf[f"hann{p}"]))
-            blocks.append(_standardise(power.flatten(1) @ buf[f"azimuthal{p}"]))
+            blocks.append(standardise(power.flatten(1) @ buf[f"azimuthal{p}"]))
         grid = _fold_grid(_patch_power(residual, GRID_PATCH, buf[f"hann{GRID_PATCH}"]))
-        blocks.append(_standardise(_log_power(grid)))
+        blocks.append(standardise(_log_power(grid)))
         blocks.append(_residual_stats(x, residual) if self.version == "v1" else _blockwise_stats(x, residual, V2_BLOCK))
         return torch.cat(blocks, 1)

@@ -75,8 +75,19 @@ def _hann(p: int, device: torch.device) -> torch.Tensor:
     return (w[:, None] * w[None, :]).float().to(device)
 
 
-def _standardise(v: torch.Tensor) -> torch.Tensor:
-    return (v - v.mean(-1, keepdim=True)) / (v.std(-1, keepdim=True, unbiased=False) + 1e-6)
+FLAT_STD = 1e-4  # a row whose spread is under this share of its level is flat (``standardise``)
+
+
+def standardise(v: torch.Tensor) -> torch.Tensor:
+    """Each row (last dim) to mean 0, std 1; a flat row to zeros. A flat row is a spectrum with no
+    shape (a single-colour image or patch: every frequency at the floor): its only spread is float
+    rounding, ~1e-6 of its level, which differs with the batch it was computed in (gemv for one row,
+    gemm for many) and which dividing by that spread would turn into O(1) values: an image's score
+    would depend on its neighbours in the batch."""
+    mean = v.mean(-1, keepdim=True)
+    std = v.std(-1, keepdim=True, unbiased=False)
+    flat = std <= FLAT_STD * (mean.abs() + 1.0)
+    return torch.where(flat, torch.zeros_like(v), (v - mean) / (std + 1e-6))
 
 
 def _patch_stats(rgb: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -114,8 +125,8 @@ def _spectra(res: torch.Tensor, azimuthal: torch.Tensor) -> torch.Tensor:
     spectrum = torch.fft.rfft2(res * _hann(patch, res.device))
     power = spectrum.real.square() + spectrum.imag.square()  # [B, T, p, p/2+1]
     flat = power.reshape(b * t, patch, patch // 2 + 1)
-    spectra = _standardise(_log_power(flat).flatten(1) @ azimuthal)
-    grid = _standardise(_log_power(_fold(flat)))
+    spectra = standardise(_log_power(flat).flatten(1) @ azimuthal)
+    grid = standardise(_log_power(_fold(flat)))
     return torch.cat([spectra.view(b, t, -1), grid.view(b, t, -1)], -1)
 
 

@@ -143,3 +143,25 @@ def test_coarsening_a_grid_pools_tokens_as_masks_are_pooled():
     assert torch.allclose(grid_fractions(mask, (2, 2))[0], coarse[0, :, 0] / 16)
     with pytest.raises(ValueError, match="do not fill"):
         coarsen(tokens, (3, 3), (2, 2))
+
+
+def test_flat_patches_give_the_same_tokens_alone_and_in_a_batch():
+    """A flat region's spectrum has no shape: its tokens are zeros, not rounding noise scaled up,
+    so they do not move with the other images of the batch (gendet.encoders.tokens.standardise)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from gendet.encoders.registry import load_encoder
+
+    encoder = load_encoder("spectrum:v2")
+    pre = encoder.preprocessor
+    flat = Image.new("RGB", (96, 64), (30, 140, 200))
+    rng = np.random.default_rng(0)
+    others = [Image.fromarray(rng.integers(0, 256, (80, 120, 3), dtype=np.uint8)) for _ in range(3)]
+
+    def tokens(images):
+        return encoder.tokens(pre.finish(torch.from_numpy(np.stack([pre.pixels(i) for i in images]))))
+
+    alone, batched = tokens([flat])[0], tokens([*others, flat])[-1]
+    assert torch.allclose(alone, batched, atol=1e-5)
