@@ -241,6 +241,69 @@ def group_samples(members: Iterator[tuple[str, bytes | None]]) -> Iterator[tuple
         yield key, parts
 
 
+MAX_JSON_BYTES = 1 << 20  # a sample's json: labels and a few fields, never a megabyte
+MAX_JSON_DEPTH = 32
+MAX_NUMBER_CHARS = 40  # digits of one JSON number (Python refuses ints over 4300 digits with ValueError)
+
+
+def _json_depth(text: str, limit: int) -> int:
+    """How deep ``text``'s arrays and objects nest, counting to ``limit + 1`` at most (no recursion:
+    Python's own parser recurses, and a 200k-deep document is a RecursionError, not a bad sample)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _bounded_number(kind: type):
+    def parse(text: str):
+        if len(text) > MAX_NUMBER_CHARS:
+            raise ValueError(f"a number of {len(text)} characters")
+        return kind(text)
+
+    return parse
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def load_json(data: bytes | None) -> Any:
+    """A sample's json, bounded: at most ``MAX_JSON_BYTES``, ``MAX_JSON_DEPTH`` deep, numbers of at
+    most ``MAX_NUMBER_CHARS`` characters, no NaN or Infinity; ``BadSample("invalid_json")`` naming
+    what is wrong otherwise."""
+    data = data or b""
+    if len(data) > MAX_JSON_BYTES:
+        raise BadSample("invalid_json", f"{len(data)} bytes, over {MAX_JSON_BYTES}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadSample("invalid_json", "not UTF-8") from None
+    if _json_depth(text, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise BadSample("invalid_json", f"nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(text, parse_int=_bounded_number(int), parse_float=_bounded_number(float),
+                          parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise BadSample("invalid_json", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__) from None
+
+
 def parse_sample(parts: dict[str, bytes | None]) -> tuple[dict[str, Any], bytes | None]:
     """(meta, image bytes) of one sample's members, or ``BadSample`` with the quarantine reason."""
     image_exts = [e for e in IMAGE_EXTS if e in parts]
@@ -248,10 +311,7 @@ def parse_sample(parts: dict[str, bytes | None]) -> tuple[dict[str, Any], bytes 
         raise BadSample("no_image")
     if "json" not in parts:
         raise BadSample("missing_json")
-    try:
-        meta = json.loads((parts["json"] or b"").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadSample("invalid_json") from None
+    meta = load_json(parts["json"])
     problem = meta_problem(meta)
     if problem:
         raise BadSample(problem)

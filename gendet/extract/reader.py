@@ -6,8 +6,10 @@ image so every batch has one schema (Ray Data blocks must agree); the mapper ski
 row of a shard has reason ``END`` and ``n_rows`` = how many rows the shard emitted before it, so a
 consumer that sees rows out of order (Ray Data) knows when a shard is complete.
 
-Bad samples never raise: zero-byte, truncated, corrupt or non-image members, missing or invalid
-json, unsafe member names and decompression bombs each become a quarantine row with its reason.
+Bad samples never raise: zero-byte, truncated, corrupt or non-image members, images of a format
+not allowed or over the pixel cap, missing or invalid json (bounded: size, depth, number length),
+unsafe member names and decompression bombs each become a quarantine row with its reason and, in
+``error``, what was wrong; anything else a sample raises is ``corrupt_sample``.
 A shard that is not a whole tar (unreadable after ``max_retries`` attempts, empty, cut off, or
 changed while it was read) ends with an ``error`` on its end row: the writer then records it as
 failed, never as done, so a rerun reads it again (an upload still in progress is not lost).
@@ -24,7 +26,6 @@ as ``bad_mask``. Without it, the rows are exactly as before.
 from __future__ import annotations
 
 import json
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -111,7 +112,7 @@ class ShardReader:
                 seen.add(key)
                 index += 1
                 yield row
-        except (tarfile.TarError, EOFError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - tarfile's errors, and whatever a hostile member raises
             # Not a whole tar (empty, cut off, a failed upload): the shard fails and gets no done
             # marker, so the rerun after the complete copy lands reads it (a quarantine row here
             # would mark the cut-off shard done and lose its missing samples for good).
@@ -127,7 +128,9 @@ class ShardReader:
             meta, image_bytes = parse_sample(parts)
             img = decode_image(image_bytes)
         except BadSample as bad:
-            return self._row(stem, key, index, reason=bad.reason)
+            return self._row(stem, key, index, reason=bad.reason, error=str(bad)[:300])
+        except Exception as exc:  # noqa: BLE001 - whatever else a hostile sample raises: this sample, not the run
+            return self._row(stem, key, index, reason="corrupt_sample", error=f"{type(exc).__name__}: {exc}"[:300])
         tokens: dict[str, Any] = {}
         if self.token_grid:
             tokens = self._token_fields(parts, meta, img.size)

@@ -118,3 +118,64 @@ def write_truncated_shard(path: str, n_samples: int = 6) -> int:
     with open(path, "wb") as f:
         f.write(data[: int(len(data) * 0.6)])
     return n_samples
+
+
+def huge_header_jpeg(width: int = 12000, height: int = 7000) -> bytes:
+    """A small JPEG whose SOF header claims width x height (84 MP): refused from its header."""
+    data = bytearray(image_bytes(11, (16, 16), fmt="JPEG"))
+    sof = next(i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC2))
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def mutations(data: bytes, n: int, seed: int) -> list[bytes]:
+    """``n`` copies of ``data`` with a few random bytes flipped, cut or repeated (seeded)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        b = bytearray(data)
+        for _ in range(int(rng.integers(1, 8))):
+            i = int(rng.integers(0, len(b)))
+            b[i] = int(rng.integers(0, 256))
+        if rng.random() < 0.2:
+            b = b[: int(rng.integers(len(b) // 2, len(b)))]
+        if rng.random() < 0.2:
+            i = int(rng.integers(0, len(b)))
+            b[i:i] = b[i:i + int(rng.integers(1, 64))] * int(rng.integers(2, 40))
+        out.append(bytes(b))
+    return out
+
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
+def write_hostile_shard(path: str, *, per_format: int = 20, seed: int = 0) -> dict[str, str]:
+    """Good samples between hostile ones: json nested 200k deep, a 5,000-digit number, NaN, a
+    header claiming 84 MP, formats PIL reads but gendet does not open (inside a ``.png`` member), and
+    ``per_format`` random mutations of an image of every allowed format. Returns key -> expected
+    reason for the named ones ('' = kept); the mutations (keys ``mut_*``) may go either way."""
+    members, expected = [], {}
+
+    def add(key: str, reason: str | None, *parts: tuple[str, bytes]) -> None:
+        members.extend((f"{key}.{ext}", data) for ext, data in parts)
+        if reason is not None:
+            expected[key] = reason
+
+    add("good_0", "", ("png", image_bytes(20)), ("json", meta()))
+    add("deep_json", "invalid_json", ("png", image_bytes(21)), ("json", b"[" * 200_000 + b"]" * 200_000))
+    add("good_1", "", ("png", image_bytes(22)), ("json", meta("fake")))
+    add("huge_int", "invalid_json", ("png", image_bytes(23)), ("json", b'{"label": "real", "subset": "sd", "n": '
+                                                                        + b"9" * 5000 + b"}"))
+    add("nan_json", "invalid_json", ("png", image_bytes(24)), ("json", b'{"label": "real", "subset": "sd", "x": NaN}'))
+    add("claims_84mp", "too_large", ("jpg", huge_header_jpeg()), ("json", meta()))
+    for fmt in ("TGA", "PPM", "ICO"):  # PIL reads them by content; gendet opens only ALLOWED_FORMATS
+        add(f"as_{fmt.lower()}", "not_an_image", ("png", image_bytes(25, (16, 16), fmt=fmt)), ("json", meta()))
+    add("good_2", "", ("jpg", image_bytes(26, fmt="JPEG")), ("json", meta("fake")))
+    for f, fmt in enumerate(ALLOWED_FORMATS):
+        source = image_bytes(30 + f, (24, 20), mode="P" if fmt == "GIF" else "RGB", fmt=fmt)
+        for i, data in enumerate(mutations(source, per_format, seed * 100 + f)):
+            add(f"mut_{fmt.lower()}_{i:03d}", None, ("png", data), ("json", meta()))
+    add("good_last", "", ("webp", image_bytes(27, fmt="WEBP")), ("json", meta("fake", "mj")))
+    with open(path, "wb") as f:
+        f.write(raw_tar(members))
+    return expected

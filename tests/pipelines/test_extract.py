@@ -18,7 +18,7 @@ import pytest
 from gendet.extract.config import ExtractConfig
 from gendet.extract.runner import run_local
 from gendet.features.store import feature_matrix, resolve_variant
-from helpers.bad_shards import write_bad_shard, write_good_shards
+from helpers.bad_shards import write_bad_shard, write_good_shards, write_hostile_shard
 from pipelines.extract import build_dataset, extract
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,6 +55,23 @@ def test_ray_pipeline_writes_the_same_store_as_the_plain_runner(ray_local, tmp_p
         if "feature" in table.column_names:
             assert np.allclose(feature_matrix(table["feature"]), feature_matrix(other["feature"]), rtol=1e-3, atol=1e-3), name
     assert extract(cfg)["shards_done"] == 0  # incremental: nothing left to do
+
+
+def test_a_hostile_shard_stops_nothing_on_ray(ray_local, tmp_path):
+    """The hostile shard of tests/extract/test_hostile.py on Ray Data: its bad samples are quarantined
+    with their reasons, every other sample and shard is extracted, the job ends without a failure."""
+    folder = tmp_path / "shards"
+    write_good_shards(str(folder), "a", n_shards=1, per_shard=4)
+    expected = write_hostile_shard(str(folder / "b-000000.tar"), per_format=4)
+    write_good_shards(str(folder), "c", n_shards=1, per_shard=4)
+    summary = extract(ExtractConfig(encoder="spectrum:v1", shards=str(folder), features=str(tmp_path / "store"),
+                                    batch_size=16, read_tasks=1))
+    assert summary["shards_failed"] == {} and summary["shards_done"] == 3
+    url = resolve_variant(str(tmp_path / "store")).url
+    quarantine = pq.read_table(os.path.join(url, "b-000000.quarantine.parquet"))
+    reasons = dict(zip(quarantine["key"].to_pylist(), quarantine["reason"].to_pylist()))
+    assert all(reasons.get(k, "") == r for k, r in expected.items())
+    assert pq.read_table(os.path.join(url, "c-000000.parquet")).num_rows == 4
 
 
 def test_decoding_stays_in_tasks_apart_from_the_encoder_actors(ray_local, tmp_path):
