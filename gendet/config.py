@@ -30,6 +30,22 @@ def check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_finite(cfg: Any, prefix: str = "") -> None:
+    """Every float of a (possibly nested) config dataclass is a finite number: ``inf`` passes ``>= 0``
+    and NaN fails every comparison silently, so range checks alone would let both through."""
+    import math
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_finite(value, name + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}: {value}; give a finite number")
+        elif isinstance(value, tuple) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            raise ConfigError(f"{name}: {value}; give finite numbers")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a (possibly nested) config dataclass."""
     return dataclasses.asdict(cfg)

@@ -35,7 +35,7 @@ from tyro import _docstrings
 from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec, PrimitiveTypeInfo
 
 from gendet import GendetError
-from gendet.config import ConfigError, csv_tuple
+from gendet.config import ConfigError, check_finite, csv_tuple
 
 J = TypeVar("J")
 Flat = tyro.conf.OmitArgPrefixes
@@ -297,6 +297,7 @@ def parse(spec: JobSpec, argv: Sequence[str], prog: str) -> tuple[Any, argparse.
         tokens += assignment_tokens(spec.cls, {key.strip(): text}, f"--set {item}")
     job = tyro.cli(spec.cls, args=tokens, prog=prog, description=description(spec), registry=REGISTRY,
                    config=CLI_CONFIG)
+    check_finite(job)  # every job: --set alpha=inf or a NaN threshold is refused before any work
     return job, opts
 
 

@@ -52,6 +52,8 @@ class PredictJob:
     def __post_init__(self) -> None:
         check(bool(self.inputs), "PATH_OR_URL: give at least one image, folder or URL")
         check(self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1")
+        check(self.threshold is None or 0.0 <= self.threshold <= 1.0,
+              f"--threshold {self.threshold}: a probability, in [0, 1]")
 
 
 def run(job: PredictJob, emit=_jobs.emit) -> int:
@@ -66,7 +68,7 @@ def run(job: PredictJob, emit=_jobs.emit) -> int:
         lines, scored = [], 0
         for row in iter_predictions(scorer, job.inputs, batch_size=job.batch_size, mask_dir=job.mask_dir):
             scored += "score" in row
-            line = json.dumps(row)
+            line = json.dumps(row, allow_nan=False)  # strict JSON: a non-finite score is an error row already
             if job.out:
                 lines.append(line)
             else:

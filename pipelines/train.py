@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import tyro
 
-from gendet import GendetError
+from gendet import GendetError, first_line
 from gendet import io as gio
 from gendet.config import from_dict, to_dict
 from gendet.method.gendet.config import PRESETS, VAL, TrainConfig, resolve_calibration_split
@@ -271,7 +271,11 @@ def fit(job: TrainJob, cfg: TrainConfig, variant: Variant, out_url: str, storage
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=build_datasets(variant.url, cfg, rows=variant.rows, in_memory_rows=job.in_memory_rows),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise GendetError(f"training failed ({first_line(exc, 300)}); rerun the same command (same --storage and "
+                          "--name) to resume from its last checkpoint") from None
     return collect_detectors(result.checkpoint, out_url, cfg.methods)
 
 

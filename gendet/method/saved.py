@@ -8,13 +8,18 @@ On disk a saved model is two files, each written atomically through ``gendet.io`
                             method's own fields (``method_args``) beside the shared ones below
 
 The shared fields name the encoder (name, weights reference and digest, preprocess hash,
-precision) so the same features can be made again, and the calibration: the threshold on P(fake),
-its target FPR, Platt scaling and the rows both were fitted on. Every field read back is checked
-before anything is built from it: a file gendet did not write is refused in one line.
+precision) so the same features can be made again, the calibration: the threshold on P(fake), its
+target FPR, Platt scaling and the rows both were fitted on, and ``weights_sha256``, the digest of
+``model.safetensors``. Every field read back is checked before anything is built from it (types,
+ranges, finite numbers), the weights against their digest and for non-finite values: a file gendet
+did not write, or one changed since, is refused in one line. Nothing non-finite is ever written: a
+training run that diverged fails before its model is saved.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -83,10 +88,18 @@ class SavedModel:
         raise NotImplementedError
 
     def write(self, dir_url: str, tensors: dict[str, torch.Tensor]) -> str:
-        """Write the weights, then the JSON file that describes them; returns ``dir_url``."""
+        """Write the weights, then the JSON file that describes them (with their digest); returns
+        ``dir_url``. A model with a non-finite weight or calibration value is refused, unwritten."""
         tensors = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
-        gio.write_bytes_atomic(gio.join(dir_url, WEIGHTS), save_safetensors(tensors))
-        gio.write_json_atomic(gio.join(dir_url, self.ARGS), self.args())
+        bad = sorted(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+        if bad:
+            raise GendetError(f"{dir_url}: the model has non-finite weights ({', '.join(bad[:3])}): training diverged; "
+                              "lower the learning rates (or check the features for NaN) and train again")
+        args = self.args()
+        _check_calibration(args, dir_url)
+        data = save_safetensors(tensors)
+        gio.write_bytes_atomic(gio.join(dir_url, WEIGHTS), data)
+        gio.write_json_atomic(gio.join(dir_url, self.ARGS), {**args, "weights_sha256": hashlib.sha256(data).hexdigest()})
         return dir_url
 
     @classmethod
@@ -102,14 +115,26 @@ class SavedModel:
         return args, args_url
 
     @classmethod
-    def read_weights(cls, dir_url: str) -> dict[str, torch.Tensor]:
+    def read_weights(cls, dir_url: str, args: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+        """The weights, checked against ``args``' ``weights_sha256`` (models saved before 0.7.0 have
+        none) and for non-finite values."""
         weights_url = gio.join(dir_url, WEIGHTS)
         try:
-            return load_safetensors(gio.read_bytes(weights_url))
+            data = gio.read_bytes(weights_url)
         except FileNotFoundError:
             raise GendetError(f"{weights_url}: missing; a saved model is {WEIGHTS} + {cls.ARGS}, save it again") from None
+        recorded = (args or {}).get("weights_sha256")
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+            raise GendetError(f"{weights_url}: not the weights {cls.ARGS} was written with (sha256 differs from its "
+                              "weights_sha256): the file changed since it was saved; restore it or save the model again")
+        try:
+            tensors = load_safetensors(data)
         except (SafetensorError, RuntimeError, ValueError, OSError) as exc:
             raise cls.weights_mismatch(weights_url, exc) from None
+        bad = sorted(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+        if bad:
+            raise GendetError(f"{weights_url}: non-finite weights ({', '.join(bad[:3])}); this model cannot score")
+        return tensors
 
     @classmethod
     def weights_mismatch(cls, weights_url: str, exc: BaseException) -> GendetError:
@@ -121,21 +146,47 @@ class SavedModel:
     @staticmethod
     def shared_fields(args: dict[str, Any], args_url: str) -> dict[str, Any]:
         """The shared fields of a JSON file, each checked: keyword arguments of the constructor."""
+        for key in ("encoder", "encoder_weights", "preprocess_hash", "encoder_weights_digest", "encoder_precision"):
+            if args.get(key) is not None and not isinstance(args[key], str):
+                raise GendetError(f"{args_url}: {key!r} must be a string; save the model again")
+        extra = args.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise GendetError(f"{args_url}: 'extra' must be an object; save the model again")
+        _check_calibration(args, args_url)
         return {"encoder": str(args.get("encoder") or ""), "encoder_weights": str(args.get("encoder_weights") or ""),
                 "preprocess_hash": str(args.get("preprocess_hash") or ""),
                 "encoder_weights_digest": str(args.get("encoder_weights_digest") or ""),
                 "encoder_precision": str(args.get("encoder_precision") or ""),
                 "threshold": float(args.get("threshold", 0.5)), "target_fpr": args.get("target_fpr"),
                 "platt": _checked_platt(args.get("platt"), args_url),
-                "calibration_split": _checked_split(args.get("calibration_split"), args_url),
-                "extra": args.get("extra") or {}}
+                "calibration_split": _checked_split(args.get("calibration_split"), args_url), "extra": extra}
+
+
+PLATT_LIMIT = 1e6  # far beyond any fitted slope or offset; past it a probability is a step function of noise
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_calibration(args: dict[str, Any], where: str) -> None:
+    """The calibration fields of a model's JSON: a threshold in [0, 1], a target FPR in (0, 1) or
+    null, Platt's [a, b] finite and within ``PLATT_LIMIT``, all numbers (not strings)."""
+    threshold = args.get("threshold", 0.5)
+    if not (_number(threshold) and 0.0 <= threshold <= 1.0):
+        raise GendetError(f"{where}: 'threshold' {threshold!r} is not a probability in [0, 1]; save the model again")
+    fpr = args.get("target_fpr")
+    if fpr is not None and not (_number(fpr) and 0.0 < fpr < 1.0):
+        raise GendetError(f"{where}: 'target_fpr' {fpr!r} is not a rate in (0, 1); save the model again")
+    _checked_platt(args.get("platt"), where)
 
 
 def _checked_platt(raw: Any, args_url: str) -> tuple[float, float] | None:
     if raw is None:
         return None
-    if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in raw)):
-        raise GendetError(f"{args_url}: 'platt' must be [a, b], two finite numbers; save the model again")
+    if not (isinstance(raw, (list, tuple)) and len(raw) == 2 and all(_number(v) and abs(v) <= PLATT_LIMIT for v in raw)):
+        raise GendetError(f"{args_url}: 'platt' must be [a, b], two finite numbers within {PLATT_LIMIT:g}; "
+                          "save the model again")
     return float(raw[0]), float(raw[1])
 
 

@@ -82,7 +82,7 @@ class GammaScorer(ImageScorer):
         out = self.localize(pixels)
         for j, i in enumerate(where):
             results[i] = self.result(float(out["score"][j]))
-            if "token_probs" in out:
+            if "token_probs" in out and "error" not in results[i]:
                 canvas = pixels[j].shape[1:]
                 mask = self.image_mask(out["token_probs"][j], canvas, sizes[j])
                 box = seen_box(self.encoder.preprocess_cfg, sizes[j], canvas[::-1])

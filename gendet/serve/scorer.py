@@ -10,6 +10,7 @@ others are still scored. This is what ``gendet predict`` and the MLflow pyfunc m
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -103,7 +104,12 @@ class ImageScorer:
         return np.asarray(scores, dtype=np.float64).reshape(-1)
 
     def result(self, score: float) -> dict[str, Any]:
-        return {"score": float(score), "is_fake": bool(score > self.threshold), "threshold": self.threshold}
+        """A scored row; a score that is not a finite probability is an error row, never a verdict
+        (and never a bare NaN, which strict JSON parsers refuse)."""
+        score = float(score)
+        if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+            return {"error": f"non_finite_score: the model gave {score}; the image or the model is broken"}
+        return {"score": score, "is_fake": bool(score > self.threshold), "threshold": self.threshold}
 
     def decoded(self, items: Sequence[bytes | Exception]) -> tuple[list[dict[str, Any]], list[np.ndarray],
                                                                    list[int], list[tuple[int, int]]]:

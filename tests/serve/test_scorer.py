@@ -51,3 +51,20 @@ def test_an_images_score_is_the_same_alone_and_in_any_batch(name):
     reversed_ = scorer.score_bytes([*reversed(odd), *photos])[:len(odd)][::-1]
     for single, a, b in zip(alone, mixed, reversed_):
         assert single == pytest.approx(a["score"], abs=1e-5) and single == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_a_non_finite_score_is_an_error_row_and_predict_writes_strict_json(tiny_detector_dir, tmp_path, capsys):
+    import json
+
+    from pipelines import predict
+
+    scorer = ImageScorer.from_detector(__import__("gendet.method.gendet.detector", fromlist=["Detector"]).Detector.load(
+        tiny_detector_dir))
+    assert scorer.result(float("nan")) == {"error": "non_finite_score: the model gave nan; the image or the model is broken"}
+    assert "error" in scorer.result(1.5) and scorer.result(0.25)["score"] == 0.25
+    image = tmp_path / "a.png"
+    image.write_bytes(_png(Image.new("RGB", (32, 32), (1, 2, 3))))
+    assert predict.run(predict.PredictJob(inputs=(str(image), str(tmp_path / "gone.png")), model=tiny_detector_dir)) == 1
+    lines = capsys.readouterr().out.splitlines()
+    rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}")) for line in lines]
+    assert len(rows) == 2 and "score" in rows[0] and rows[1]["error"] == "not found"

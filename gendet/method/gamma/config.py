@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gendet.config import check
+from gendet.config import check, check_finite
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -51,6 +51,7 @@ class GammaConfig:
     experiments/results/gamma-ablation-cpu2-x5.md)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         check(self.width >= 8 and self.heads >= 1 and self.width % self.heads == 0,
               f"width {self.width} must be >= 8 and a multiple of heads {self.heads}")
         check(self.layers >= 1 and self.mlp_ratio > 0, f"layers {self.layers} must be >= 1 and mlp_ratio > 0")

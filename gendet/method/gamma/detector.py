@@ -143,7 +143,7 @@ class GammaDetector(SavedModel):
             net = GammaNet.from_spec(spec)
         except Exception as exc:  # noqa: BLE001 - a config the checks refuse: the file is not one gendet wrote
             raise GendetError(f"{args_url}: not a GAMMA spec gendet wrote ({first_line(exc, 200)}); save it again") from None
-        tensors = cls.read_weights(dir_url)
+        tensors = cls.read_weights(dir_url, args)
         try:
             net.load_state_dict(tensors)
         except (RuntimeError, ValueError) as exc:

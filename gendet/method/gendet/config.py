@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from gendet.config import ConfigError, check
+from gendet.config import ConfigError, check, check_finite
 from gendet.config import replace as _replace
 
 METHODS = ("linear_probe", "teacher", "ts_real", "ts_fake", "gendet")
@@ -123,6 +123,7 @@ class TrainConfig:
     crops taken together). SUBSET must be a training subset. The calibration rows are unchanged."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         check(len(self.methods) > 0, "methods: empty; choose from " + ", ".join(METHODS))
         unknown = [m for m in self.methods if m not in METHODS]
         check(not unknown, f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")

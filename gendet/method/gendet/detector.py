@@ -121,7 +121,7 @@ class Detector(SavedModel):
         args, args_url = cls.read_args(dir_url)
         arch = _checked_arch(args.get("arch"), args_url)  # before any allocation sized by it
         nets = build_method_nets(args["method"], arch)
-        tensors = cls.read_weights(dir_url)
+        tensors = cls.read_weights(dir_url, args)
         try:
             for name, net in nets.items():
                 prefix = name + "."

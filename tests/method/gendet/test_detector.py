@@ -72,12 +72,57 @@ def test_a_damaged_saved_detector_is_a_one_line_error_naming_the_file(detectors,
     detectors["gendet"].save(str(saved))
     weights = saved / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # cut off mid-copy
-    with pytest.raises(GendetError, match="model.safetensors: not the weights detector.json describes") as err:
+    with pytest.raises(GendetError, match="model.safetensors: not the weights detector.json was written with") as err:
         Detector.load(str(saved))
     assert "\n" not in str(err.value)
+    args = json.loads((saved / "detector.json").read_text())
+    del args["weights_sha256"]  # as a detector saved before 0.7.0: the weights themselves are checked
+    (saved / "detector.json").write_text(json.dumps(args))
+    with pytest.raises(GendetError, match="model.safetensors: not the weights detector.json describes"):
+        Detector.load(str(saved))
     weights.unlink()
     with pytest.raises(GendetError, match="model.safetensors: missing"):
         Detector.load(str(saved))
+
+
+def test_a_changed_weight_byte_is_refused_at_load(detectors, tmp_path):
+    saved = tmp_path / "det"
+    detectors["gendet"].save(str(saved))
+    weights = saved / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # one bit of one weight: still a valid safetensors file
+    weights.write_bytes(bytes(data))
+    with pytest.raises(GendetError, match="the file changed since it was saved"):
+        Detector.load(str(saved))
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("threshold", -1, "'threshold' -1"), ("threshold", float("nan"), "'threshold' nan"), ("threshold", "0.5", "'threshold'"),
+    ("platt", [1e300, 1e300], "'platt'"), ("platt", [1.0, float("inf")], "'platt'"), ("target_fpr", 2, "'target_fpr'"),
+    ("encoder", 5, "'encoder' must be a string"), ("extra", [1], "'extra' must be an object"),
+])
+def test_tampered_calibration_fields_are_refused_at_load(detectors, tmp_path, field, value, needle):
+    saved = tmp_path / "det"
+    detectors["gendet"].save(str(saved))
+    args = json.loads((saved / "detector.json").read_text())
+    args[field] = value
+    (saved / "detector.json").write_text(json.dumps(args))
+    with pytest.raises(GendetError, match=needle) as err:
+        Detector.load(str(saved))
+    assert "\n" not in str(err.value)
+
+
+def test_a_diverged_detector_is_never_written(detectors, tmp_path):
+    import copy
+
+    import torch
+
+    det = copy.deepcopy(detectors["gendet"])  # the fixture is shared
+    with torch.no_grad():
+        next(iter(det.nets.values())).parameters().__next__().fill_(float("nan"))
+    with pytest.raises(GendetError, match="non-finite weights"):
+        det.save(str(tmp_path / "det"))
+    assert not (tmp_path / "det").exists()
 
 
 @pytest.mark.parametrize("field, value", [("width", 10**9), ("feature_dim", -3), ("layers", "many"), ("heads", 7)])
