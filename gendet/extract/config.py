@@ -10,7 +10,7 @@ from gendet.extract.tokens import parse_grid
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 FEATURE_DTYPES = ("float16", "float32")
-MODES = ("incremental", "overwrite")
+MODES = ("incremental", "overwrite", "verify")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,8 +49,10 @@ class ExtractConfig:
     and a 0-CPU head node gets none (see ``pipelines/extract.py``)."""
     decode_workers: int = 2
     """Decode processes of the plain runner (``--local``, a torch DataLoader); 0 decodes in-process."""
-    mode: Literal["incremental", "overwrite"] = "incremental"
-    """``incremental`` skips shards whose stats file exists; ``overwrite`` redoes every shard."""
+    mode: Literal["incremental", "overwrite", "verify"] = "incremental"
+    """``incremental`` skips shards already done unless their input changed (size, ETag/mtime) or their
+    outputs are damaged; ``verify`` also reads every done input again and redoes those whose content
+    (sha256) changed; ``overwrite`` redoes every shard."""
     max_retries: int = 2
     """Extra attempts at reading or writing a failing shard before it is reported as failed."""
     tokens: bool = False

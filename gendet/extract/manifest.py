@@ -8,6 +8,7 @@ job killed at any moment resumes by redoing exactly the shards without one.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -153,10 +154,28 @@ def stored_token_layout(info: VariantInfo) -> VariantInfo:
     return replace(info, token_dim=held) if reads_tokens(info.encoder, info.token_dim, held) else info
 
 
+def _content_changed(urls: list[str], done: dict[str, dict]) -> dict[str, str]:
+    """{stem: why} of done shards whose input's sha256 is not the one their stats recorded (read
+    again, whole: ``--mode verify``); shards extracted before checksums were recorded count as changed."""
+    def digest(url: str) -> str:
+        return hashlib.sha256(gio.read_bytes(url)).hexdigest()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        now = dict(zip(urls, pool.map(digest, urls)))
+    out = {}
+    for url, sha in now.items():
+        recorded = (done[shard_stem(url)].get("source") or {}).get("sha256")
+        if recorded != sha:
+            out[shard_stem(url)] = ("content changed since it was read (sha256 differs): redone" if recorded else
+                                    "no content checksum recorded (extracted before 0.7.0): redone")
+    return out
+
+
 def plan_shards(shards: list[str], info: VariantInfo, mode: str) -> tuple[list[str], list[str], dict[str, str]]:
     """(shards to extract, shards skipped because they are done, {stem: why} of done shards that
     are redone). A done shard is redone when its input changed since it was read (size or
-    ETag/mtime differ from its stats' ``source``) or its outputs are damaged (missing or cut)."""
+    ETag/mtime differ from its stats' ``source``; with ``verify``, its sha256 too, which reads every
+    input again) or its outputs are damaged (missing or cut)."""
     if mode == "overwrite":
         return list(shards), [], {}
     done = done_shards(info.url)
@@ -165,8 +184,13 @@ def plan_shards(shards: list[str], info: VariantInfo, mode: str) -> tuple[list[s
     for url, current in now.items():
         stem = shard_stem(url)
         recorded = done[stem].get("source")
-        if recorded and stem not in redo and recorded != current:
+        stamp = {k: recorded.get(k) for k in current} if isinstance(recorded, dict) else recorded
+        if recorded and stem not in redo and stamp != current:
             redo[stem] = f"changed since it was read ({recorded.get('size')} -> {current['size']} bytes): redone"
+    if mode == "verify":
+        for stem, why in _content_changed([u for u in shards if shard_stem(u) in done and shard_stem(u) not in redo],
+                                          done).items():
+            redo[stem] = why
     todo = [u for u in shards if shard_stem(u) not in done or shard_stem(u) in redo]
     skipped = [u for u in shards if shard_stem(u) in done and shard_stem(u) not in redo]
     return todo, skipped, redo
@@ -193,6 +217,28 @@ def file_rows(urls: list[str]) -> dict[str, int]:
         return dict(zip(urls, pool.map(rows, urls)))
 
 
+def duplicate_shards(variant_url: str, stems: list[str]) -> dict[str, str]:
+    """{stem: the earlier shard holding its samples} for shards whose keys repeat another's (one
+    shard copied under two names: its samples would count twice). Reads the key column only."""
+    import pyarrow.parquet as pq
+
+    def keys(stem: str) -> set[str]:
+        fs, path = gio.fs_and_path(parquet_url(variant_url, stem))
+        with fs.open(path, "rb") as f:
+            return set(pq.read_table(f, columns=["key"])["key"].to_pylist())
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        by_stem = dict(zip(stems, pool.map(keys, stems)))
+    owner: dict[str, str] = {}
+    found: dict[str, str] = {}
+    for stem in stems:
+        for key in by_stem[stem]:
+            first = owner.setdefault(key, stem)
+            if first != stem:
+                found.setdefault(stem, first)
+    return found
+
+
 def rebuild_manifest(info: VariantInfo) -> dict[str, Any]:
     """Write ``manifest.json`` from the stats files present (all runs, not only this one). Rows are
     counted in the files themselves; shards whose files are damaged are listed, not counted."""
@@ -203,10 +249,16 @@ def rebuild_manifest(info: VariantInfo) -> dict[str, Any]:
     if len(dims) > 1:
         raise GendetError(f"{info.url}: shards of different widths {sorted(dims)}; delete the folder and extract again")
     rows = file_rows([parquet_url(info.url, stem) for stem in sorted(good)])
+    for stem in sorted(good):  # the file, not its stats, says how many rows it holds
+        held = rows[parquet_url(info.url, stem)]
+        if held != good[stem]["written"]:
+            damaged[stem] = f"{stem}.parquet holds {held} rows, its stats say {good[stem]['written']}"
+    good = {stem: s for stem, s in good.items() if stem not in damaged}
     manifest = {**info.describe(), "dim": dims.pop() if dims else 0, "shards": sorted(good),
-                "rows": sum(rows.values()),
+                "rows": sum(rows[parquet_url(info.url, stem)] for stem in good),
                 "read": sum(s["read"] for s in good.values()),
                 "quarantined": sum(s["quarantined"] for s in good.values()),
-                "quarantined_by_reason": reason_counts(good.values()), "damaged": dict(sorted(damaged.items()))}
+                "quarantined_by_reason": reason_counts(good.values()), "damaged": dict(sorted(damaged.items())),
+                "duplicates": duplicate_shards(info.url, sorted(good))}
     gio.write_json_atomic(gio.join(info.url, MANIFEST), manifest)
     return manifest

@@ -13,8 +13,9 @@ unsafe member names and decompression bombs each become a quarantine row with it
 A shard that is not a whole tar (unreadable after ``max_retries`` attempts, empty, cut off, or
 changed while it was read) ends with an ``error`` on its end row: the writer then records it as
 failed, never as done, so a rerun reads it again (an upload still in progress is not lost).
-The end row also carries ``source``, the shard's size and version (ETag/mtime) as it was read,
-which the done marker keeps so that a shard replaced later is redone.
+The end row also carries ``source``, the shard's size, version (ETag/mtime) and sha256 as it was
+read, which the done marker keeps so that a shard replaced later is redone (by size and version on
+every run; by content with ``--mode verify``).
 
 With ``token_grid`` (``gendet extract --tokens``), every row also carries ``token_mask`` (the
 sample's ``mask.png`` through the preprocessing geometry, per token of the stored grid), and the
@@ -25,6 +26,7 @@ as ``bad_mask``. Without it, the rows are exactly as before.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -96,7 +98,8 @@ class ShardReader:
                 if len(data) != source["size"]:
                     return None, (f"{url}: the shard changed while it was read ({source['size']} -> {len(data)} bytes); "
                                   "run again once it is complete"), {}
-                return data, "", source
+                # its content too: `--mode verify` finds a shard replaced at the same size and mtime
+                return data, "", {**source, "sha256": hashlib.sha256(data).hexdigest()}
             except Exception as exc:  # noqa: BLE001 - any I/O failure: retry, then report the shard
                 error = f"{url}: cannot read shard ({type(exc).__name__}: {exc})"
                 if attempt < self.max_retries:

@@ -77,7 +77,8 @@ def test_only_extracted_shards_of_shards_are_scored_and_a_reextracted_shard_agai
     assert _refresh_cycle(root, variant, model) == [STEMS[2]]
     stats_url = gio.join(variant, STEMS[1] + STATS_SUFFIX)
     stats = gio.read_json(stats_url)
-    gio.write_json_atomic(stats_url, {**stats, "read": stats["read"] + 1})  # the shard changed and was re-extracted
+    # the shard changed and was re-extracted (one more sample quarantined)
+    gio.write_json_atomic(stats_url, {**stats, "read": stats["read"] + 1, "quarantined": stats["quarantined"] + 1})
     assert _refresh_cycle(root, variant, model) == [STEMS[1]]
 
 
