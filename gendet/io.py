@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import uuid
 from typing import Any
 
@@ -81,8 +82,90 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         raise
 
 
-def read_json(url: str) -> Any:
-    return json.loads(read_bytes(url).decode("utf-8"))
+# scheme://user[:password]@host: what precedes the @ is a credential (RFC 3986 userinfo)
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL's userinfo (``user:pass@``) replaced by ``***@``: for everything
+    gendet writes down or prints (stats, summaries, MLflow, logs, errors)."""
+    return _USERINFO.sub(r"\1***@", text) if "@" in text else text
+
+
+def redacted(obj: Any) -> Any:
+    """A JSON-like value with ``redact`` applied to every string in it (keys included)."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {redacted(k): redacted(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redacted(v) for v in obj]
+    return obj
+
+
+MAX_NUMBER_CHARS = 40  # digits of one JSON number (Python refuses ints over 4300 digits, slowly)
+
+
+def _json_depth(text: str, limit: int) -> int:
+    """How deep ``text``'s arrays and objects nest, counting to ``limit + 1`` at most (no recursion:
+    Python's own parser recurses, and a 200k-deep document is a RecursionError)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _bounded_number(kind: type):
+    def parse(text: str):
+        if len(text) > MAX_NUMBER_CHARS:
+            raise ValueError(f"a number of {len(text)} characters")
+        return kind(text)
+
+    return parse
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def loads_json(data: bytes, *, max_bytes: int | None = None, max_depth: int = 64) -> Any:
+    """JSON from untrusted bytes, bounded: at most ``max_bytes``, ``max_depth`` deep, numbers of at
+    most ``MAX_NUMBER_CHARS`` characters, no NaN or Infinity. Anything else is a ``ValueError``
+    saying what (never a RecursionError, never minutes in int())."""
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ValueError(f"{len(data)} bytes, over {max_bytes}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    if text.count("[") + text.count("{") > max_depth and _json_depth(text, max_depth) > max_depth:
+        raise ValueError(f"nested deeper than {max_depth}")
+    try:
+        return json.loads(text, parse_int=_bounded_number(int), parse_float=_bounded_number(float),
+                          parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {max_depth}") from None
+
+
+def read_json(url: str, *, max_bytes: int | None = None) -> Any:
+    """The JSON at ``url``, parsed bounded (``loads_json``): a ``ValueError`` when it is not valid."""
+    return loads_json(read_bytes(url), max_bytes=max_bytes)
 
 
 def write_json_atomic(url: str, obj: Any) -> None:

@@ -31,6 +31,15 @@ class Workers:
         check(self.cpus_per_worker > 0, f"--cpus-per-worker {self.cpus_per_worker}: must be > 0")
         check(self.max_failures >= 0, f"--max-failures {self.max_failures}: must be >= 0")
 
+    def check_feasible(self) -> None:
+        """On a running Ray: refuse (a private one) or warn (a cluster) before Ray Train waits for
+        workers no node can hold."""
+        from pipelines._ray import check_feasible
+
+        flags = "--num-workers / --cpus-per-worker" + (" / --use-gpu" if self.use_gpu else "")
+        check_feasible({"CPU": self.cpus_per_worker, "GPU": 1.0 if self.use_gpu else 0.0}, self.num_workers,
+                       "Ray Train workers", flags)
+
 
 def storage_url(out: str, storage: str | None) -> str:
     """Ray's checkpoint storage: ``storage``, else ``OUT/ray_results``; local paths made absolute."""

@@ -308,11 +308,22 @@ def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose
                                            else "%(message)s", "%H:%M:%S"))
+    handler.addFilter(_redact_record)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if verbose > 1 else max(level, logging.WARNING))
     for name in ("gendet", "pipelines", "__main__"):  # __main__: a job run as `python -m pipelines.X`
         logging.getLogger(name).setLevel(level)
+
+
+def _redact_record(record: logging.LogRecord) -> bool:
+    """A log line's URLs without their ``user:pass@`` (a SHARDS or tracking URI may carry one)."""
+    from gendet.io import redact
+
+    message = record.getMessage()
+    if "@" in message:
+        record.msg, record.args = redact(message), None
+    return True
 
 
 def run(spec: JobSpec, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -323,7 +334,9 @@ def run(spec: JobSpec, argv: Sequence[str] | None = None, prog: str | None = Non
         setup_logging(opts.verbose, opts.quiet)
         return int(spec.main(job) or 0)
     except GendetError as exc:
-        print(f"gendet: error: {exc}", file=sys.stderr)
+        from gendet.io import redact
+
+        print(f"gendet: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gendet: interrupted", file=sys.stderr)
@@ -331,7 +344,10 @@ def run(spec: JobSpec, argv: Sequence[str] | None = None, prog: str | None = Non
 
 
 def emit(text: str) -> None:
-    """A result for people or pipes (a table, a JSON line): stdout, flushed."""
+    """A result for people or pipes (a table, a JSON line): stdout, flushed, URLs without credentials."""
+    from gendet.io import redact
+
+    text = redact(text)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
 

@@ -126,3 +126,29 @@ def init_ray(*, num_cpus: int | None = None, progress: bool | None = None) -> No
                      _node_ip_address="127.0.0.1", configure_logging=False)
     # Bars on a terminal; elsewhere (ray job logs, a pod's log) Ray Data logs plain progress lines itself
     ray.data.DataContext.get_current().enable_progress_bars = on_terminal() if progress is None else progress
+
+
+def check_feasible(per_unit: dict[str, float], count: int, what: str, flags: str) -> None:
+    """Before Ray waits on a request no node can hold (it would wait forever): ``count`` units of
+    ``per_unit`` resources ({"CPU": 64} per train worker, {"GPU": 1} per encoder actor) need one
+    node holding a whole unit and, together, enough of each resource. A private local Ray cannot
+    grow: a one-line error naming ``flags``. A joined cluster may (its autoscaler adds nodes): a
+    warning, and Ray waits."""
+    import ray
+
+    wanted = {k: float(v) for k, v in per_unit.items() if v}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total = {k: sum(n.get(k, 0.0) for n in nodes) for k in wanted}
+    fits_a_node = any(all(n.get(k, 0.0) >= v for k, v in wanted.items()) for n in nodes)
+    short = {k: v * count for k, v in wanted.items() if total[k] < v * count}
+    if fits_a_node and not short:
+        return
+    have = ", ".join(f"{k} {total[k]:g}" for k in wanted)
+    need = ", ".join(f"{k} {v:g}" for k, v in wanted.items())
+    problem = (f"{what} need {need} each ({count} of them) but this Ray has {have} in all"
+               f"{'' if fits_a_node else ', and no node holds one'}")
+    if not cluster_address():
+        raise GendetError(f"{problem}; Ray would wait forever: lower {flags}, or run on a cluster that has them")
+    log.warning("%s; Ray waits until the cluster's autoscaler adds them (if it has none, this waits forever: stop "
+                "and lower %s)", problem, flags)
+

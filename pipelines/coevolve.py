@@ -279,7 +279,7 @@ def run(job: CoevolveJob) -> dict[str, Any]:
             log.info("[round %d] caught %s -> %s, held-out acc %s -> %s (%s s)", k, record["caught_before"],
                      record["caught_after"], held["before"]["acc"], held["after"]["acc"], record["seconds"])
     summary = {"rounds": records}
-    gio.write_json_atomic(gio.join(job.out, "coevolve.json"), summary)
+    gio.write_json_atomic(gio.join(job.out, "coevolve.json"), gio.redacted(summary))
     return summary
 
 

@@ -27,6 +27,7 @@ from pipelines import _jobs
 from pipelines._jobs import Flat, Inputs
 
 FINALIZERS = 2  # actors that write finished shards (I/O: a shard's parts in, three files out)
+_FINALIZER_POOLS: dict[str, list] = {}  # Ray job id -> its finalizer actors (write_shards)
 READER_MEMORY_BYTES = 3 << 29  # the worker process (0.6-1.2 GiB measured), a shard (<= 256 MiB) and its decoded batch
 CPU_ACTOR_CPUS = 0.01  # a CPU-only encoder actor's reservation (build_dataset says why)
 
@@ -98,9 +99,15 @@ def write_shards(plan: Any, summaries: Any) -> tuple[list, dict]:
 
     # A few threaded finalizer actors, started before the first rows arrive: 0 CPUs (never queued
     # behind decode or encode), restarted elsewhere if their node is lost, and a retried finalize
-    # of a shard already written returns its stats.
-    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=8)(ShardFinalizer)
-    finalizers = [actor.options(scheduling_strategy="SPREAD").remote() for _ in range(FINALIZERS)]
+    # of a shard already written returns its stats. They live as long as this driver's Ray job:
+    # a threaded actor destroyed when its handles drop may abort in Ray's teardown (a SIGABRT
+    # stack dump in the log of a run that succeeded, seen when refresh extracted inside the demo).
+    context = ray.get_runtime_context()
+    job_id = f"{context.namespace}/{context.get_job_id()}"  # a fresh ray.init has a fresh namespace
+    if job_id not in _FINALIZER_POOLS:
+        actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=8)(ShardFinalizer)
+        _FINALIZER_POOLS[job_id] = [actor.options(scheduling_strategy="SPREAD").remote() for _ in range(FINALIZERS)]
+    finalizers = _FINALIZER_POOLS[job_id]
     tracker, running, done, failed = PartTracker(), {}, [], {}
     config = to_dict(plan.cfg)
 
@@ -135,13 +142,16 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
     from gendet.data.shards import shard_stem
     from gendet.extract.parts import clear_parts
     from gendet.extract.runner import finish, prepare
-    from pipelines._ray import init_ray
+    from pipelines._ray import check_feasible, init_ray
 
     plan = prepare(cfg, lease=True)  # validates everything before Ray starts; holds the store's lease
     try:
         if not plan.todo:
             return finish(plan, [], {})
         init_ray()
+        if cfg.num_gpus > 0:  # CPU actors reserve a token of a CPU and always fit
+            check_feasible({"CPU": cfg.cpus_per_actor, "GPU": cfg.num_gpus}, 1, "encoder actors",
+                           "--num-gpus / --cpus-per-actor")
         clear_parts(plan.info.url, [shard_stem(url) for url in plan.todo])  # a killed run's leftovers
         summaries = build_dataset(plan).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
         done, failed = write_shards(plan, summaries)

@@ -60,15 +60,19 @@ def run(job: PredictJob, emit=_jobs.emit) -> int:
     """Score every input; each line goes to ``emit`` (stdout) or OUT/predictions.jsonl. Returns how
     many images were scored (none: a one-line error)."""
     from gendet.mlops import tracking
-    from gendet.serve.loading import load_scorer
+    from gendet.serve.loading import REGISTRY_SCHEMES, load_scorer
     from gendet.serve.predict import iter_predictions
 
+    if job.out:  # before any scoring: a folder that cannot be written would lose every result
+        gio.check_writable(job.out, "--out")
     with tracking.tracking_uri(job.tracking_uri):
+        if job.model.startswith(REGISTRY_SCHEMES):
+            tracking.check_server()  # seconds, not MLflow's minutes of retries against a dead server
         scorer = load_scorer(job.model, device=job.device, threshold=job.threshold, masks=bool(job.mask_dir))
         lines, scored = [], 0
         for row in iter_predictions(scorer, job.inputs, batch_size=job.batch_size, mask_dir=job.mask_dir):
             scored += "score" in row
-            line = json.dumps(row, allow_nan=False)  # strict JSON: a non-finite score is an error row already
+            line = gio.redact(json.dumps(row, allow_nan=False))  # strict JSON: a non-finite score is an error row already
             if job.out:
                 lines.append(line)
             else:

@@ -293,7 +293,7 @@ def tune_grid(job: SweepJob, grid: dict[str, list[Any]], points: list[dict[str, 
     summary = {"parent_run_id": parent.info.run_id, "experiment_id": parent.info.experiment_id,
                "tracking_uri": mlflow.get_tracking_uri(), "tune_path": os.path.join(storage, run_name),
                "csv": gio.join(out, "sweep.csv"), "md": gio.join(out, "sweep.md"), "wall_seconds": wall, "rows": rows}
-    gio.write_json_atomic(gio.join(out, "sweep_summary.json"), json.loads(json.dumps(summary, default=str)))
+    gio.write_json_atomic(gio.join(out, "sweep_summary.json"), gio.redacted(json.loads(json.dumps(summary, default=str))))
     failed = [r["point"] for r in rows if r["status"] != "TERMINATED"]
     if failed:
         raise GendetError(f"{len(failed)} of {len(rows)} trials failed ({failed[0]} first); their errors are under "

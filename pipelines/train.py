@@ -254,11 +254,13 @@ def fit(job: TrainJob, cfg: TrainConfig, variant: Variant, out_url: str, storage
 
     from gendet.features.sources import ParquetSource
     from pipelines._ray import init_ray
+    from pipelines._torch_loopback import torch_config
 
     init_ray()
     workers = job.workers
+    workers.check_feasible()
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop_per_worker, torch_config=torch_config(workers.use_gpu),
         train_loop_config={"train_config": to_dict(cfg), "dim": variant.dim, "variant_url": gio.absolute(variant.url),
                            "detector_fields": variant.detector_fields(), "out_url": out_url, "use_gpu": workers.use_gpu,
                            "fault_after_stage": job.fault_after_stage, "cache_rows": job.worker_cache_rows,
@@ -271,6 +273,9 @@ def fit(job: TrainJob, cfg: TrainConfig, variant: Variant, out_url: str, storage
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=build_datasets(variant.url, cfg, rows=variant.rows, in_memory_rows=job.in_memory_rows),
     )
+    from gendet.method.runs import write_record
+
+    write_record(storage, job.name, run_record(cfg, variant))
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
@@ -289,6 +294,7 @@ def preflight(job: TrainJob) -> tuple[TrainConfig, Variant, str, str]:
     from gendet.features.sources import ParquetSource
     from gendet.features.store import resolve_variant
     from gendet.method.gendet.trainer import check_calibration, check_source
+    from gendet.method.runs import check_resumable
 
     out_url, storage = gio.absolute(job.out), storage_url(job.out, job.storage)
     check_reachable({"FEATURES": job.features, "--out": out_url, "--storage": storage}, shared_fs=job.shared_fs)
@@ -302,7 +308,13 @@ def preflight(job: TrainJob) -> tuple[TrainConfig, Variant, str, str]:
     check_source(cfg, ParquetSource(variant.url, **cfg.training_rows()))
     check_calibration(cfg, ParquetSource(variant.url, **cfg.calibration_rows()))
     check_outputs({"--out": out_url, "--storage": storage}, tracking_dir=out_url)
+    check_resumable(storage, job.name, run_record(cfg, variant))
     return cfg, variant, out_url, storage
+
+
+def run_record(cfg: TrainConfig, variant: Variant) -> dict[str, Any]:
+    """What a run under --storage/--name trains (gendet.method.runs): a rerun resumes only the same."""
+    return {"train_config": to_dict(cfg), "variant": variant.key_fields()}
 
 
 def run(job: TrainJob) -> dict[str, Any]:

@@ -223,11 +223,13 @@ def fit(job: GammaTrainJob, run: dict[str, Any]) -> str:
 
     from gendet.method.runs import write_record
     from pipelines._ray import init_ray
+    from pipelines._torch_loopback import torch_config
 
     init_ray()
     variant, plan, workers = run["variant"], run["plan"], job.workers
+    workers.check_feasible()
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop_per_worker, torch_config=torch_config(workers.use_gpu),
         train_loop_config={"gamma_config": to_dict(run["cfg"]), "features": gio.absolute(job.features),
                            "encoder": variant.encoder,
                            "training_rows": plan.training_rows(), "sources": list(run["sources"]),

@@ -200,7 +200,7 @@ def build_manipulated_shards(shards: str, out_url: str, cfg: ManipulateConfig, *
         raise GendetError(f"{shards}: no real images to manipulate in {len(urls)} shard(s); the manipulations start from "
                           "samples labelled real")
     summary = {"counts": counts, "shards": [gio.basename(u) for u in written], "inputs": len(urls), "stamp": stamp}
-    gio.write_json_atomic(summary_url, summary)
+    gio.write_json_atomic(summary_url, gio.redacted(summary))
     return summary
 
 

@@ -243,65 +243,16 @@ def group_samples(members: Iterator[tuple[str, bytes | None]]) -> Iterator[tuple
 
 MAX_JSON_BYTES = 1 << 20  # a sample's json: labels and a few fields, never a megabyte
 MAX_JSON_DEPTH = 32
-MAX_NUMBER_CHARS = 40  # digits of one JSON number (Python refuses ints over 4300 digits with ValueError)
-
-
-def _json_depth(text: str, limit: int) -> int:
-    """How deep ``text``'s arrays and objects nest, counting to ``limit + 1`` at most (no recursion:
-    Python's own parser recurses, and a 200k-deep document is a RecursionError, not a bad sample)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > limit:
-                break
-        elif ch in "]}":
-            depth -= 1
-    return deepest
-
-
-def _bounded_number(kind: type):
-    def parse(text: str):
-        if len(text) > MAX_NUMBER_CHARS:
-            raise ValueError(f"a number of {len(text)} characters")
-        return kind(text)
-
-    return parse
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def load_json(data: bytes | None) -> Any:
-    """A sample's json, bounded: at most ``MAX_JSON_BYTES``, ``MAX_JSON_DEPTH`` deep, numbers of at
-    most ``MAX_NUMBER_CHARS`` characters, no NaN or Infinity; ``BadSample("invalid_json")`` naming
+    """A sample's json, bounded (``gendet.io.loads_json``: at most ``MAX_JSON_BYTES``, ``MAX_JSON_DEPTH``
+    deep, numbers of at most 40 characters, no NaN or Infinity); ``BadSample("invalid_json")`` naming
     what is wrong otherwise."""
-    data = data or b""
-    if len(data) > MAX_JSON_BYTES:
-        raise BadSample("invalid_json", f"{len(data)} bytes, over {MAX_JSON_BYTES}")
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadSample("invalid_json", "not UTF-8") from None
-    if _json_depth(text, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        raise BadSample("invalid_json", f"nested deeper than {MAX_JSON_DEPTH}")
-    try:
-        return json.loads(text, parse_int=_bounded_number(int), parse_float=_bounded_number(float),
-                          parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        raise BadSample("invalid_json", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__) from None
+        return gio.loads_json(data or b"", max_bytes=MAX_JSON_BYTES, max_depth=MAX_JSON_DEPTH)
+    except ValueError as exc:
+        raise BadSample("invalid_json", str(exc).splitlines()[0][:200]) from None
 
 
 def parse_sample(parts: dict[str, bytes | None]) -> tuple[dict[str, Any], bytes | None]:

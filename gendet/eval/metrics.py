@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from gendet.io import redact
+
 NAN = float("nan")
 
 
@@ -100,7 +102,10 @@ def nanmean(values: list[float | None]) -> float:
 
 
 def json_safe(obj: Any) -> Any:
-    """NaN/inf -> None and numpy scalars -> Python, recursively (strict JSON)."""
+    """NaN/inf -> None, numpy scalars -> Python and URLs' credentials -> ``***@``, recursively:
+    strict JSON, fit to be written down."""
+    if isinstance(obj, str):
+        return redact(obj)
     if isinstance(obj, dict):
         return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

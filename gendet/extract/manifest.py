@@ -18,15 +18,10 @@ from typing import Any
 from gendet import GendetError
 from gendet import io as gio
 from gendet.data.shards import shard_stem
+from gendet.features.markers import MANIFEST, PARQUET_SUFFIX, QUARANTINE_SUFFIX, STATS_SUFFIX, damaged_shards, done_shards
 from gendet.features.store import (
     KEY_FIELDS,
-    MANIFEST,
-    PARQUET_SUFFIX,
-    QUARANTINE_SUFFIX,
-    STATS_SUFFIX,
-    damaged_shards,
     describe_field,
-    done_shards,
     flag_for,
     key_difference,
     variant_key,
@@ -217,23 +212,31 @@ def file_rows(urls: list[str]) -> dict[str, int]:
         return dict(zip(urls, pool.map(rows, urls)))
 
 
+SAMPLE_IDENTITY = ("subset", "label", "split", "key")
+"""What makes two rows the same sample. Not the key alone: one photo under several generators
+keeps its key in every family's shard (the demo's, GenImage's file names)."""
+
+
 def duplicate_shards(variant_url: str, stems: list[str]) -> dict[str, str]:
-    """{stem: the earlier shard holding its samples} for shards whose keys repeat another's (one
-    shard copied under two names: its samples would count twice). Reads the key column only."""
+    """{stem: the earlier shard holding its samples} for shards with a sample (``SAMPLE_IDENTITY``)
+    another shard holds too: a shard copied under two names, or samples copied into another shard,
+    would count twice. Reads those four columns only."""
     import pyarrow.parquet as pq
 
-    def keys(stem: str) -> set[str]:
+    def samples(stem: str) -> set[tuple]:
         fs, path = gio.fs_and_path(parquet_url(variant_url, stem))
         with fs.open(path, "rb") as f:
-            return set(pq.read_table(f, columns=["key"])["key"].to_pylist())
+            parquet = pq.ParquetFile(f)
+            table = parquet.read(columns=[c for c in SAMPLE_IDENTITY if c in parquet.schema_arrow.names])
+        return set(zip(*(table[c].to_pylist() for c in table.column_names)))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        by_stem = dict(zip(stems, pool.map(keys, stems)))
-    owner: dict[str, str] = {}
+        by_stem = dict(zip(stems, pool.map(samples, stems)))
+    owner: dict[tuple, str] = {}
     found: dict[str, str] = {}
     for stem in stems:
-        for key in by_stem[stem]:
-            first = owner.setdefault(key, stem)
+        for sample in by_stem[stem]:
+            first = owner.setdefault(sample, stem)
             if first != stem:
                 found.setdefault(stem, first)
     return found
@@ -260,5 +263,5 @@ def rebuild_manifest(info: VariantInfo) -> dict[str, Any]:
                 "quarantined": sum(s["quarantined"] for s in good.values()),
                 "quarantined_by_reason": reason_counts(good.values()), "damaged": dict(sorted(damaged.items())),
                 "duplicates": duplicate_shards(info.url, sorted(good))}
-    gio.write_json_atomic(gio.join(info.url, MANIFEST), manifest)
+    gio.write_json_atomic(gio.join(info.url, MANIFEST), gio.redacted(manifest))
     return manifest

@@ -157,5 +157,5 @@ def write_shard(shard: ShardRows, info: VariantInfo, url: str = "", config: dict
              "read_seconds": round(shard.read_seconds, 4), "encode_seconds": round(shard.encode_seconds, 4),
              "write_seconds": round(time.perf_counter() - started, 4), "versions": versions(),
              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": config or {}}
-    gio.write_json_atomic(target, stats)
+    gio.write_json_atomic(target, gio.redacted(stats))  # a SHARDS URL's user:pass@ is not written down
     return stats

@@ -33,6 +33,7 @@ from gendet import GendetError, first_line
 from gendet import io as gio
 
 WEIGHTS = "model.safetensors"
+MAX_ARGS_BYTES = 16 << 20  # a model's JSON: fields and calibration, never 16 MiB
 
 
 @dataclass(kw_only=True)
@@ -108,7 +109,10 @@ class SavedModel:
         args_url = gio.join(dir_url, cls.ARGS)
         if not gio.exists(args_url):
             raise GendetError(f"{dir_url}: no {cls.ARGS} here; pass a directory written by {cls.WRITER}")
-        args = gio.read_json(args_url)
+        try:
+            args = gio.read_json(args_url, max_bytes=MAX_ARGS_BYTES)
+        except ValueError as exc:  # not JSON, nested too deep, a number too long, NaN
+            raise GendetError(f"{args_url}: not a valid {cls.ARGS} ({first_line(exc, 200)}); save the model again") from None
         if not isinstance(args, dict) or args.get("format_version") != cls.FORMAT_VERSION:
             version = args.get("format_version") if isinstance(args, dict) else None
             raise GendetError(f"{args_url}: format {version}, this gendet reads {cls.FORMAT_VERSION}; upgrade gendet")

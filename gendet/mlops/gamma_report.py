@@ -87,14 +87,15 @@ def report_gamma(cfg: GammaConfig, det: GammaDetector, model_url: str, variant: 
     gio.write_bytes_atomic(gio.join(out, "table.md"), (text + "\n").encode())
     history = gio.read_json(gio.join(out, "history.json"))
     fig = overlay_figure(det, rows, loc["token_probs"]) if "token_probs" in loc else None
-    with tracking.start_run(out, run_name=opts.run_name, tags={"gendet.features": variant.url, "gendet.method": METHOD}) as run:
+    tags = {"gendet.features": gio.redact(variant.url), "gendet.method": METHOD}
+    with tracking.start_run(out, run_name=opts.run_name, tags=tags) as run:
         tracking.log_config(cfg)
         if opts.job is not None:
             mlflow.log_dict(json_safe(dict(opts.job)), JOB_ARTIFACT)
-        mlflow.log_params({"features": variant.url, "encoder": variant.encoder, **opts.params,
-                           "token_grid": f"{det.grid[0]}x{det.grid[1]}", "sources": ",".join(det.sources),
-                           "eval_splits": ",".join(opts.eval_splits), "calibration_split": det.calibration_split,
-                           "target_fpr": det.target_fpr})
+        mlflow.log_params(gio.redacted({"features": variant.url, "encoder": variant.encoder, **opts.params,
+                                        "token_grid": f"{det.grid[0]}x{det.grid[1]}", "sources": ",".join(det.sources),
+                                        "eval_splits": ",".join(opts.eval_splits),
+                                        "calibration_split": det.calibration_split, "target_fpr": det.target_fpr}))
         log_history(history)
         tracking.log_reports({METHOD: report})
         mlflow.log_metrics(pixel_numbers(report))

@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from gendet import io as gio
 from gendet.eval.metrics import json_safe
 
 EXPERIMENT = "gendet-refresh"
@@ -23,8 +24,8 @@ def log_refresh(result: Mapping[str, Any], out_dir: str) -> str:
     tags = {"gendet.alert": str(result["alert"]).lower(), "gendet.model": result["model"],
             "gendet.model_uri": result["model_uri"]}
     with tracking.start_run(out_dir, experiment=EXPERIMENT, tags=tags) as run:
-        mlflow.log_params({"model": result["model"], "encoder": result["encoder"],
-                           "new_shards": len(result["new_shards"]), **result["rule"]})
+        mlflow.log_params(gio.redacted({"model": result["model"], "encoder": result["encoder"],
+                                        "new_shards": len(result["new_shards"]), **result["rule"]}))
         mlflow.log_metrics(tracking.subset_metrics("champion", result["metrics"]))
         mlflow.log_dict(json_safe(dict(result)), "refresh.json")
         return run.info.run_id

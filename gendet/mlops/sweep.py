@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from gendet import io as gio
 from gendet.config import to_dict
 from gendet.eval import sweep as gsweep
 
@@ -24,7 +25,7 @@ def log_parent_params(*, variant: Any, job: Mapping[str, Any], train_subsets: tu
     from gendet.mlops.tracking import JOB_ARTIFACT
 
     mlflow.log_dict(json_safe(dict(job)), JOB_ARTIFACT)
-    mlflow.log_params({"features": variant.url, "encoder": variant.encoder,
+    mlflow.log_params({"features": gio.redact(variant.url), "encoder": variant.encoder,
                        "train_subsets": ",".join(train_subsets), "methods": ",".join(methods),
                        "grid": json.dumps({k: [gsweep.cell(v) for v in vs] for k, vs in grid.items()}),
                        "eval_splits": ",".join(eval_splits), "trials": trials, "tune_run": tune_run,

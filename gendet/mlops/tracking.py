@@ -152,7 +152,7 @@ def log_config(cfg: Any) -> dict[str, Any]:
     from gendet.config import to_dict
 
     tree = cfg if isinstance(cfg, Mapping) else to_dict(cfg)
-    params = flatten(tree)
+    params = gio.redacted(flatten(tree))
     mlflow.log_params(params)
     return params
 
@@ -211,12 +211,13 @@ def tracking_uri(uri: str | None) -> Iterator[None]:
     if not uri:
         yield
         return
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = os.environ.get("MLFLOW_TRACKING_URI")  # mlflow.set_tracking_uri keeps this in step
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     try:
         yield
-    finally:
+    finally:  # MLflow's own URI too, not only the environment: it takes precedence over it
+        mlflow.set_tracking_uri(previous)  # None: unset, the environment variable with it
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:

@@ -126,12 +126,12 @@ def report_training(cfg: TrainConfig, variant: Variant, detectors_url: str, opts
     text = table(reports)
     gio.write_bytes_atomic(gio.join(out, "table.md"), (text + "\n").encode())
     history = gio.read_json(gio.join(out, "history.json"))
-    with tracking.start_run(out, run_name=opts.run_name, tags={"gendet.features": variant.url}) as run:
+    with tracking.start_run(out, run_name=opts.run_name, tags={"gendet.features": gio.redact(variant.url)}) as run:
         tracking.log_config(cfg)
         if opts.job is not None:
             mlflow.log_dict(json_safe(dict(opts.job)), JOB_ARTIFACT)
-        mlflow.log_params({"features": variant.url, "encoder": variant.encoder, **opts.params,
-                           "eval_splits": ",".join(opts.eval_splits)})
+        mlflow.log_params(gio.redacted({"features": variant.url, "encoder": variant.encoder, **opts.params,
+                                        "eval_splits": ",".join(opts.eval_splits)}))
         log_history(history)
         tracking.log_reports(reports)
         mlflow.log_text(text, "table.md")
@@ -142,6 +142,6 @@ def report_training(cfg: TrainConfig, variant: Variant, detectors_url: str, opts
                    "reports": gio.join(out, "metrics"), "calibration_split": detectors[head].calibration_split}
         if opts.register:
             summary["gate"] = gate(opts, variant, info.model_uri, reports[head], evaluate)
-        mlflow.log_dict(summary, "summary.json")
+        mlflow.log_dict(json_safe(summary), "summary.json")
     gio.write_json_atomic(gio.join(out, "train_summary.json"), json_safe(summary))
     return {**summary, "table": text}

@@ -30,7 +30,9 @@ Python API: ``load_scorer(uri)`` (``gendet.serve.loading``) once, then ``predict
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -64,10 +66,26 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
     return out
 
 
+MAX_ITEM_BYTES = 64 << 20  # one image file; serving caps a whole request at the same
+
+
 def read_item(url: str) -> bytes | Exception:
-    """The bytes at ``url``, or the exception (as a one-line ItemError) when it cannot be read."""
+    """The bytes at ``url``, or the exception (as a one-line ItemError) when it cannot be read.
+    Bounded: a local path must be a regular file (a FIFO would block, a device never end) and at
+    most ``MAX_ITEM_BYTES`` are read."""
     try:
-        return gio.read_bytes(url)
+        fs, path = gio.fs_and_path(url)
+        if gio.is_local(fs):
+            mode = os.stat(path).st_mode  # stat, not open: opening a FIFO blocks
+            if stat.S_ISDIR(mode):
+                return ItemError("is a directory")
+            if not stat.S_ISREG(mode):
+                return ItemError("not a regular file (a pipe, device or socket): pass image files")
+        with fs.open(path, "rb") as f:
+            data = f.read(MAX_ITEM_BYTES + 1)
+        if len(data) > MAX_ITEM_BYTES:
+            return ItemError(f"too_large: over {MAX_ITEM_BYTES >> 20} MiB; images are scored up to that size")
+        return data
     except FileNotFoundError as exc:
         cause = exc.__cause__  # fsspec's HTTP filesystem turns every failure into FileNotFoundError
         status = getattr(cause, "status", None)

@@ -12,7 +12,7 @@ input example, and the same facts as MLmodel ``metadata`` so tools can read them
 Serving contract: the input is a DataFrame with a string column ``image`` holding base64-encoded
 image bytes (``dataframe_split``, ``dataframe_records`` or ``inputs`` over HTTP); the output has
 one row per input with ``score`` (P(fake)), ``is_fake``, ``threshold`` and ``error`` (empty when
-the row was scored; score is null (None) and is_fake false when it was not).
+the row was scored; score and is_fake are null (None) when it was not: never a verdict of ``real``).
 
 A GAMMA model (``gendet.method.gamma.detector``, logged the same way under ``artifacts/detector``,
 ``GAMMA_SIGNATURE``) answers two more columns: ``fake_fraction`` (the share of the pixels the model
@@ -119,10 +119,11 @@ def example_image() -> bytes:
 def to_frame(results: list[dict[str, Any]], threshold: float, *, gamma: bool = False, masks: bool = False) -> pd.DataFrame:
     """Result dicts -> the output frame of SIGNATURE (``gamma``: of GAMMA_SIGNATURE, ``mask_png``
     only with ``masks``). An errored row has score None (JSON ``null``: a NaN would be written as
-    ``NaN``, which strict JSON parsers reject), is_fake False and its error."""
+    ``NaN``, which strict JSON parsers reject), is_fake None (not false: an image that could not be
+    scored was not found real, and a client testing ``is_fake`` must not pass it) and its error."""
     frame = pd.DataFrame({
         "score": pd.Series([r.get("score") for r in results], dtype=object),
-        "is_fake": [bool(r.get("is_fake", False)) for r in results],
+        "is_fake": pd.Series([bool(r["is_fake"]) if "score" in r else None for r in results], dtype=object),
         "threshold": [float(r.get("threshold", threshold)) for r in results],
         "error": [r.get("error", "") for r in results],
     })

@@ -169,7 +169,7 @@ def build_zoo_shards(out_url: str, cfg: ZooShardsConfig, *, reuse: bool = False)
     buf = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(index), buf)
     gio.write_bytes_atomic(gio.join(out_url, "zoo_index.parquet"), buf.getvalue().to_pybytes())
-    gio.write_json_atomic(summary_url, summary)
+    gio.write_json_atomic(summary_url, gio.redacted(summary))
     return summary
 
 
@@ -192,7 +192,7 @@ def build_generator_shards(out_url: str, cfg: ZooShardsConfig, *, family: str, s
     buf = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(index), buf)
     gio.write_bytes_atomic(gio.join(out_url, "zoo_index.parquet"), buf.getvalue().to_pybytes())
-    gio.write_json_atomic(gio.join(out_url, "zoo_summary.json"), summary)
+    gio.write_json_atomic(gio.join(out_url, "zoo_summary.json"), gio.redacted(summary))
     return summary
 
 

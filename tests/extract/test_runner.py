@@ -261,3 +261,52 @@ def test_a_lease_left_by_a_killed_process_on_this_machine_is_taken_over(tmp_path
         {"owner": "a killed run", "token": "x", "host": socket.gethostname(), "pid": int(dead.stdout),
          "expires": time.time() + 3600}))
     assert run_local(cfg)["store_rows"] == 3  # not refused for the hour the dead lease had left
+
+
+def test_decode_workers_die_with_a_sigkilled_run(tmp_path):
+    """A DataLoader worker blocked reading a shard (here: a server that never answers) is killed
+    with its run, not left behind until the read gives up."""
+    import functools
+    import http.server
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    write_good_shards(str(tmp_path / "shards"), "slow", n_shards=2, per_shard=2)
+    reading = threading.Event()
+
+    class Stalls(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.endswith(".tar"):
+                reading.set()
+                time.sleep(90)  # longer than the test waits
+            return super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Stalls, directory=str(tmp_path / "shards")))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    run = subprocess.Popen([sys.executable, "-m", "pipelines.extract", f"http://127.0.0.1:{server.server_address[1]}/",
+                            str(tmp_path / "store"), "--local", "--decode-workers", "2", "--encoder", "spectrum:v1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=False)
+    try:
+        assert reading.wait(120), "the run never read a shard"
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout.split()]
+        assert len(children) >= 2, children  # the decode workers
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in children):
+            time.sleep(0.2)
+        left = [pid for pid in children if os.path.exists(f"/proc/{pid}")]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert left == [], "decode workers outlived the run"
+    finally:
+        if run.poll() is None:
+            run.kill()
+        server.shutdown()

@@ -29,6 +29,22 @@ def test_tracking_uri_is_env_when_set_else_sqlite_under_out(tmp_path, monkeypatc
         tracking.resolve_tracking_uri(None)
 
 
+def test_a_jobs_tracking_uri_is_undone_after_it(tmp_path, monkeypatch):
+    """--tracking-uri holds for the job only: MLflow's own URI (which outranks the environment) is
+    restored with the environment, so the next job in the process logs where it should."""
+    import mlflow
+
+    mlflow.set_tracking_uri(None)  # (unsets the environment's too)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'before.db'}")
+    with tracking.tracking_uri("http://127.0.0.1:9/"):
+        assert mlflow.get_tracking_uri() == "http://127.0.0.1:9/"
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'before.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with tracking.tracking_uri("http://127.0.0.1:9/"):
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ and mlflow.get_tracking_uri() != "http://127.0.0.1:9/"
+
+
 def test_flatten_nests_with_dots_and_keeps_lists_as_json():
     flat = tracking.flatten({"a": {"b": 1, "c": {"d": "x"}}, "e": (1, 2), "f": None})
     assert flat == {"a.b": 1, "a.c.d": "x", "e": "[1, 2]", "f": None}

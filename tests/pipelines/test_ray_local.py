@@ -152,3 +152,75 @@ def test_ray_data_filters_take_names_with_quotes_and_spaces(ray_local, tmp_path)
     cfg = TrainConfig(train_subsets=(next(iter(subsets)),), train_splits=("train it's",), calibration_split="val")
     datasets = build_datasets(resolve_variant(str(tmp_path)).url, cfg)
     assert datasets["fake"].count() == 6  # of 36 rows: one subset, one split, one label
+
+
+def process_title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")[:80]
+    except OSError:
+        return "?"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_two_worker_training_listens_on_loopback_only(tmp_path):
+    """DDP's rendezvous (torch's TCPStore listens on every interface) and gloo's pairs stay on
+    loopback for a private local Ray: sampled from ``ss -tlnp`` while two workers train."""
+    import glob
+    import tempfile
+    import time
+
+    from helpers.synthetic_store import write_synthetic_store
+
+    store = str(tmp_path / "store")
+    write_synthetic_store(store)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+                                                           "MLFLOW_TRACKING_URI")}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", store, "--train-subsets", "seen", "--out",
+                             str(tmp_path / "out"), "--preset", "debug", "--rotations", "1", "--methods", "gendet",
+                             "--num-workers", "2", "--cpus-per-worker", "0.5", "--eval-splits", "val"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    seen: dict[str, str] = {}  # address -> the process listening there
+    rendezvous_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "gendet-pg-*")))
+    try:
+        while proc.poll() is None:
+            ours = descendants(proc.pid)
+            for line in subprocess.run(["ss", "-tlnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
+                for pid in {int(p) for p in re.findall(r"pid=(\d+)", line)} & ours:
+                    seen.setdefault(line.split()[3], process_title(pid))
+            time.sleep(0.2)
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert any("RayTrainWorker" in title for title in seen.values()), seen  # the check saw the workers' own ports
+    outside = {a: n for a, n in seen.items() if not a.rsplit(":", 1)[0].strip("[]").endswith(("127.0.0.1", "::1"))}
+    assert outside == {}, f"listening beyond loopback: {outside}"
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "gendet-pg-*"))) == rendezvous_before  # its file is gone
+
+
+def test_requests_no_node_can_hold_fail_in_one_line_instead_of_waiting(ray_local, tmp_path, capsys):
+    """A private local Ray cannot grow: more CPUs per worker than it has, or a GPU it lacks, is
+    refused before Ray Train or Ray Data would wait for them forever."""
+    from gendet.extract.config import ExtractConfig
+    from helpers.bad_shards import write_good_shards
+    from helpers.cli import run_cli
+    from helpers.synthetic_store import write_synthetic_store
+    from pipelines import extract as extract_pipeline
+    from pipelines import train as train_pipeline
+
+    write_synthetic_store(str(tmp_path / "store"))
+    code = run_cli(train_pipeline, [tmp_path / "store", "--train-subsets", "seen", "--out", tmp_path / "out", "--preset",
+                                    "debug", "--num-workers", "1", "--cpus-per-worker", "64"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("gendet: error: Ray Train workers need CPU 64 each"), err
+    assert "lower --num-workers / --cpus-per-worker" in err[-1]
+
+    write_good_shards(str(tmp_path / "shards"), "good", n_shards=1, per_shard=2)
+    cfg = ExtractConfig(encoder="spectrum:v1", shards=str(tmp_path / "shards"), features=str(tmp_path / "features"),
+                        num_gpus=1)
+    with pytest.raises(Exception, match="encoder actors need CPU .* GPU 1 each .* no node holds one"):
+        extract_pipeline.extract(cfg)
+    assert not list((tmp_path / "features").rglob("*.parquet"))

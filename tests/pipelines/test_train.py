@@ -147,6 +147,20 @@ def test_driver_killed_then_same_command_resumes(ray_local, tmp_path, monkeypatc
     assert Detector.load(str(out / "detectors" / "gendet")).method == "gendet"
 
 
+def test_a_rerun_with_another_config_is_refused_before_ray(ray_local, tmp_path, monkeypatch, capsys):
+    """Ray Train resumes whatever sits under --storage/--name: a rerun asking for another alpha
+    would have continued the old run's checkpoint (or failed in retries); it is one line instead."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = str(tmp_path / "store")
+    write_synthetic_store(store, per_split={"train": 40, "val": 20, "test": 20})
+    args = _train_args(store, tmp_path / "out", tmp_path / "ckpt", "changed")
+    assert run_cli(train_pipeline, args) == 0
+    capsys.readouterr()
+    assert run_cli(train_pipeline, [*args, "--set", "alpha=0.2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the run 'changed' there trained with another train_config.alpha" in err[0], err
+
+
 def test_ray_job_submit_trains_on_a_cluster(ray_head, tmp_path):
     import subprocess
 

@@ -214,7 +214,7 @@ def write_groups(root: str, out: str, groups: list[Group], *, source: str, shard
                "skipped_examples": dict(sorted(examples.items())),
                "subsets": {s: {"real": c["real"], "fake": c["fake"]} for s, c in sorted(counts.items())},
                "shards": shards}
-    gio.write_json_atomic(gio.join(out, f"{SUMMARY_PREFIX}-{sanitize_key(summary_name or source)}.json"), summary)
+    gio.write_json_atomic(gio.join(out, f"{SUMMARY_PREFIX}-{sanitize_key(summary_name or source)}.json"), gio.redacted(summary))
     return summary
 
 

@@ -97,8 +97,10 @@ def test_a_changed_weight_byte_is_refused_at_load(detectors, tmp_path):
 
 
 @pytest.mark.parametrize("field, value, needle", [
-    ("threshold", -1, "'threshold' -1"), ("threshold", float("nan"), "'threshold' nan"), ("threshold", "0.5", "'threshold'"),
-    ("platt", [1e300, 1e300], "'platt'"), ("platt", [1.0, float("inf")], "'platt'"), ("target_fpr", 2, "'target_fpr'"),
+    ("threshold", -1, "'threshold' -1"), ("threshold", float("nan"), "NaN is not a number JSON allows"),
+    ("threshold", "0.5", "'threshold'"),
+    ("platt", [1e300, 1e300], "'platt'"), ("platt", [1.0, float("inf")], "Infinity is not a number"),
+    ("target_fpr", 2, "'target_fpr'"),
     ("encoder", 5, "'encoder' must be a string"), ("extra", [1], "'extra' must be an object"),
 ])
 def test_tampered_calibration_fields_are_refused_at_load(detectors, tmp_path, field, value, needle):
@@ -110,6 +112,18 @@ def test_tampered_calibration_fields_are_refused_at_load(detectors, tmp_path, fi
     with pytest.raises(GendetError, match=needle) as err:
         Detector.load(str(saved))
     assert "\n" not in str(err.value)
+
+
+def test_a_deeply_nested_detector_json_is_one_line(detectors, tmp_path):
+    saved = tmp_path / "det"
+    detectors["gendet"].save(str(saved))
+    text = (saved / "detector.json").read_text()
+    (saved / "detector.json").write_text(text.rstrip().rstrip("}") + ', "deep": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    with pytest.raises(GendetError, match=r"detector.json: not a valid detector.json \(nested deeper than 64\)"):
+        Detector.load(str(saved))
+    (saved / "detector.json").write_text(text.rstrip().rstrip("}") + ', "huge": ' + "9" * 5000 + "}")
+    with pytest.raises(GendetError, match="a number of 5000 characters"):
+        Detector.load(str(saved))
 
 
 def test_a_diverged_detector_is_never_written(detectors, tmp_path):
