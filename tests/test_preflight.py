@@ -123,6 +123,12 @@ def test_a_remote_out_without_a_tracking_server_is_refused_before_training(verb,
 
 
 @pytest.mark.parametrize("verb", [_train, _sweep])
+def test_an_unwritable_out_is_one_line_before_training(verb, tmp_path, genimage_like, no_ray, capsys):
+    assert verb(str(tmp_path / "store"), "/proc/gendet-out", "--eval-splits", "val") == 2
+    assert "--out /proc/gendet-out: cannot write here" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("verb", [_train, _sweep])
 def test_unwritable_storage_is_refused_before_training(verb, tmp_path, genimage_like, no_ray, capsys):
     (tmp_path / "a-file").write_text("x")
     storage = tmp_path / "a-file" / "ray_results"

@@ -48,7 +48,11 @@ def local_store(out_dir: str) -> tuple[str, str]:
         raise GendetError(f"{out_dir}: a SQLite MLflow store needs a local output directory; "
                           "set MLFLOW_TRACKING_URI to a tracking server to log from here")
     root = Path(path).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # /proc/x, a file in the way, a read-only disk
+        raise GendetError(f"--out {out_dir}: cannot write here ({exc.strerror or exc}); give a --out location this job "
+                          "can write to") from None
     return f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
 
 
