@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from helpers.listeners import beyond_loopback, listening
+
 SCRIPT = """
 import sys
 from pipelines._ray import init_ray
@@ -33,23 +35,6 @@ ray.shutdown()
 """
 
 
-def descendants(root: int) -> set[int]:
-    parents = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parents[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-    out, frontier = {root}, [root]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parents.items() if pp == p and c not in out]
-        out.update(kids)
-        frontier.extend(kids)
-    return out
-
-
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
 def test_local_ray_listens_on_loopback_only():
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
@@ -57,16 +42,9 @@ def test_local_ray_listens_on_loopback_only():
                             env=env, start_new_session=True)
     try:
         assert proc.stdout.readline().strip() == "READY"
-        ours = descendants(proc.pid)
-        listening = []
-        for line in subprocess.run(["ss", "-tlnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
-            fields = line.split()
-            pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
-            if pids & ours:
-                listening.append(fields[3])
-        assert len(listening) >= 5, listening  # GCS, raylet (2), workers, agents: the check saw them
-        outside = [a for a in listening if not a.rsplit(":", 1)[0].strip("[]").endswith("127.0.0.1")]
-        assert outside == [], f"listening beyond 127.0.0.1: {outside}"
+        seen = listening(proc.pid)
+        assert len(seen) >= 5, seen  # GCS, raylet (2), workers, agents: the check saw them
+        assert beyond_loopback(seen) == {}, f"listening beyond 127.0.0.1: {beyond_loopback(seen)}"
     finally:
         proc.stdin.close()
         try:
@@ -152,53 +130,6 @@ def test_ray_data_filters_take_names_with_quotes_and_spaces(ray_local, tmp_path)
     cfg = TrainConfig(train_subsets=(next(iter(subsets)),), train_splits=("train it's",), calibration_split="val")
     datasets = build_datasets(resolve_variant(str(tmp_path)).url, cfg)
     assert datasets["fake"].count() == 6  # of 36 rows: one subset, one split, one label
-
-
-def process_title(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")[:80]
-    except OSError:
-        return "?"
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
-def test_two_worker_training_listens_on_loopback_only(tmp_path):
-    """DDP's rendezvous (torch's TCPStore listens on every interface) and gloo's pairs stay on
-    loopback for a private local Ray: sampled from ``ss -tlnp`` while two workers train."""
-    import glob
-    import tempfile
-    import time
-
-    from helpers.synthetic_store import write_synthetic_store
-
-    store = str(tmp_path / "store")
-    write_synthetic_store(store)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
-                                                           "MLFLOW_TRACKING_URI")}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", store, "--train-subsets", "seen", "--out",
-                             str(tmp_path / "out"), "--preset", "debug", "--rotations", "1", "--methods", "gendet",
-                             "--num-workers", "2", "--cpus-per-worker", "0.5", "--eval-splits", "val"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    seen: dict[str, str] = {}  # address -> the process listening there
-    rendezvous_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "gendet-pg-*")))
-    try:
-        while proc.poll() is None:
-            ours = descendants(proc.pid)
-            for line in subprocess.run(["ss", "-tlnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
-                for pid in {int(p) for p in re.findall(r"pid=(\d+)", line)} & ours:
-                    seen.setdefault(line.split()[3], process_title(pid))
-            time.sleep(0.2)
-        stderr = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-    assert proc.returncode == 0, stderr[-3000:]
-    assert any("RayTrainWorker" in title for title in seen.values()), seen  # the check saw the workers' own ports
-    outside = {a: n for a, n in seen.items() if not a.rsplit(":", 1)[0].strip("[]").endswith(("127.0.0.1", "::1"))}
-    assert outside == {}, f"listening beyond loopback: {outside}"
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "gendet-pg-*"))) == rendezvous_before  # its file is gone
 
 
 def test_requests_no_node_can_hold_fail_in_one_line_instead_of_waiting(ray_local, tmp_path, capsys):
