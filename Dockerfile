@@ -1,6 +1,6 @@
 # The one image every gendet Ray pod runs (cluster/*.yaml name it ghcr.io/your-org/gendet:<version>):
 # Ray's own GPU image with gendet, its Ray pipelines and the s3/gcs storage backends installed.
-#   docker build -t ghcr.io/your-org/gendet:0.7.0 . && docker push ghcr.io/your-org/gendet:0.7.0
+#   docker build -t ghcr.io/your-org/gendet:0.8.0 . && docker push ghcr.io/your-org/gendet:0.8.0
 # The base image cannot be pulled in this project's offline CI, so the image is not built by the tests;
 # tests/cluster/test_manifests.py checks what can be checked without it: that the manifests' rayVersion
 # and image tag match RAY_VERSION below and the package version, and that .dockerignore keeps what the

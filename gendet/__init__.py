@@ -4,7 +4,7 @@ The library is pure torch + pyarrow + fsspec + webdataset and never imports Ray;
 ``pipelines/`` wires it into Ray Data and Ray Train.
 """
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 
 class GendetError(Exception):

@@ -44,12 +44,12 @@ TOKEN_GRID = "8x8"                 # spectrum:v2's 16x16 averaged 2x2 (measured 
 GAMMA_SETTINGS = {"width": 64, "epochs": 20}  # GammaConfig fields: experiments/gamma_ablation.py's
 
 
-def manipulated_shards(shards: str, out: str, train_family: str) -> dict[str, Any]:
+def manipulated_shards(shards: str, out: str, train_family: str, seed: int = 0) -> dict[str, Any]:
     """Write ``out``'s manipulated shards of ``train_family``'s reals unless its summary matches."""
     from gendet.data.manipulation_shards import ManipulateConfig, build_manipulated_shards
     from gendet.zoo.manipulate import inpaint_maker
 
-    cfg = ManipulateConfig(kinds=KINDS, per_image=PER_IMAGE, seed=0)
+    cfg = ManipulateConfig(kinds=KINDS, per_image=PER_IMAGE, seed=seed)
     inputs = gio.join(shards, f"{train_family}-*.tar")  # the maker's family is the inputs' (in their names)
     return build_manipulated_shards(inputs, out, cfg, donors=inputs, reuse=True,
                                     makers={"inpaint": inpaint_maker((train_family,), area=cfg.area)})
@@ -80,12 +80,13 @@ def train_subsets(features: str, encoder: str, train_family: str) -> list[str]:
     return [s for s in wanted if counts.get(("train", s))]
 
 
-def train_gamma_job(features: str, out: str, subsets: list[str], encoder: str, num_workers: int):
+def train_gamma_job(features: str, out: str, subsets: list[str], encoder: str, num_workers: int, seed: int = 0):
     from gendet.method.gamma.config import GammaConfig
     from pipelines._common import Workers
     from pipelines.train_gamma import GammaTrainJob
 
-    return GammaTrainJob(features=features, train_subsets=tuple(subsets), gamma=GammaConfig(**GAMMA_SETTINGS), out=out,
+    return GammaTrainJob(features=features, train_subsets=tuple(subsets), gamma=GammaConfig(**{**GAMMA_SETTINGS, "seed": seed}),
+                         out=out,
                          encoder=encoder, eval_splits=("test",), workers=Workers(num_workers=num_workers, cpus_per_worker=1.0),
                          name=f"demo-gamma-{int(time.time())}", register=MODEL_NAME)
 
@@ -147,11 +148,12 @@ def overlays(shards: str, out: str, model: str, run_id: str, tracking_uri: str) 
     return png, note
 
 
-def run_gamma(out: str, shards: str, features: str, train_family: str, encoder: str, num_workers: int) -> dict[str, Any]:
+def run_gamma(out: str, shards: str, features: str, train_family: str, encoder: str, num_workers: int,
+              seed: int = 0) -> dict[str, Any]:
     """The whole step (module docstring); returns what the report shows."""
     t0 = time.perf_counter()
     manipulated = gio.join(out, "manipulated")
-    manip = manipulated_shards(shards, manipulated, train_family)
+    manip = manipulated_shards(shards, manipulated, train_family, seed)
     log.info("    manipulations of %s's reals: %s", train_family, json.dumps(manip["counts"]))
     t_manip = time.perf_counter()
     extracted = extract_tokens([shards, manipulated], features, encoder, TOKEN_GRID)
@@ -168,7 +170,7 @@ def run_gamma(out: str, shards: str, features: str, train_family: str, encoder: 
     try:
         from pipelines import train_gamma
 
-        summary = train_gamma.run(train_gamma_job(features, gamma_out, subsets, encoder, num_workers))
+        summary = train_gamma.run(train_gamma_job(features, gamma_out, subsets, encoder, num_workers, seed))
         t_train = time.perf_counter()
         model = f"models:/{MODEL_NAME}/{summary['gate']['version']}"
         png, note = overlays(shards, out, model, summary["run_id"], tracking_uri)

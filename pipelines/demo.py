@@ -48,6 +48,9 @@ CROP_SIZES, SMALL_CROP_SIZES = (64, 128, 256), (64, 128)
 # spectrum:v2 costs the same per image at every size (a 64 px crop is tiled to its 256 px canvas), and the
 # 256 px crops dominate the zoo's regeneration: 6 (6, 3, 2: 9,086 images, not 5,782) costs ~1.6x both.
 CROPS_PER_PHOTO, SMALL_CROPS_PER_PHOTO = 4, 3
+# The gate decides on val (paired per family): ~500 val images per family tell a 5-point fall from a
+# retrain's noise (experiments/results/gate-power.md), so val photos give 4x the crops (~560 per family).
+VAL_CROPS_PER_PHOTO = 16
 JPEG_FRACTION = 0.5
 # GenImage's Table 4 protocol on the multi-size crops, four variants for time (each costs a whole extraction):
 # blur:5 is left out (blur:3 already erases the spectral fingerprints for every method, ~50 %), and so is
@@ -72,6 +75,7 @@ class DemoJob:
       gendet demo                        # 10-25 min on 2 cores
       gendet demo --small --no-gamma     # CI's size
       gendet demo --out out/demo2 --no-fix --train-family vq_f4
+      gendet demo --seed 1 --out out/demo-seed1   # another world: photo split, draws, initialisation
     """
 
     out: str = "out/demo"
@@ -96,6 +100,9 @@ class DemoJob:
     gamma: bool = True
     """GAMMA beside GenDet: manipulations, token extraction, train-gamma (registered as gendet-gamma),
     pixel metrics and overlays (--small runs without it)."""
+    seed: int = 0
+    """The world's and the training's seed: photo split, crop, mask and format draws, manipulations,
+    initialisation (0: the committed report's world). Another seed needs another --out."""
 
     def __post_init__(self) -> None:
         from gendet.zoo.config import parse_families
@@ -128,13 +135,26 @@ class Steps:
         log.info("    done in %.1f s", self.times[self._name])
 
 
-def zoo_shards(out: str, families: list[str], small: bool) -> dict:
-    """Write the zoo's shards for ``families`` unless a matching summary says they are there."""
+def zoo_shards(out: str, families: list[str], small: bool, seed: int = 0, features: str | None = None) -> dict:
+    """Write the zoo's shards for ``families`` unless a matching summary says they are there. A
+    world of another config (another --seed) under an --out whose features exist is refused: the
+    store would mix two worlds under the same shard names."""
     from gendet.zoo.shards import ZooShardsConfig, build_zoo_shards
 
-    cfg = ZooShardsConfig(families=tuple(families), photos_per_split=4 if small else 0,
-                          crops_per_photo=SMALL_CROPS_PER_PHOTO if small else CROPS_PER_PHOTO,
-                          crop_sizes=SMALL_CROP_SIZES if small else CROP_SIZES, jpeg_fraction=JPEG_FRACTION)
+    crops = SMALL_CROPS_PER_PHOTO if small else CROPS_PER_PHOTO
+    cfg = ZooShardsConfig(families=tuple(families), photos_per_split=4 if small else 0, crops_per_photo=crops,
+                          val_crops_per_photo=4 * crops if small else VAL_CROPS_PER_PHOTO,
+                          crop_sizes=SMALL_CROP_SIZES if small else CROP_SIZES, jpeg_fraction=JPEG_FRACTION, seed=seed)
+    summary_url = gio.join(out, "zoo_summary.json")
+    if features and gio.exists(summary_url) and gio.exists(features):
+        from gendet.config import to_json
+
+        made = gio.read_json(summary_url).get("config") or {}
+        if made != json.loads(to_json(cfg)):
+            from gendet import GendetError
+
+            raise GendetError(f"{out}: shards of another demo world (seed {made.get('seed')}, or an older version's "
+                              f"config) whose features are in {features}; pass another --out, or delete it to rebuild")
     return build_zoo_shards(out, cfg, reuse=True)
 
 
@@ -158,7 +178,8 @@ def train_job(features: str, out: str, job: DemoJob):
     from pipelines.train import TrainJob
 
     rotations = job.rotations or (2 if job.small else 10)
-    return TrainJob(features=features, train=preset("demo", train_subsets=(job.train_family,), rotations=rotations),
+    return TrainJob(features=features, train=preset("demo", train_subsets=(job.train_family,), rotations=rotations,
+                                                    seed=job.seed),
                     eval_splits=("test",), encoder=ENCODER, out=out, name=f"demo-{int(time.time())}", register="gendet",
                     workers=Workers(num_workers=job.num_workers, cpus_per_worker=1.0))
 
@@ -190,7 +211,7 @@ def run(job: DemoJob) -> dict[str, Any]:
     from gendet.eval.report import DemoReport, write_demo_report
     from gendet.method.gendet.config import METHODS
     from gendet.serve.predict import predict
-    from gendet.zoo.config import parse_families
+    from gendet.zoo.config import parse_families, same_generator
     from pipelines import refresh, train
     from pipelines._ray import require_ray
 
@@ -204,7 +225,7 @@ def run(job: DemoJob) -> dict[str, Any]:
     step = Steps(9 if gamma else 8)
 
     with step(f"photo corpus and generator zoo -> shards ({len(families)} families)"):
-        zoo = zoo_shards(shards, families, job.small)
+        zoo = zoo_shards(shards, families, job.small, job.seed, features)
         log.info("    %d photos: %s", zoo["photos"], json.dumps(zoo["corpus"]["found"]))
     with step(f"Ray Data extraction, {ENCODER}, clean + {len(degrades)} degraded variants"):
         extracted = extract_all(shards, features, degrades)
@@ -218,7 +239,7 @@ def run(job: DemoJob) -> dict[str, Any]:
         from pipelines._demo_gamma import run_gamma
 
         with step(f"GAMMA: manipulations of {job.train_family}, token extraction, train-gamma, overlays"):
-            gammas = run_gamma(out, shards, features, job.train_family, ENCODER, job.num_workers)
+            gammas = run_gamma(out, shards, features, job.train_family, ENCODER, job.num_workers, job.seed)
     # The gate may refuse (its real-image floor): then the demo goes on with the challenger, and says so.
     model = f"models:/gendet@{'champion' if summary['gate']['promoted'] else 'challenger'}"
     with step(f"predict: a few files with {model}"):
@@ -229,7 +250,7 @@ def run(job: DemoJob) -> dict[str, Any]:
         for row in predictions:
             log.info("    %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
     with step(f"a new family arrives: {job.new_family} -> shards"):
-        zoo_shards(incoming, [job.new_family], job.small)
+        zoo_shards(incoming, [job.new_family], job.small, job.seed)
     fixing = f", and fix it ({job.fix_shots} shots: retrain, gate, promote)" if job.fix else ""
     with step(f"refresh: extract only the new shards, score the champion, alert if it slips{fixing}"):
         fresh = refresh.run(refresh_job(incoming, features, out, model, job))  # also writes OUT/refresh.json
@@ -239,6 +260,7 @@ def run(job: DemoJob) -> dict[str, Any]:
             train_family=job.train_family, new_family=job.new_family, zoo=zoo, extracted=extracted, summary=summary,
             by_degrade=by_degrade, predictions=predictions, predictions_model=model, refresh=fresh, times=step.times,
             degrade_note=DEGRADE_NOTE, gamma=gammas, overlays=gammas.get("overlays", ""),
+            seen_generator=tuple(f for f in families if same_generator(f, job.train_family)),
             overlays_note=gammas.get("overlays_note", "")))
     return {"report": report_url, "headline": headline, "seconds": time.perf_counter() - step.started, "out": out}
 

@@ -103,9 +103,18 @@ def parent_job(client: Any, run: Any) -> dict[str, Any]:
 
 
 def per_family(gate: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{subset: {"before": {...}, "after": {...}}}: the champion's and the challenger's calibrated
-    accuracies on the gate's evaluation set."""
-    return {s: {"before": row["champion"], "after": row["challenger"]} for s, row in gate.get("families", {}).items()}
+    """{subset: {"before": {...}, "after": {...}, "paired": {...}}}: the champion's and the
+    challenger's calibrated accuracies on the gate's split, and the paired interval of their
+    difference the gate decided on (``gendet.eval.paired``)."""
+    return {s: {"before": row["champion"], "after": row["challenger"], "paired": row.get("paired")}
+            for s, row in gate.get("families", {}).items()}
+
+
+def reported_families(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{subset: calibrated accuracy, fakes caught, AP} of the challenger on the run's eval splits
+    (test): what is reported, after the gate decided on val without it."""
+    keys = ("acc_calibrated", "fake_acc_calibrated", "real_acc_calibrated", "ap", "n_real", "n_fake")
+    return {s: {k: row.get(k) for k in keys} for s, row in (metrics.get("subsets") or {}).items()}
 
 
 def run(job: FixJob) -> dict[str, Any]:
@@ -116,9 +125,10 @@ def run(job: FixJob) -> dict[str, Any]:
     The registry is ``tracking_uri``, else MLFLOW_TRACKING_URI / the process's MLflow URI; the
     training run logs there too. Returns what ``OUT/fix.json`` holds: ``subsets``, ``shots``,
     ``parent_version`` and ``champion_version_before``, ``challenger_version``, ``promoted``,
-    ``reason`` (the gate's), ``worst_family``, ``families`` ({subset: {"before", "after"}} of
-    ``acc_calibrated``, ``fake_acc_calibrated``, ``real_acc_calibrated``, ``ap``), ``run_id``,
-    ``seconds``.
+    ``reason`` (the gate's), ``worst_family``, ``gate_split``, ``families`` ({subset: {"before",
+    "after", "paired"}} of ``acc_calibrated``, ``fake_acc_calibrated``, ``real_acc_calibrated``,
+    ``ap`` on the gate's split and the paired interval), ``eval_splits`` and ``reported`` (the
+    challenger's numbers there, ``reported_families``), ``run_id``, ``seconds``.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -146,7 +156,9 @@ def run(job: FixJob) -> dict[str, Any]:
               "champion_version_before": None if champion is None else str(champion.version),
               "subsets": list(job.subsets), "shots": job.shots or None, "challenger_version": gate["version"],
               "promoted": gate["promoted"], "reason": gate["reason"], "worst_family": gate.get("worst_family"),
-              "worst_family_drop": gate.get("worst_family_drop"), "families": per_family(gate),
+              "worst_family_drop": gate.get("worst_family_drop"), "gate_split": gate.get("split"),
+              "families": per_family(gate), "eval_splits": list(retrain.eval_splits),
+              "reported": reported_families(gio.read_json(summary["metrics"])),
               "run_id": summary["run_id"], "train_out": retrain.out, "tracking_uri": uri,
               "seconds": round(time.perf_counter() - started, 1)}
     gio.write_json_atomic(gio.join(retrain.out, FIX_JSON), json_safe(result))
@@ -157,11 +169,16 @@ def format_fix(result: dict[str, Any]) -> str:
     """A short table: every family's calibrated accuracy and fakes caught, before and after."""
     from gendet.eval.tables import markdown_table, pct
 
+    def interval(paired: dict | None) -> str:
+        return "" if not paired else f"{paired['diff'] * 100:+.1f} [{paired['lo'] * 100:+.1f}, {paired['hi'] * 100:+.1f}]"
+
     rows = [[s, pct((row["before"] or {}).get("acc_calibrated")), pct(row["after"]["acc_calibrated"]),
-             pct((row["before"] or {}).get("fake_acc_calibrated")), pct(row["after"]["fake_acc_calibrated"])]
+             interval(row.get("paired")), pct((row["before"] or {}).get("fake_acc_calibrated")),
+             pct(row["after"]["fake_acc_calibrated"])]
             for s, row in result["families"].items() if row["after"]]
     verdict = "PROMOTED" if result["promoted"] else "not promoted"
-    return (markdown_table(["subset", "acc_cal before", "acc_cal after", "fake caught before", "fake caught after"], rows)
+    return (markdown_table(["subset", "acc_cal before", "acc_cal after", "after - before [interval], points",
+                            "fake caught before", "fake caught after"], rows)
             + f"\n\nversion {result['challenger_version']} {verdict}: {result['reason']} ({result['seconds']:.0f} s)")
 
 

@@ -23,7 +23,7 @@ class ImportJob:
       folder    DIR/**/*                                   every image, one --label and --subset
 
     Examples:
-      gendet import genimage /data/GenImage/stable_diffusion_v_1_4 out/shards
+      gendet import genimage /data/GenImage/stable_diffusion_v_1_4 out/shards --val-fraction 0.05
       gendet import ufd /data/UniversalFakeDetect/test out/shards --split test
       gendet import folder /data/my_reals out/shards --label real --subset mine --split test
     """
@@ -40,6 +40,10 @@ class ImportJob:
     """folder: the group results are reported by (e.g. the generator)."""
     split: Literal["train", "val", "test", ""] | None = None
     """Split of every sample (ufd: default ROOT's name when it is train/val/test; folder: default none)."""
+    val_fraction: float = 0.0
+    """genimage: carve this fraction of train (whole content groups) into a val split and name
+    GenImage's val test, so choices (calibration, the gate, a sweep) read val and runs report test;
+    e.g. 0.05. 0 keeps GenImage's train/val."""
     shard_size: int = 1000
     """Samples per shard."""
     overwrite: bool = False
@@ -55,6 +59,8 @@ class ImportJob:
             check(self.label is None and self.subset is None,
                   f"import {self.layout}: --label and --subset are for `import folder` (the layout says them)")
         check(not (self.layout == "genimage" and self.split), "import genimage: the split comes from the folders")
+        check(0.0 <= self.val_fraction < 1.0, f"--val-fraction {self.val_fraction}: must be in [0, 1)")
+        check(self.layout == "genimage" or not self.val_fraction, "--val-fraction: genimage only")
 
 
 def run(job: ImportJob) -> dict:
@@ -62,7 +68,7 @@ def run(job: ImportJob) -> dict:
 
     common = {"shard_size": job.shard_size, "overwrite": job.overwrite}
     if job.layout == "genimage":
-        return import_genimage(job.root, job.out, **common)
+        return import_genimage(job.root, job.out, val_fraction=job.val_fraction, **common)
     if job.layout == "ufd":
         return import_ufd(job.root, job.out, split=job.split, **common)
     return import_folder(job.root, job.out, label=job.label, subset=job.subset, split=job.split or "", **common)

@@ -10,15 +10,18 @@ store's rows (training subsets, eval splits), the MLflow server, ``--out`` and `
 Each Tune trial trains in its own process with the library: ``train_all`` on the training rows
 held in memory (``ParquetSource.table`` into a ``TensorSource``), Platt scaling and thresholds
 fitted on the rows ``gendet train`` would use (``TrainConfig.calibration_split``, resolved by the
-driver: the val split, or a held-out part of the training rows when val is scored), then the eval
-splits scored by ``pipelines.evaluate.evaluate_store`` (in-process below its Ray Data threshold).
-It reports to Tune the mean accuracy, AP and calibrated accuracy over the subsets it never trained
-on and over the ones it did (``gendet.eval.sweep.trial_numbers``). No trial writes to MLflow: a
+driver with ``--select-split`` and ``--eval-splits`` both scored: a held-out part of the training
+rows), then ``--select-split`` (val) scored by ``pipelines.evaluate.evaluate_store`` (in-process
+below its Ray Data threshold). It reports to Tune the mean accuracy, AP and calibrated accuracy over
+the subsets it never trained on and over the ones it did (``gendet.eval.sweep.trial_numbers``), its
+detectors as the trial's checkpoint. The driver chooses the grid point with the best mean unseen
+accuracy on the selection split (``gendet.eval.sweep.best_point``), and only then scores that
+point's detectors on ``--eval-splits`` (test): the number the sweep reports, read once, by no choice. No trial writes to MLflow: a
 Tune callback on the driver logs one run per trial (params: the trial's whole TrainConfig;
 metrics: those numbers) as a child of the sweep's parent run, as each trial ends. The driver then
 writes ``OUT/sweep.csv`` (one row per trial) and ``OUT/sweep.md`` (Table 5's shape: rows alpha,
-columns M, unseen accuracy mean ± sd over seeds; then every grid point), and logs both to the
-parent run.
+columns M, unseen accuracy on the selection split mean ± sd over seeds; then every grid point; then
+the chosen point on the eval splits), and logs both to the parent run.
 
 On a local Ray trials take ``--cpus-per-trial`` logical CPUs (default 0.5: the local Ray advertises
 more CPUs than the box has cores, and a trial's scoring may start Ray Data tasks of its own) and
@@ -62,7 +65,7 @@ class SweepJob:
     (Table 5's shape: rows alpha, columns M, unseen accuracy mean ± sd over seeds).
 
     Examples:
-      gendet sweep out/features --train-subsets sdv14 --eval-splits val       # Table 5: alpha x M
+      gendet sweep out/features --train-subsets sdv14    # Table 5: alpha x M, chosen on val, reported on test
       gendet sweep out/features --train-subsets sdv14 --grid student_lr=1e-5,1e-4 --seeds 0,1,2
     """
 
@@ -74,8 +77,12 @@ class SweepJob:
     replacing that field's flag (none given: the paper's Table 5, --grid alpha=0.01,0.1,1 --grid margin=1,2,4)."""
     seeds: tuple[int, ...] = ()
     """Seeds every grid point runs with (none: --seed; or --grid seed=...)."""
+    select_split: str = "val"
+    """The split every trial is scored on and the best grid point chosen by (its unseen accuracy,
+    mean over seeds): never a split of --eval-splits. On a store with train and val only, train
+    chooses on the unseen families' training rows, which no trial fits."""
     eval_splits: tuple[str, ...] = ("test",)
-    """Splits each trial is scored on."""
+    """Splits the chosen point is reported on, once, after the choice (never read by it)."""
     encoder: str | None = None
     """The store variant's encoder, when the store holds several."""
     out: str = "out/sweep"
@@ -98,6 +105,10 @@ class SweepJob:
                                               "e.g. --train-subsets sdv14")
         check(self.cpus_per_trial > 0, f"--cpus-per-trial {self.cpus_per_trial}: must be > 0")
         check(self.concurrency >= 0, f"--concurrency {self.concurrency}: must be >= 0")
+        check(self.select_split not in self.eval_splits,
+              f"--select-split {self.select_split} is also in --eval-splits: the best point would be chosen on the "
+              "rows it is reported on; choose on another split (val) and report test (a store of train and val "
+              "only: --select-split train, the unseen families' training rows)")
 
 
 # --- before Ray: every point checked ----------------------------------------------------------------
@@ -126,23 +137,30 @@ def _key(point: dict[str, Any]) -> str:
     return json.dumps({k: gsweep.cell(v) for k, v in point.items()}, sort_keys=True)
 
 
-def resolve_data(configs: list[TrainConfig], variant: Variant, eval_splits: tuple[str, ...]) -> list[TrainConfig]:
+def resolve_data(configs: list[TrainConfig], variant: Variant, eval_splits: tuple[str, ...],
+                 select_split: str | None = None) -> list[TrainConfig]:
     """The configs with their calibration rows resolved as ``gendet train`` resolves them (val,
     unless val is scored or absent: then a held-out part of the training rows); every distinct
-    training and calibration selection checked for rows of both classes, the eval splits for rows."""
+    training and calibration selection checked for rows of both classes, the eval splits and the
+    selection split for rows. A selection split the trials train on (``train`` on a train/val store)
+    is read only for the unseen families, so it does not stop calibrating on a train holdout."""
     from gendet.features.contents import check_rows, row_counts
     from gendet.features.sources import ParquetSource
     from gendet.method.gendet.trainer import check_calibration, check_source
 
     counts = row_counts(variant.url)
     val_rows = sum(n for (split, _), n in counts.items() if split == VAL)
-    resolved = [resolve_calibration_split(c, eval_splits=eval_splits, val_rows=val_rows) for c in configs]
+    def scored(cfg: TrainConfig) -> tuple[str, ...]:
+        return eval_splits + ((select_split,) if select_split and select_split not in cfg.train_splits else ())
+
+    resolved = [resolve_calibration_split(c, eval_splits=scored(c), val_rows=val_rows) for c in configs]
     checked = set()
     for cfg in resolved:
         rows = (cfg.train_subsets, cfg.train_splits, cfg.calibration_split, cfg.calibration_holdout)
         if rows not in checked:
             checked.add(rows)
-            check_rows(variant.url, eval_splits=eval_splits, train_subsets=cfg.train_subsets,
+            check_rows(variant.url, eval_splits=eval_splits + ((select_split,) if select_split else ()),
+                       train_subsets=cfg.train_subsets,
                        train_splits=cfg.train_splits, counts=counts)
             check_source(cfg, ParquetSource(variant.url, **cfg.training_rows()))
             check_calibration(cfg, ParquetSource(variant.url, **cfg.calibration_rows()))
@@ -151,8 +169,12 @@ def resolve_data(configs: list[TrainConfig], variant: Variant, eval_splits: tupl
 
 # --- inside a Tune trial --------------------------------------------------------------------------
 def run_trial(point: dict[str, Any], *, configs: dict[str, dict[str, Any]], variant: Variant,
-              eval_splits: tuple[str, ...], threads: int) -> None:
-    """One grid point: train in this process, calibrate, score, report the numbers to Tune."""
+              select_split: str, threads: int) -> None:
+    """One grid point: train in this process, calibrate, score the selection split, report the
+    numbers to Tune with the detectors as the trial's checkpoint (the chosen point's are scored on
+    the eval splits by the driver, after the choice)."""
+    import tempfile
+
     import ray.tune
     import torch
 
@@ -172,9 +194,12 @@ def run_trial(point: dict[str, Any], *, configs: dict[str, dict[str, Any]], vari
     started = time.perf_counter()
     result = train_all(cfg, source, calibration=calibration, **variant.detector_fields())
     train_seconds = time.perf_counter() - started
-    reports = evaluate_store(result.detectors, variant, eval_splits)[0]
+    reports = evaluate_store(result.detectors, variant, (select_split,))[0]
     numbers = gsweep.trial_numbers(reports, cfg.train_subsets, headline_method(result.detectors))
-    ray.tune.report({**numbers, "train_seconds": train_seconds})
+    with tempfile.TemporaryDirectory() as tmp:
+        for method, det in result.detectors.items():
+            det.save(os.path.join(tmp, method))
+        ray.tune.report({**numbers, "train_seconds": train_seconds}, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
 
 
 # --- on the driver --------------------------------------------------------------------------------
@@ -242,7 +267,7 @@ def run(job: SweepJob) -> dict[str, Any]:
         out, storage = gio.absolute(job.out), storage_url(job.out, job.storage)
         check_reachable({"FEATURES": job.features, "--out": out, "--storage": storage}, shared_fs=job.shared_fs)
         variant = resolve_variant(job.features, encoder=job.encoder)
-        configs = resolve_data(configs, variant, tuple(job.eval_splits))
+        configs = resolve_data(configs, variant, tuple(job.eval_splits), job.select_split)
         check_outputs({"--out": out, "--storage": storage}, tracking_dir=out)
         start_ray_quietly()
         return tune_grid(job, grid, points, configs, variant, out, storage)
@@ -269,7 +294,7 @@ def tune_grid(job: SweepJob, grid: dict[str, list[Any]], points: list[dict[str, 
                                   by_key, job.name)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, configs={k: to_dict(c) for k, c in by_key.items()}, variant=variant,
-                                 eval_splits=tuple(job.eval_splits), threads=max(1, int(job.cpus_per_trial))),
+                                 select_split=job.select_split, threads=max(1, int(job.cpus_per_trial))),
             {"cpu": job.cpus_per_trial})
         tuner = tune.Tuner(
             trainable, param_space={k: tune.grid_search(v) for k, v in grid.items()},
@@ -287,18 +312,50 @@ def tune_grid(job: SweepJob, grid: dict[str, list[Any]], points: list[dict[str, 
                          "mlflow_run_id": logger.runs.get(_key(point)), **_reported(metrics)})
         rows.sort(key=lambda r: order[_key({k: r[k] for k in grid})])
         title = (f"# Sweep {job.name}: {len(points)} trials on {variant.encoder} features, trained on "
-                 f"{','.join(job.train.train_subsets)}, scored on {','.join(job.eval_splits)}; {wall:.0f} s")
-        table_csv, text = gsweep.write_tables(out, grid, rows, title)
-        log_tables(table_csv, text, rows, wall)
+                 f"{','.join(job.train.train_subsets)}, chosen on {job.select_split}; {wall:.0f} s")
+        selected = report_selected(job, grid, rows, result_grid, variant, by_key)
+        table_csv, text = gsweep.write_tables(out, grid, rows, title, selected)
+        log_tables(table_csv, text, rows, wall, selected)
     summary = {"parent_run_id": parent.info.run_id, "experiment_id": parent.info.experiment_id,
                "tracking_uri": mlflow.get_tracking_uri(), "tune_path": os.path.join(storage, run_name),
-               "csv": gio.join(out, "sweep.csv"), "md": gio.join(out, "sweep.md"), "wall_seconds": wall, "rows": rows}
+               "csv": gio.join(out, "sweep.csv"), "md": gio.join(out, "sweep.md"), "wall_seconds": wall, "rows": rows,
+               "selected": selected}
     gio.write_json_atomic(gio.join(out, "sweep_summary.json"), gio.redacted(json.loads(json.dumps(summary, default=str))))
     failed = [r["point"] for r in rows if r["status"] != "TERMINATED"]
     if failed:
         raise GendetError(f"{len(failed)} of {len(rows)} trials failed ({failed[0]} first); their errors are under "
                           f"{summary['tune_path']}")
     return {**summary, "result_grid": result_grid, "table": text}
+
+
+def report_selected(job: SweepJob, grid: dict[str, list[Any]], rows: list[dict[str, Any]], result_grid: Any,
+                    variant: Variant, by_key: dict[str, TrainConfig]) -> dict[str, Any] | None:
+    """The grid point chosen on --select-split (``gsweep.best_point``), then, once, its trials'
+    detectors (their Tune checkpoints) scored on --eval-splits: what the sweep reports. None when
+    no trial finished."""
+    from gendet.method.gendet.detector import Detector
+    from gendet.mlops.training_report import headline_method
+    from pipelines.evaluate import evaluate_store
+
+    knobs = [k for k in grid if k != "seed"]
+    best = gsweep.best_point(rows, knobs)
+    if best is None:
+        return None
+    values, members = best
+    reported = []
+    for result in result_grid:
+        point = {k: result.config[k] for k in grid}
+        if result.error or tuple(gsweep.cell(point[k]) for k in knobs) != values or result.checkpoint is None:
+            continue
+        with result.checkpoint.as_directory() as folder:
+            detectors = {m: Detector.load(os.path.join(folder, m)) for m in sorted(os.listdir(folder))
+                         if os.path.isdir(os.path.join(folder, m))}
+            reports = evaluate_store(detectors, variant, tuple(job.eval_splits))[0]
+        reported.append({"seed": point.get("seed"), **gsweep.trial_numbers(
+            reports, by_key[_key(point)].train_subsets, headline_method(detectors))})
+    return {"point": ",".join(f"{k}={v}" for k, v in zip(knobs, values)) or "(one point)",
+            "select_split": job.select_split, "eval_splits": list(job.eval_splits),
+            "chosen_by": [m.get("unseen_acc") for m in members], "reported": reported}
 
 
 def main(job: SweepJob) -> int:

@@ -39,7 +39,7 @@ from gendet import GendetError, first_line
 from gendet import io as gio
 from gendet.config import from_dict, to_dict
 from gendet.method.gendet.config import PRESETS, VAL, TrainConfig, resolve_calibration_split
-from gendet.mlops.gate import GateConfig
+from gendet.mlops.gate import GateConfig, check_gate_split
 from pipelines import _jobs
 from pipelines._common import Workers, check_outputs, check_reachable, storage_url
 from pipelines._jobs import Flat, Positional
@@ -108,6 +108,7 @@ class TrainJob:
         check(bool(self.eval_splits), "--eval-splits: empty; name the split(s) to score, e.g. test or val")
         check(self.worker_cache_rows >= 0 and self.in_memory_rows >= 0,
               "--worker-cache-rows and --in-memory-rows must be >= 0")
+        check_gate_split(self.gate, register=self.register, eval_splits=self.eval_splits)
 
 
 # --- inside a Ray Train worker -------------------------------------------------------------------
@@ -167,9 +168,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rows = {k: n // world for k, n in (config.get("rows") or {}).items()}  # streaming_split(equal=True): a share each
     source = ray_shard_source(config["dim"], cfg, config.get("cache_rows", 0), rows or None)
     # Thresholds and Platt scaling are fitted on rows never trained on nor scored (the driver
-    # resolved cfg.calibration_split): the val rows of every subset (reals are reals whatever
-    # generator they are paired with, and more of them make the FPR quantile firmer), or the
-    # training subsets' held-out content_ids when val is scored or absent.
+    # resolved cfg.calibration_split): the val rows of the training subsets (and the extra subsets
+    # named on purpose), never of the families reported as unseen, or the training subsets'
+    # held-out content_ids when val is scored or absent.
     calibration = (ParquetSource(config["variant_url"], dtype=cfg.feature_dtype, **cfg.calibration_rows())
                    if rank == 0 else None)
     device = "cuda" if config["use_gpu"] else "cpu"
@@ -303,6 +304,7 @@ def preflight(job: TrainJob) -> tuple[TrainConfig, Variant, str, str]:
     counts = row_counts(variant.url)
     check_rows(variant.url, eval_splits=job.eval_splits, train_subsets=cfg.train_subsets, train_splits=cfg.train_splits,
                counts=counts)
+    check_gate_split(job.gate, register=job.register, eval_splits=job.eval_splits, splits=tuple({s for s, _ in counts}))
     val_rows = sum(n for (split, _), n in counts.items() if split == VAL)
     cfg = resolve_calibration_split(cfg, eval_splits=job.eval_splits, val_rows=val_rows)
     check_source(cfg, ParquetSource(variant.url, **cfg.training_rows()))

@@ -42,7 +42,7 @@ from gendet import GendetError, first_line
 from gendet import io as gio
 from gendet.config import check, from_dict, to_dict
 from gendet.method.gamma.config import GammaConfig
-from gendet.mlops.gate import GateConfig
+from gendet.mlops.gate import GateConfig, check_gate_split
 from pipelines import _jobs
 from pipelines._common import Workers, check_outputs, check_reachable, storage_url
 from pipelines._jobs import Flat, Positional
@@ -104,6 +104,7 @@ class GammaTrainJob:
         check(bool(self.eval_splits), "--eval-splits: empty; name the split(s) to score, e.g. test or val")
         check(0 < self.target_fpr < 1, f"--target-fpr {self.target_fpr}: must be in (0, 1)")
         check(0 < self.calibration_holdout < 1, f"--calibration-holdout {self.calibration_holdout}: must be in (0, 1)")
+        check_gate_split(self.gate, register=self.register, eval_splits=self.eval_splits)
 
 
 def row_plan(job: GammaTrainJob, counts: dict[tuple[str, str], int]):
@@ -131,6 +132,7 @@ def preflight(job: GammaTrainJob) -> dict[str, Any]:
     variant = resolve_token_variant(job.features, encoder=job.encoder)
     counts = row_counts(variant.url)
     check_rows(variant.url, eval_splits=job.eval_splits, train_subsets=job.train_subsets, counts=counts)
+    check_gate_split(job.gate, register=job.register, eval_splits=job.eval_splits, splits=tuple({s for s, _ in counts}))
     plan = row_plan(job, counts)
     training = ParquetSource(variant.url, **plan.training_rows())
     check_source(plan, training)
@@ -280,7 +282,8 @@ def run(job: GammaTrainJob) -> dict[str, Any]:
         model_url = fit(job, facts)
         det = GammaDetector.load(model_url)
         cal = load_token_rows(job.features, encoder=variant.encoder, **plan.calibration_rows())
-        det.calibrate(cal.tokens, cal.labels, job.target_fpr, split=plan.calibration_split)
+        det.calibrate(cal.tokens, cal.labels, job.target_fpr, split=plan.calibration_split,
+                      subsets=[str(s) for s in cal.subset])
         det.save(model_url)
         opts = ReportOptions(out=facts["out"], eval_splits=tuple(job.eval_splits), run_name=job.name,
                              params={"num_workers": job.workers.num_workers, "use_gpu": job.workers.use_gpu,

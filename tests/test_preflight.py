@@ -8,6 +8,8 @@ MLflow tracking server (``gendet.mlops.tracking.check_tracking``), output storag
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import free_port
 
@@ -88,8 +90,9 @@ def _train(store, out, *extra):
 
 
 def _sweep(store, out, *extra):
+    # train,val only: the sweep chooses on the unseen families' train rows, which no trial fits
     return run_cli(sweep_pipeline, [store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug",
-                                "--grid", "alpha=0.1", *extra])
+                                "--grid", "alpha=0.1", "--select-split", "train", *extra])
 
 
 @pytest.mark.parametrize("verb", [_train, _sweep])
@@ -185,3 +188,21 @@ def test_evaluate_checks_model_server_splits_and_out_before_scoring(tmp_path, ge
                                    "--mlflow-run", "0123456789abcdef"]) == 2
     assert "--mlflow-run 0123456789abcdef: no such run" in one_line_error(capsys)
     assert not (tmp_path / "m").exists()
+
+
+def test_a_demo_out_holding_another_world_is_refused_before_any_work(tmp_path):
+    """Another --seed under an --out whose features exist would mix two worlds under the same shard names."""
+    from gendet.config import to_json
+    from gendet.zoo.shards import ZooShardsConfig
+    from pipelines import demo
+
+    shards, features = tmp_path / "shards", tmp_path / "features"
+    shards.mkdir()
+    features.mkdir()
+    made = ZooShardsConfig(families=("vq_f4",), photos_per_split=4, crops_per_photo=demo.SMALL_CROPS_PER_PHOTO,
+                           val_crops_per_photo=4 * demo.SMALL_CROPS_PER_PHOTO, crop_sizes=demo.SMALL_CROP_SIZES,
+                           jpeg_fraction=demo.JPEG_FRACTION, seed=0)
+    (shards / "zoo_summary.json").write_text(json.dumps({"config": json.loads(to_json(made))}))
+    with pytest.raises(GendetError, match=r"shards of another demo world \(seed 0.*pass another --out"):
+        demo.zoo_shards(str(shards), ["vq_f4"], True, 1, str(features))
+    assert demo.zoo_shards(str(shards), ["vq_f4"], True, 0, str(features)) == {"config": json.loads(to_json(made))}

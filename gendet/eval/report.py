@@ -66,6 +66,9 @@ class DemoReport:
     """A GAMMA overlay grid PNG (``overlay_section``); empty: no such section."""
     overlays_note: str = ""
     """Under the overlay grid: which model, which images."""
+    seen_generator: tuple[str, ...] = ()
+    """Subsets made by the training family's generator another way (``inpaint_f8``: its weights inside
+    a mask): marked in the tables and left out of every unseen mean."""
     gamma: dict = field(default_factory=dict)
     """The demo's GAMMA step (``pipelines.demo_gamma.run_gamma``): its ``metrics`` (metrics.json), training
     ``summary``, ``train_subsets``, ``manipulated`` counts, ``token_grid``; empty: no GAMMA sections."""
@@ -86,20 +89,42 @@ def _world(zoo: dict) -> str:
 
 
 def _fix_text(fix: dict | None) -> str:
-    """The closed loop's outcome under the refresh verdict: the gate's decision and every family before/after."""
+    """The closed loop's outcome under the refresh verdict: the gate's decision, what it saw on its
+    split (every family before/after, the paired interval), then the challenger on the reported split."""
     if not fix:
         return ""
-    rows = [[s, tables.pct((row.get("before") or {}).get("acc_calibrated")), tables.pct(row["after"]["acc_calibrated"]),
+
+    def interval(paired: dict | None) -> str:
+        return "" if not paired else f"{paired['diff'] * 100:+.1f} [{paired['lo'] * 100:+.1f}, {paired['hi'] * 100:+.1f}]"
+
+    rows = [[s, str((row.get("paired") or {}).get("n", "")), tables.pct((row.get("before") or {}).get("acc_calibrated")),
+             tables.pct(row["after"]["acc_calibrated"]), interval(row.get("paired")),
              tables.pct((row.get("before") or {}).get("fake_acc_calibrated")), tables.pct(row["after"]["fake_acc_calibrated"])]
             for s, row in fix.get("families", {}).items() if row.get("after")]
-    return (f"\n\n**Fix** (`refresh --fix`, {fix.get('shots')} shots of {', '.join(fix.get('subsets', []))}): version "
+    split, reported = fix.get("gate_split") or "val", fix.get("reported") or {}
+    text = (f"\n\n**Fix** (`refresh --fix`, {fix.get('shots')} shots of {', '.join(fix.get('subsets', []))}): version "
             f"{fix.get('challenger_version')} {'promoted to champion' if fix.get('promoted') else 'not promoted'}: "
             f"{fix.get('reason')} ({fix.get('seconds', 0):.0f} s)\n\n"
-            + tables.markdown_table(["subset", "acc_cal before", "acc_cal after", "fakes caught before",
-                                     "fakes caught after"], rows))
+            f"What the gate saw, on {split} (both models on the same images, each at its calibrated threshold; "
+            "the interval is the paired bootstrap's, simultaneous over the families):\n\n"
+            + tables.markdown_table(["subset", "images", "acc_cal before", "acc_cal after", "after - before [interval], points",
+                                     "fakes caught before", "fakes caught after"], rows))
+    if reported:
+        new = [s for s in fix.get("subsets", []) if s in reported]
+        text += (f"\n\nReported on {','.join(fix.get('eval_splits') or ['test'])} (never read by the gate), the "
+                 "challenger: " + "; ".join(f"{s} {tables.pct(reported[s].get('fake_acc_calibrated'))} of fakes caught, "
+                                             f"acc_cal {tables.pct(reported[s].get('acc_calibrated'))}" for s in new)
+                 + f"; mean acc_cal of the other families {tables.pct(_mean(reported, exclude=new))}.")
+    return text
 
 
-def gamma_sections(gamma: dict, gendet: dict, seen: list[str]) -> list[tuple[str, str]]:
+def _mean(reported: dict, exclude: list[str]) -> float | None:
+    values = [row["acc_calibrated"] for s, row in reported.items()
+              if s not in exclude and row.get("acc_calibrated") is not None]
+    return sum(values) / len(values) if values else None
+
+
+def gamma_sections(gamma: dict, gendet: dict, seen: list[str], seen_generator: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """GAMMA beside GenDet on GenDet's subsets (the headline's format), then the partial fakes (subsets
     with masks: the zoo's inpaint_f8, the training family's test manipulations): fakes caught, pixel F1/IoU."""
     if not gamma:
@@ -111,11 +136,14 @@ def gamma_sections(gamma: dict, gendet: dict, seen: list[str]) -> list[tuple[str
                     key=lambda s: (s not in gendet["subsets"], s))
     body = [f"GAMMA trained on {', '.join(f'`{s}`' for s in gamma['train_subsets'])} (train split; "
             f"{gamma['token_grid']} tokens of the same encoder; manipulations written: `{json.dumps(gamma['manipulated'])}`). "
-            "Test split, %.", "**Accuracy at 0.5**", tables.methods_table(both, seen, metric="acc"),
-            "**Average precision**", tables.methods_table(both, seen, metric="ap"),
-            "**Accuracy at the calibrated threshold**", tables.methods_table(both, seen, metric="acc_calibrated")]
+            "Test split, %.", "**Accuracy at 0.5**",
+            tables.methods_table(both, seen, metric="acc", seen_generator=seen_generator),
+            "**Average precision**", tables.methods_table(both, seen, metric="ap", seen_generator=seen_generator),
+            "**Accuracy at the calibrated threshold**",
+            tables.methods_table(both, seen, metric="acc_calibrated", seen_generator=seen_generator)]
     if masked:  # partial fakes: the training family's test manipulations (seen kinds) and the zoo's inpaint_f8
-        rows = [[s, v.get("n_masked"), *(tables.pct(v.get(k)) for k in ("fake_acc", "fake_acc_calibrated", "pixel_f1",
+        rows = [[f"{s} (seen process: the training family's weights, GAMMA's mask drawer)" if s in seen_generator else s,
+                 v.get("n_masked"), *(tables.pct(v.get(k)) for k in ("fake_acc", "fake_acc_calibrated", "pixel_f1",
                                                                           "pixel_iou"))]
                 for s, v in ((s, metrics["subsets"][s]) for s in masked)]
         body += ["**Partial fakes: where GAMMA says it is fake** (pixel F1/IoU on the token canvas, mean over images)",
@@ -131,7 +159,8 @@ def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
     """OUT/report.md: tables, plots, predictions, the refresh verdict; returns (path, headline table)."""
     seen = [r.train_family]
     reports = {m: gio.read_json(gio.join(out, "metrics", f"{m}.json")) for m in r.by_degrade[""]}
-    headline = tables.methods_table(reports, seen, metric="acc")
+    known = [*seen, *r.seen_generator]
+    headline = tables.methods_table(reports, seen, metric="acc", seen_generator=r.seen_generator)
     plots = plot_links(r.summary.get("plots", []), out)
     gate = r.summary.get("gate", {})
     counts = {f: {k: v for k, v in s.items() if k in ("real", "fake", "masked")} for f, s in r.zoo["families"].items()}
@@ -141,12 +170,13 @@ def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
         for d, e in r.extracted.items())
     sections = [
         (f"Accuracy at 0.5 (GenImage protocol), trained on {r.train_family}", headline),
-        ("Average precision", tables.methods_table(reports, seen, metric="ap")),
+        ("Average precision", tables.methods_table(reports, seen, metric="ap", seen_generator=r.seen_generator)),
         ("Accuracy at the threshold calibrated on held-out reals "
-         f"(target FPR {reports['gendet'].get('target_fpr')})", tables.methods_table(reports, seen, metric="acc_calibrated")),
+         f"(target FPR {reports['gendet'].get('target_fpr')})",
+         tables.methods_table(reports, seen, metric="acc_calibrated", seen_generator=r.seen_generator)),
         ("Table 4: mean accuracy on unseen families under degradation",
-         tables.degradation_by_method(r.by_degrade, seen) + (f"\n\n{r.degrade_note}" if r.degrade_note else "")),
-        *gamma_sections(r.gamma, reports["gendet"], seen),
+         tables.degradation_by_method(r.by_degrade, known) + (f"\n\n{r.degrade_note}" if r.degrade_note else "")),
+        *gamma_sections(r.gamma, reports["gendet"], seen, r.seen_generator),
         ("Plots", plots),
         *([overlay_section(r.overlays, out, r.overlays_note)] if r.overlays else []),
         ("Registry", f"MLflow run `{r.summary['run_id']}`, model `{r.summary['model_uri']}`; registered as "
@@ -156,7 +186,8 @@ def write_demo_report(out: str, r: DemoReport) -> tuple[str, str]:
         (f"Refresh: {r.new_family} arrives", (fresh.get("table") or "nothing new")
          + f"\n\nnew shards: {len(fresh['new_shards'])}; alert: **{fresh['alert']}**\n\n"
          + "\n".join(f"- {s}: {v['reason']}" for s, v in fresh["subsets"].items()) + _fix_text(fresh.get("fix"))),
-        ("Data", f"{r.zoo['photos']} photos ({_sources(r.zoo)}); {_world(r.zoo)}; samples per family: "
+        ("Data", f"{r.zoo['photos']} photos ({_sources(r.zoo)}), world seed {(r.zoo.get('config') or {}).get('seed', 0)}; "
+         f"{_world(r.zoo)}; samples per family: "
          f"`{json.dumps(counts)}`; extraction: {extraction}"),
         ("Timings (s)", "\n".join(f"- {k}: {v}" for k, v in r.times.items())),
     ]

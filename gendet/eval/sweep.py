@@ -4,7 +4,9 @@
 * ``trial_numbers``: the numbers a trial reports from its ``metrics.json`` dicts (one per method):
   the mean accuracy, AP and calibrated accuracy over the subsets it never trained on
   (``unseen_*``) and over those it did (``seen_*``); the headline method's bare (``unseen_acc``:
-  what a sweep ranks trials by), every other method's as ``<method>/unseen_acc``.
+  what a sweep ranks trials by, on its selection split), every other method's as ``<method>/unseen_acc``.
+* ``best_point``: the grid point chosen (highest mean ``unseen_acc`` on the selection split);
+  ``selected_text`` reports its numbers on the eval splits, read once, after the choice.
 * ``grid_table`` (one row per grid point, seeds pooled) and ``pivot_table`` (rows one knob,
   columns another: Table 5's M x alpha), cells mean ± sd over seeds in %; ``csv_text`` writes the
   per-trial rows (``sweep.csv``).
@@ -149,9 +151,34 @@ TABLE_AXES = ("alpha", "margin")  # rows, columns of the Table-5 pivot when both
 CSV_FIXED = ("trial_id", "status", "mlflow_run_id", "train_seconds")
 
 
-def write_tables(out: str, grid: Mapping[str, list[Any]], rows: list[dict[str, Any]], title: str) -> tuple[str, str]:
-    """Write OUT/sweep.csv (one row per trial) and OUT/sweep.md (Table 5's shape when alpha and
-    margin are swept, then every grid point); returns (CSV text, Markdown text)."""
+def best_point(rows: Sequence[Mapping[str, Any]], knobs: Sequence[str],
+               number: str = "unseen_acc") -> tuple[tuple, list[Mapping[str, Any]]] | None:
+    """(knob values, its trials) of the grid point, seeds pooled, whose finished trials have the
+    highest mean ``number``; the first in grid order on a tie; None when no trial finished. The
+    rows hold the selection split's numbers only: nothing reported is read here."""
+    done = [r for r in rows if r.get("status") == "TERMINATED" and _finite([r.get(number)])]
+    groups = group(done, knobs) if knobs else ({(): done} if done else {})
+    if not groups:
+        return None
+    return max(groups.items(), key=lambda item: statistics.mean(float(r[number]) for r in item[1]))
+
+
+def selected_text(selected: Mapping[str, Any]) -> str:
+    """sweep.md's last section: the point chosen on the selection split, and its numbers on the
+    eval splits (mean ± sd over its seeds), reported once."""
+    reported = selected["reported"]
+    lines = [f"Chosen on {selected['select_split']} (unseen accuracy, mean over seeds): {selected['point']}, "
+             f"{mean_sd(selected['chosen_by'])}. Reported once, on {','.join(selected['eval_splits'])} "
+             f"({len(reported)} trial(s)):", "",
+             markdown_table(list(NUMBERS), [[mean_sd([r.get(n) for r in reported]) for n in NUMBERS]])]
+    return "\n".join(lines)
+
+
+def write_tables(out: str, grid: Mapping[str, list[Any]], rows: list[dict[str, Any]], title: str,
+                 selected: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """Write OUT/sweep.csv (one row per trial, the selection split's numbers) and OUT/sweep.md
+    (Table 5's shape when alpha and margin are swept, then every grid point, then the chosen point
+    on the eval splits); returns (CSV text, Markdown text)."""
     knobs = [k for k in grid if k != "seed"]
     numbers = list(NUMBERS)
     extra = sorted({k for r in rows for k in r if "/" in k})
@@ -170,6 +197,8 @@ def write_tables(out: str, grid: Mapping[str, list[Any]], rows: list[dict[str, A
     failed = [r for r in rows if r["status"] != "TERMINATED"]
     if failed:
         parts += ["", f"{len(failed)} trial(s) did not finish: " + "; ".join(r["point"] for r in failed)]
+    if selected:
+        parts += ["", selected_text(selected)]
     text = "\n".join(parts) + "\n"
     gio.write_bytes_atomic(gio.join(out, "sweep.md"), text.encode())
     return table_csv, text

@@ -47,11 +47,16 @@ def table(reports_by_row: Mapping[str, Mapping[str, Any]], *, metric: str = "acc
     return markdown_table([row_title, *names, mean_key], rows)
 
 
-def methods_table(reports: Mapping[str, Mapping[str, Any]], seen: Sequence[str], *, metric: str = "acc") -> str:
-    """Row per method, column per subset (seen first, marked), then the mean over unseen subsets."""
-    subsets = sorted({s for r in reports.values() for s in r["subsets"]}, key=lambda s: (s not in seen, s))
-    unseen = [s for s in subsets if s not in seen]
-    header = ["method", *(f"{s} (train)" if s in seen else s for s in subsets), "mean unseen"]
+def methods_table(reports: Mapping[str, Mapping[str, Any]], seen: Sequence[str], *, metric: str = "acc",
+                  seen_generator: Sequence[str] = ()) -> str:
+    """Row per method, column per subset (seen first, marked; then ``seen_generator``: subsets made by a
+    training family's generator another way, e.g. masked, marked and left out of the unseen mean),
+    then the mean over unseen subsets."""
+    known = [*seen, *seen_generator]
+    subsets = sorted({s for r in reports.values() for s in r["subsets"]}, key=lambda s: (s not in seen, s not in known, s))
+    unseen = [s for s in subsets if s not in known]
+    header = ["method", *(f"{s} (train)" if s in seen else f"{s} (seen generator)" if s in known else s
+                          for s in subsets), "mean unseen"]
     rows = [[method, *(pct(rep["subsets"].get(s, {}).get(metric)) for s in subsets),
              pct(mean_over(rep, unseen, metric))] for method, rep in reports.items()]
     return markdown_table(header, rows)

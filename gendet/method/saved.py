@@ -66,6 +66,10 @@ class SavedModel:
     calibration_split: str | None = None
     """The rows threshold and Platt scaling were fitted on (``val`` or ``train_holdout``); None
     when not calibrated or not recorded (models saved before)."""
+    calibration_subsets: tuple[str, ...] | None = None
+    """The subsets those rows came from, sorted; None when not recorded (models saved before 0.8.0)."""
+    calibration_rows: dict[str, int] | None = None
+    """How many rows of each label calibrated (``{"real": n, "fake": n}``); None when not recorded."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def calibrated(self, margin: torch.Tensor) -> torch.Tensor:
@@ -82,7 +86,9 @@ class SavedModel:
                 "preprocess_hash": self.preprocess_hash, "encoder_weights_digest": self.encoder_weights_digest,
                 "encoder_precision": self.encoder_precision, "threshold": float(self.threshold),
                 "target_fpr": self.target_fpr, "platt": list(self.platt) if self.platt else None,
-                "calibration_split": self.calibration_split, "extra": self.extra}
+                "calibration_split": self.calibration_split,
+                "calibration_subsets": list(self.calibration_subsets) if self.calibration_subsets is not None else None,
+                "calibration_rows": self.calibration_rows, "extra": self.extra}
 
     def args(self) -> dict[str, Any]:
         """The JSON file's content: the method's fields, then the shared ones."""
@@ -163,7 +169,8 @@ class SavedModel:
                 "encoder_precision": str(args.get("encoder_precision") or ""),
                 "threshold": float(args.get("threshold", 0.5)), "target_fpr": args.get("target_fpr"),
                 "platt": _checked_platt(args.get("platt"), args_url),
-                "calibration_split": _checked_split(args.get("calibration_split"), args_url), "extra": extra}
+                "calibration_split": _checked_split(args.get("calibration_split"), args_url),
+                **_checked_calibration_rows(args, args_url), "extra": extra}
 
 
 PLATT_LIMIT = 1e6  # far beyond any fitted slope or offset; past it a probability is a step function of noise
@@ -200,10 +207,29 @@ def _checked_split(raw: Any, args_url: str) -> str | None:
     return raw
 
 
+def _checked_calibration_rows(args: dict[str, Any], args_url: str) -> dict[str, Any]:
+    subsets, rows = args.get("calibration_subsets"), args.get("calibration_rows")
+    if subsets is not None and not (isinstance(subsets, list) and all(isinstance(s, str) for s in subsets)):
+        raise GendetError(f"{args_url}: 'calibration_subsets' must be a list of strings or null; save the model again")
+    if rows is not None and not (isinstance(rows, dict) and all(isinstance(k, str) and isinstance(v, int)
+                                                                  and not isinstance(v, bool) and v >= 0
+                                                                  for k, v in rows.items())):
+        raise GendetError(f"{args_url}: 'calibration_rows' must map labels to counts or be null; save the model again")
+    return {"calibration_subsets": tuple(subsets) if subsets is not None else None, "calibration_rows": rows}
+
+
 def fit_platt(margins: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Platt scaling (sklearn's logistic regression on the 1-D margin): (a, b)."""
+    """Platt scaling, (a, b), with Platt's (1999) smoothed targets: a fake counts as
+    (N+ + 1) / (N+ + 2) fake and a real as 1 / (N- + 2), so rows a model separates perfectly (its own
+    training family's held-out rows, which calibrate it since 0.8.0) give a finite slope and
+    probabilities short of 0 and 1, not a step function (thresholds of 1e-32, measured). Fitted by
+    sklearn's logistic regression on the 1-D margin, each row once per class, weighted by its target."""
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=1e4, max_iter=1000).fit(np.asarray(margins, dtype=np.float64).reshape(-1, 1),
-                                                        np.asarray(labels, dtype=np.int64))
+    m = np.asarray(margins, dtype=np.float64).reshape(-1, 1)
+    y = np.asarray(labels, dtype=np.int64)
+    n_fake, n_real = int(y.sum()), int(len(y) - y.sum())
+    target = np.where(y == 1, (n_fake + 1) / (n_fake + 2), 1 / (n_real + 2))
+    model = LogisticRegression(C=1e4, max_iter=1000).fit(np.vstack([m, m]), np.r_[np.ones(len(y)), np.zeros(len(y))],
+                                                        sample_weight=np.r_[target, 1 - target])
     return float(model.coef_[0, 0]), float(model.intercept_[0])

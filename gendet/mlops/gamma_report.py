@@ -22,9 +22,9 @@ from gendet.features.tokens import load_token_rows
 from gendet.method.gamma.config import GammaConfig
 from gendet.method.gamma.detector import GammaDetector
 from gendet.method.gamma.eval import PIXEL_KEYS, gamma_report, overlay_figure, report_table
-from gendet.mlops.registry import register_and_gate
+from gendet.mlops.registry import GateScores, paired_evidence, register_and_gate
 from gendet.mlops.tracking import JOB_ARTIFACT
-from gendet.mlops.training_report import ReportOptions
+from gendet.mlops.training_report import ReportOptions, calibration_params
 
 METHOD = "gamma"
 
@@ -57,18 +57,27 @@ def log_history(history: list[dict[str, Any]]) -> None:
                 mlflow.log_metric(f"loss/{key}", float(value), step=int(row["epoch"]))
 
 
-def gate(opts: ReportOptions, model_uri: str, report: dict, rows, variant: Variant) -> dict[str, Any]:
-    """Register the logged model as challenger and run the promotion gate against the champion
-    (a GAMMA champion is scored on the same token rows; a GenDet one on their pooled features)."""
-    def score_champion(champion: Any) -> dict:
+def gate(opts: ReportOptions, model_uri: str, det: GammaDetector, features: str, variant: Variant) -> dict[str, Any]:
+    """Register the logged model as challenger and run the promotion gate on the gate's split: a
+    GAMMA champion is scored on the same token rows (paired evidence); a GenDet one on their pooled
+    features (other rows: the point rule)."""
+    rows = load_token_rows(features, encoder=variant.encoder, splits=(opts.gate.split,))
+    mine, loc = gamma_report(det, rows, model="challenger")
+
+    def score(champion: Any) -> GateScores:
+        if champion is None:
+            return GateScores(mine, None)
         if isinstance(champion, GammaDetector):
-            return gamma_report(champion, rows, model="champion")[0]
+            theirs, their_loc = gamma_report(champion, rows, model="champion")
+            evidence = paired_evidence(rows.subset, rows.labels, (loc["score"], det.threshold),
+                                       (their_loc["score"], champion.threshold), opts.gate)
+            return GateScores(mine, theirs, evidence)
         from gendet.eval import scoring
 
-        scored = scoring.score_store({"champion": champion}, variant, tuple(opts.eval_splits))
-        return scoring.reports(scored, {"champion": champion})["champion"]
+        scored = scoring.score_store({"champion": champion}, variant, (opts.gate.split,))
+        return GateScores(mine, scoring.reports(scored, {"champion": champion})["champion"])
 
-    return register_and_gate(model_uri, opts.register, report, score_champion, opts.gate)
+    return register_and_gate(model_uri, opts.register, score, opts.gate)
 
 
 def report_gamma(cfg: GammaConfig, det: GammaDetector, model_url: str, variant: Variant, opts: ReportOptions, *,
@@ -95,7 +104,8 @@ def report_gamma(cfg: GammaConfig, det: GammaDetector, model_url: str, variant: 
         mlflow.log_params(gio.redacted({"features": variant.url, "encoder": variant.encoder, **opts.params,
                                         "token_grid": f"{det.grid[0]}x{det.grid[1]}", "sources": ",".join(det.sources),
                                         "eval_splits": ",".join(opts.eval_splits),
-                                        "calibration_split": det.calibration_split, "target_fpr": det.target_fpr}))
+                                        "calibration_split": det.calibration_split, "target_fpr": det.target_fpr,
+                                        **calibration_params(det)}))
         log_history(history)
         tracking.log_reports({METHOD: report})
         mlflow.log_metrics(pixel_numbers(report))
@@ -114,7 +124,7 @@ def report_gamma(cfg: GammaConfig, det: GammaDetector, model_url: str, variant: 
 
             info = log_detector(det, name="detector")
             summary["model_uri"] = info.model_uri
-            summary["gate"] = gate(opts, info.model_uri, report, rows, variant)
+            summary["gate"] = gate(opts, info.model_uri, det, features, variant)
         mlflow.log_dict(json_safe(summary), "summary.json")
     gio.write_json_atomic(gio.join(out, "train_summary.json"), json_safe(summary))
     return {**summary, "table": text}

@@ -4,12 +4,13 @@ A new version gets the alias ``challenger``. ``champion`` (what ``gendet predict
 models:/gendet@champion`` serves) moves only through ``promote``: the challenger must reach the
 real-image accuracy floor at its calibrated threshold (a detector that flags real photos as fake is
 worse than none, whatever its mean accuracy), and, when there is a champion, beat its mean
-accuracy on the same evaluation set by ``margin`` (noise on a small evaluation set must not flip
-the alias back and forth), and lose no family: on no subset both scored may its calibrated accuracy
-(``acc_calibrated``, at the threshold each model is deployed with) fall more than
-``max_family_drop`` below the champion's (a fix for a new generator must not break the old ones;
-subsets only the challenger scored pass). Every decision is written, with its reason, as tags on the model
-version and on the version's run, and returned as a ``GateDecision``.
+accuracy on the gate's split by ``margin``, and lose no family beyond noise: both models judge the
+same images at the thresholds each is deployed with, and a family whose paired interval of the
+difference (``gendet.eval.paired``) lies wholly below ``-max_family_drop`` refuses the challenger
+(a fix for a new generator must not break the old ones; subsets only the challenger scored pass).
+Callers score on val (``GateConfig.split``): the gate is a choice and never reads what is reported.
+Every decision is written, with its reason, as tags on the model version and on the version's run,
+and returned as a ``GateDecision``.
 """
 
 from __future__ import annotations
@@ -154,10 +155,12 @@ def family_drops(challenger_metrics: Mapping[str, Any], champion_metrics: Mappin
 
 def decide(challenger_metrics: Mapping[str, Any], champion_metrics: Mapping[str, Any] | None, *,
            margin: float, real_acc_floor: float, metric: str = "mean_acc",
-           max_family_drop: float = MAX_FAMILY_DROP) -> Verdict:
+           max_family_drop: float = MAX_FAMILY_DROP, evidence: Mapping[str, Mapping[str, Any]] | None = None) -> Verdict:
     """The gate's rule alone (no registry): floor first, then the margin over the champion on
-    ``metric``, then no family may fall more than ``max_family_drop`` below the champion's
-    calibrated accuracy (``acc_calibrated`` per subset, ``family_drops``)."""
+    ``metric``, then no family may fall below the champion's calibrated accuracy. With ``evidence``
+    (``gendet.eval.paired.family_intervals`` of both models on the same images) a family falls when
+    its whole interval of ``challenger - champion`` lies below ``-max_family_drop`` (worse beyond
+    noise); without it, when its point drop exceeds ``max_family_drop`` (``family_drops``)."""
     score = _metric(challenger_metrics, metric, "challenger")
     real_acc = pooled_real_acc_calibrated(challenger_metrics)
     floor = f"real accuracy at the calibrated threshold {real_acc:.4f}"
@@ -166,12 +169,16 @@ def decide(challenger_metrics: Mapping[str, Any], champion_metrics: Mapping[str,
     if champion_metrics is None:
         return Verdict(True, f"no champion yet and {floor} >= floor {real_acc_floor:.4f}", score, None, real_acc)
     best = _metric(champion_metrics, metric, "champion")
-    drops = family_drops(challenger_metrics, champion_metrics)
+    drops = ({f: -float(iv["diff"]) for f, iv in evidence.items()} if evidence is not None
+             else family_drops(challenger_metrics, champion_metrics))
     worst = max(drops, key=lambda s: (drops[s], s)) if drops else None
     family = (worst, None if worst is None else drops[worst])
     if score < best + margin:
         return Verdict(False, f"{metric} {score:.4f} does not beat the champion's {best:.4f} by the margin "
                        f"{margin:.4f}", score, best, real_acc, *family)
+    if evidence is not None:
+        return _family_rule_on_evidence(evidence, max_family_drop, score, best, real_acc, family, metric, margin,
+                                        real_acc_floor, floor)
     if worst is not None and drops[worst] > max_family_drop + 1e-12:
         fallen = sorted(s for s, d in drops.items() if d > max_family_drop + 1e-12)
         return Verdict(False, f"family {worst}: {FAMILY_METRIC} falls {drops[worst]:.4f} below the champion's, more than "
@@ -181,13 +188,32 @@ def decide(challenger_metrics: Mapping[str, Any], champion_metrics: Mapping[str,
                    f">= floor {real_acc_floor:.4f}{kept}", score, best, real_acc, *family)
 
 
+def _family_rule_on_evidence(evidence: Mapping[str, Mapping[str, Any]], tolerance: float, score: float, best: float,
+                             real_acc: float, family: tuple, metric: str, margin: float, real_acc_floor: float,
+                             floor: str) -> Verdict:
+    from gendet.eval.paired import describe, fallen
+
+    worse = fallen(dict(evidence), tolerance)
+    beyond = f"beyond noise (paired bootstrap, simultaneous over {len(evidence)} families; tolerance {tolerance:.4f})"
+    if worse:
+        named = "; ".join(describe(f, worse[f]) for f in sorted(worse, key=lambda f: worse[f]["hi"]))
+        return Verdict(False, f"{FAMILY_METRIC} falls below the champion's {beyond} on {named}", score, best, real_acc,
+                       *family)
+    worst = family[0]
+    kept = f"; no family falls {beyond}" + (f" (worst: {describe(worst, evidence[worst])})" if worst else "")
+    return Verdict(True, f"{metric} {score:.4f} beats the champion's {best:.4f} by >= {margin:.4f} and {floor} "
+                   f">= floor {real_acc_floor:.4f}{kept}", score, best, real_acc, *family)
+
+
 def promote(client: MlflowClient, name: str, challenger_metrics: Mapping[str, Any],
             champion_metrics: Mapping[str, Any] | None, *, margin: float, real_acc_floor: float,
-            metric: str = "mean_acc", version: str | None = None, max_family_drop: float = MAX_FAMILY_DROP) -> GateDecision:
+            metric: str = "mean_acc", version: str | None = None, max_family_drop: float = MAX_FAMILY_DROP,
+            evidence: Mapping[str, Mapping[str, Any]] | None = None) -> GateDecision:
     """Run the gate for the ``challenger`` (or ``version``) of ``name`` and move ``champion`` if it passes.
 
     ``challenger_metrics`` and ``champion_metrics`` are metrics.json dicts of both models on the
-    same evaluation set; ``champion_metrics`` is ignored when there is no champion yet.
+    same evaluation set; ``champion_metrics`` is ignored when there is no champion yet. ``evidence``:
+    the paired per-family intervals of the two (``decide``).
     """
     if not 0.0 <= real_acc_floor <= 1.0 or margin < 0 or not 0.0 <= max_family_drop <= 1.0:
         raise GendetError(f"gate: margin {margin} must be >= 0, real_acc_floor {real_acc_floor} and max_family_drop "
@@ -200,7 +226,8 @@ def promote(client: MlflowClient, name: str, challenger_metrics: Mapping[str, An
         raise GendetError(f"{name!r} has a champion (version {champion.version}); pass its metrics on "
                           "the same evaluation set")
     verdict = decide(challenger_metrics, None if champion is None else champion_metrics,
-                     margin=margin, real_acc_floor=real_acc_floor, metric=metric, max_family_drop=max_family_drop)
+                     margin=margin, real_acc_floor=real_acc_floor, metric=metric, max_family_drop=max_family_drop,
+                     evidence=None if champion is None else evidence)
     if champion is not None and champion.version == candidate.version:
         verdict = verdict._replace(promoted=False, reason="this version is already the champion")
     decision = GateDecision(name=name, version=str(candidate.version), metric=metric, margin=margin,
@@ -243,35 +270,58 @@ def reference_metric(model_uri: str, metric: str, *, client: MlflowClient | None
 FAMILY_KEYS = ("acc_calibrated", "fake_acc_calibrated", "real_acc_calibrated", "ap")
 
 
-def family_table(challenger_report: dict, champion_report: dict | None) -> dict[str, dict[str, Any]]:
-    """{subset: {"champion": {...}, "challenger": {...}}} of the calibrated accuracies and AP both
-    models reached on the gate's evaluation set (champion: None when there is none)."""
+def family_table(challenger_report: dict, champion_report: dict | None,
+                 evidence: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """{subset: {"champion": {...}, "challenger": {...}, "paired": {...}}} of the calibrated accuracies
+    and AP both models reached on the gate's split (champion: None when there is none) and the
+    paired interval of their difference (``paired``: None when not paired)."""
     def pick(report: dict | None, subset: str) -> dict[str, Any] | None:
         found = (report or {}).get("subsets", {}).get(subset)
         return None if found is None else {k: found.get(k) for k in FAMILY_KEYS}
 
     subsets = sorted(set(challenger_report.get("subsets", {})) | set((champion_report or {}).get("subsets", {})))
-    return {s: {"champion": pick(champion_report, s), "challenger": pick(challenger_report, s)} for s in subsets}
+    return {s: {"champion": pick(champion_report, s), "challenger": pick(challenger_report, s),
+                "paired": None if evidence is None or s not in evidence else dict(evidence[s])} for s in subsets}
 
 
-def register_and_gate(model_uri: str, name: str, challenger_report: dict, score_champion: Callable[[Any], dict],
-                      gate: GateConfig) -> dict[str, Any]:
+class GateScores(NamedTuple):
+    """Both models scored on the gate's split (``register_and_gate``'s ``score``)."""
+
+    challenger: dict
+    """The challenger's metrics.json dict."""
+    champion: dict | None
+    """The champion's, on the same rows (None without a champion)."""
+    evidence: dict[str, dict[str, Any]] | None = None
+    """``gendet.eval.paired.family_intervals`` of the two on the same images (None: not paired)."""
+
+
+def paired_evidence(subsets: Any, labels: Any, challenger: tuple[Any, float], champion: tuple[Any, float],
+                    gate: GateConfig) -> dict[str, dict[str, Any]]:
+    """The gate's per-family intervals from two models' scores on the same rows, each model at its
+    deployed threshold: ``challenger`` and ``champion`` are (scores, threshold)."""
+    from gendet.eval.paired import correct, family_intervals
+
+    return family_intervals(subsets, correct(challenger[0], labels, challenger[1]),
+                            correct(champion[0], labels, champion[1]), alpha=gate.alpha, resamples=gate.resamples)
+
+
+def register_and_gate(model_uri: str, name: str, score: Callable[[Any], GateScores], gate: GateConfig) -> dict[str, Any]:
     """The end of every training job that registers (``train``, ``train-gamma``, ``fix``): register
-    ``model_uri`` under ``name`` (alias challenger), score the champion when there is one on the same
-    evaluation set (``score_champion(loaded champion) -> metrics.json dict``: GenDet scores feature
-    rows, GAMMA token rows), run the gate; returns its record."""
+    ``model_uri`` under ``name`` (alias challenger), score both models on the gate's split
+    (``score(loaded champion or None) -> GateScores``: GenDet scores feature rows, GAMMA token rows),
+    run the gate; returns its record."""
     from gendet.serve.loading import load_model
 
     client = MlflowClient()
     version = register(model_uri, name, client=client)
     champion = version_by_alias(client, name, CHAMPION)
-    champion_report = None
-    if champion is not None and champion.version != version.version:
-        champion_report = score_champion(load_model(f"models:/{name}@{CHAMPION}"))
+    scored = score(load_model(f"models:/{name}@{CHAMPION}")
+                   if champion is not None and champion.version != version.version else None)
+    challenger_report, champion_report = scored.challenger, scored.champion
     decision = promote(client, name, challenger_report, champion_report, margin=gate.margin,
-                                real_acc_floor=gate.real_floor, version=version.version,
-                                max_family_drop=gate.max_family_drop)
+                       real_acc_floor=gate.real_floor, version=version.version,
+                       max_family_drop=gate.max_family_drop, evidence=scored.evidence)
     return {"registered": name, "version": str(version.version), "promoted": decision.promoted,
             "reason": decision.reason, "champion_version": decision.champion_version,
             "worst_family": decision.worst_family, "worst_family_drop": decision.worst_family_drop,
-            "families": family_table(challenger_report, champion_report)}
+            "split": gate.split, "families": family_table(challenger_report, champion_report, scored.evidence)}

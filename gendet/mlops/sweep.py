@@ -28,7 +28,8 @@ def log_parent_params(*, variant: Any, job: Mapping[str, Any], train_subsets: tu
     mlflow.log_params({"features": gio.redact(variant.url), "encoder": variant.encoder,
                        "train_subsets": ",".join(train_subsets), "methods": ",".join(methods),
                        "grid": json.dumps({k: [gsweep.cell(v) for v in vs] for k, vs in grid.items()}),
-                       "eval_splits": ",".join(eval_splits), "trials": trials, "tune_run": tune_run,
+                       "select_split": str(job.get("select_split", "")), "eval_splits": ",".join(eval_splits),
+                       "trials": trials, "tune_run": tune_run,
                        "calibration_split": ",".join(sorted(calibration_splits))})
 
 
@@ -52,8 +53,11 @@ def log_trial(client: Any, *, experiment_id: str, parent_run_id: str, run_name: 
     return run.info.run_id
 
 
-def log_tables(table_csv: str, text: str, rows: list[dict[str, Any]], wall: float) -> None:
-    """The tables, and the best trial by unseen accuracy, on the active (parent) run."""
+def log_tables(table_csv: str, text: str, rows: list[dict[str, Any]], wall: float,
+               selected: Mapping[str, Any] | None = None) -> None:
+    """The tables, the best trial by unseen accuracy on the selection split, and the chosen
+    point's numbers on the eval splits (``selected/<number>``, mean over its seeds), on the active
+    (parent) run."""
     import mlflow
 
     mlflow.log_text(table_csv, "sweep.csv")
@@ -63,3 +67,8 @@ def log_tables(table_csv: str, text: str, rows: list[dict[str, Any]], wall: floa
         best = max(done, key=lambda r: r["unseen_acc"])
         mlflow.log_metrics({"best_unseen_acc": best["unseen_acc"], "wall_seconds": wall})
         mlflow.set_tag(TRIAL_TAG + "best", best["point"])
+    if selected:
+        means = {n: [r[n] for r in selected["reported"] if isinstance(r.get(n), float) and r[n] == r[n]]
+                 for n in gsweep.NUMBERS}
+        mlflow.log_metrics({f"selected/{n}": sum(v) / len(v) for n, v in means.items() if v})
+        mlflow.set_tag(TRIAL_TAG + "selected", selected["point"])

@@ -23,7 +23,7 @@ from gendet.method.gendet.config import TrainConfig
 from gendet.method.gendet.detector import Detector
 from gendet.method.gendet.trainer import DIAGNOSTICS
 from gendet.mlops.gate import GateConfig
-from gendet.mlops.registry import register_and_gate
+from gendet.mlops.registry import GateScores, paired_evidence, register_and_gate
 from gendet.mlops.tracking import JOB_ARTIFACT
 
 REPORTED = "gendet"  # the method whose metrics.json is the run's headline and whose model is registered
@@ -46,6 +46,14 @@ class ReportOptions:
     gate: GateConfig = field(default_factory=GateConfig)
     job: Mapping[str, Any] | None = None
     """The whole job that trained (its dict), logged as ``job.json``: what ``gendet fix`` retrains from."""
+
+
+def calibration_params(model: Any) -> dict[str, Any]:
+    """What a model was calibrated on, as MLflow params (``calibration_rows.*``: the rows it read,
+    beside the config's ``calibration_subsets``, the extra subsets asked for)."""
+    rows = model.calibration_rows or {}
+    return {"calibration_rows.subsets": ",".join(model.calibration_subsets or ()),
+            "calibration_rows.real": rows.get("real"), "calibration_rows.fake": rows.get("fake")}
 
 
 def headline_method(detectors: dict[str, Detector]) -> str:
@@ -94,17 +102,24 @@ def log_plots(reports: dict[str, dict], scored: dict[str, np.ndarray], detectors
     return paths
 
 
-def gate(opts: ReportOptions, variant: Variant, model_uri: str, challenger_report: dict,
-         evaluate: Evaluate) -> dict[str, Any]:
-    """Register the logged model as challenger and run the promotion gate against the champion,
-    scored on the same variant and splits."""
-    def score_champion(champion: Any) -> dict:
+def gate(opts: ReportOptions, variant: Variant, model_uri: str, challenger: Detector, evaluate: Evaluate) -> dict[str, Any]:
+    """Register the logged model as challenger and run the promotion gate: both models scored in one
+    pass over the gate's split (``opts.gate.split``, val: a choice never reads what the run reports),
+    each image judged by both at their deployed thresholds (the paired evidence)."""
+    split = (opts.gate.split,)
+
+    def score(champion: Any) -> GateScores:
+        if champion is None:
+            return GateScores(evaluate({"challenger": challenger}, variant, split)[0]["challenger"], None)
         if not isinstance(champion, Detector):
             raise GendetError(f"models:/{opts.register}@champion is a GAMMA model; register GenDet detectors under "
                               "another name (--register)")
-        return evaluate({"champion": champion}, variant, tuple(opts.eval_splits))[0]["champion"]
+        reports, scored = evaluate({"challenger": challenger, "champion": champion}, variant, split)
+        evidence = paired_evidence(scored["subset"], scored["label"], (scored["score_challenger"], challenger.threshold),
+                                   (scored["score_champion"], champion.threshold), opts.gate)
+        return GateScores(reports["challenger"], reports["champion"], evidence)
 
-    return register_and_gate(model_uri, opts.register, challenger_report, score_champion, opts.gate)
+    return register_and_gate(model_uri, opts.register, score, opts.gate)
 
 
 def report_training(cfg: TrainConfig, variant: Variant, detectors_url: str, opts: ReportOptions,
@@ -131,7 +146,8 @@ def report_training(cfg: TrainConfig, variant: Variant, detectors_url: str, opts
         if opts.job is not None:
             mlflow.log_dict(json_safe(dict(opts.job)), JOB_ARTIFACT)
         mlflow.log_params(gio.redacted({"features": variant.url, "encoder": variant.encoder, **opts.params,
-                                        "eval_splits": ",".join(opts.eval_splits)}))
+                                        "eval_splits": ",".join(opts.eval_splits),
+                                        **calibration_params(detectors[head])}))
         log_history(history)
         tracking.log_reports(reports)
         mlflow.log_text(text, "table.md")
@@ -139,9 +155,11 @@ def report_training(cfg: TrainConfig, variant: Variant, detectors_url: str, opts
         info = log_detector(detectors[head], name="detector")
         summary = {"run_id": run.info.run_id, "model_uri": info.model_uri, "metrics": gio.join(out, "metrics.json"),
                    "tracking_uri": mlflow.get_tracking_uri(), "headline": head, "plots": plot_paths,
-                   "reports": gio.join(out, "metrics"), "calibration_split": detectors[head].calibration_split}
+                   "reports": gio.join(out, "metrics"), "calibration_split": detectors[head].calibration_split,
+                   "calibration_subsets": list(detectors[head].calibration_subsets or ()),
+                   "calibration_rows": detectors[head].calibration_rows}
         if opts.register:
-            summary["gate"] = gate(opts, variant, info.model_uri, reports[head], evaluate)
+            summary["gate"] = gate(opts, variant, info.model_uri, detectors[head], evaluate)
         mlflow.log_dict(json_safe(summary), "summary.json")
     gio.write_json_atomic(gio.join(out, "train_summary.json"), json_safe(summary))
     return {**summary, "table": text}

@@ -12,6 +12,7 @@ Families differ where real generators differ, so each leaves its own fingerprint
 | ``gan_f8`` | AE + patch discriminator | transposed conv | 8 | GAN generators |
 | ``sdedit`` | pixel diffusion denoiser | bilinear + conv (U-Net) | 4 (U-Net depth) | SDEdit on a DDPM |
 | ``inpaint_f8`` | autoencoder, fakes masked | nearest + conv | 8 | SD inpainting (partial fakes) |
+| ``inpaint_strokes_f4`` | autoencoder, fakes masked by brush strokes | pixel shuffle | 4 | LaMa-style inpainting |
 
 Everything works at ``crop_size`` 64 px and trains on 32 px patches (CPU training in about a
 minute per family on 2 cores);
@@ -72,6 +73,9 @@ class FamilyConfig:
     mask_fraction: float = 0.0
     """Share of this family's fakes regenerated only inside a random mask (inpainting
     generators); ``gendet zoo --masked-fraction`` applies to families where it is 0."""
+    mask_shape: Literal["blob", "strokes"] = "blob"
+    """The masks' shape process: one rectangle or ellipse (``region_masks``, GAMMA's manipulations
+    draw the same) or free-form brush strokes (``stroke_masks``)."""
 
     def __post_init__(self) -> None:
         check(bool(self.name) and self.name.replace("_", "").isalnum(), f"family name {self.name!r}: use letters, digits and _")
@@ -92,11 +96,12 @@ class FamilyConfig:
         check(self.crop_size % 8 == 0 and 16 <= self.crop_size <= 256,
               f"{self.name}: crop_size {self.crop_size} must be a multiple of 8 in 16..256")
         check(0.0 <= self.mask_fraction <= 1.0, f"{self.name}: mask_fraction {self.mask_fraction} must be in [0, 1]")
+        check(self.mask_shape in ("blob", "strokes"), f"{self.name}: mask_shape {self.mask_shape!r}; use blob or strokes")
 
 
 # Fields added after weights were first shipped: they enter the hash only when set, so adding
 # one leaves every existing family's hash (and its shipped weights) valid.
-_LATER_FIELDS = {"mask_fraction": 0.0}
+_LATER_FIELDS = {"mask_fraction": 0.0, "mask_shape": "blob"}
 
 
 def config_hash(cfg: FamilyConfig) -> str:
@@ -120,11 +125,26 @@ def _families() -> dict[str, FamilyConfig]:
         # the fingerprint is diluted: the zoo's hard family on purpose (experiments/results/zoo.md).
         FamilyConfig(name="inpaint_f8", kind="autoencoder", upsample="nearest", downsample=8, latent_channels=32,
                      mask_fraction=1.0),
+        # A partial-fake family no training process of the zoo shares: another decoder (pixel shuffle
+        # at f4, a pairing no other family has), its own seed, and brush-stroke masks instead of the one
+        # blob GAMMA's inpaint manipulations and inpaint_f8 draw. GAMMA's held-out partial fakes (issue 24).
+        FamilyConfig(name="inpaint_strokes_f4", kind="autoencoder", upsample="pixelshuffle", downsample=4,
+                     latent_channels=16, seed=24, mask_fraction=1.0, mask_shape="strokes"),
     ]
     return {f.name: f for f in table}
 
 
 FAMILIES: dict[str, FamilyConfig] = _families()
+
+
+def same_generator(a: str, b: str) -> bool:
+    """Whether two families regenerate with the same network (architecture, recipe and seed: the same
+    weights), whatever they do with it (``inpaint_f8`` is ``ae_nearest_f8`` inside a mask): a
+    detector trained on one has seen the other's generator."""
+    def network(name: str) -> dict:
+        return {k: v for k, v in to_dict(family_config(name)).items() if k not in ("name", "mask_fraction")}
+
+    return a != b and network(a) == network(b)
 
 
 def family_config(name: str) -> FamilyConfig:

@@ -176,10 +176,11 @@ def load_rgb(path: str, max_short_side: int) -> np.ndarray:
 
 def collect_photos(sources: tuple[str, ...] | None = None, *, min_side: int = 64,
                    max_short_side: int = 384, sources_table: tuple[Source, ...] = SOURCES,
-                   log: Callable[[str], None] | None = None) -> tuple[list[Photo], CorpusReport]:
+                   log: Callable[[str], None] | None = None, split_seed: int = 0) -> tuple[list[Photo], CorpusReport]:
     """Every allow-listed photo of the chosen sources (all when None), deduplicated, with splits.
 
     ``min_side``: photos whose decoded short side is below it are skipped (see module docstring).
+    ``split_seed``: another seed draws another photo split (``assign_splits``; 0: the historic one).
     """
     log = log or logging.getLogger(__name__).info
     known = {s.name for s in sources_table}
@@ -202,7 +203,7 @@ def collect_photos(sources: tuple[str, ...] | None = None, *, min_side: int = 64
                 if photo is not None:
                     photos.append(photo)
                     report.found[source.name] += 1
-    assign_splits(photos)
+    assign_splits(photos, seed=split_seed)
     return photos, report
 
 
@@ -228,9 +229,11 @@ def _load_one(source: Source, entry: PhotoEntry, path: str, min_side: int, max_s
                  licence=entry.licence, path=path, pixels=pixels, pixel_sha256=digest)
 
 
-def assign_splits(photos: list[Photo]) -> None:
-    """Deterministic split by content id (see module docstring); photos sharing one id share it."""
-    ids = sorted({p.content_id for p in photos}, key=lambda c: hashlib.sha256(c.encode()).hexdigest())
+def assign_splits(photos: list[Photo], seed: int = 0) -> None:
+    """Deterministic split by content id (see module docstring); photos sharing one id share it.
+    A non-zero ``seed`` salts the ranking hash: another world's split, as stable as the first."""
+    salt = f"{seed}:" if seed else ""
+    ids = sorted({p.content_id for p in photos}, key=lambda c: hashlib.sha256((salt + c).encode()).hexdigest())
     n = len(ids)
     n_train = round(n * SPLIT_FRACTIONS[0][1])
     n_val = round(n * SPLIT_FRACTIONS[1][1])

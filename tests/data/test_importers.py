@@ -95,6 +95,28 @@ def test_genimage_import_labels_subsets_content_ids(genimage_root, tmp_path):
     assert sum(sorted(v) == ["fake", "real"] for v in per_shard.values()) >= 10
 
 
+def test_genimage_val_fraction_carves_val_from_train_and_names_genimage_val_test(genimage_root, tmp_path):
+    from gendet.data.importers.genimage import carved_to_val
+
+    out = tmp_path / "shards"
+    summary = import_genimage(str(genimage_root), str(out), shard_size=100, val_fraction=0.5)
+    samples = _read_samples(out)
+    assert summary["written"] == len(samples) == 2 * 2 * 6 + 1  # nothing lost, nothing added
+    by_split: dict[str, set] = {}
+    for s in samples.values():
+        meta = s["json"]
+        folder = meta["source"].split(":", 1)[1].split("/")[1]
+        assert s["shard"].startswith(f"{meta['subset']}-{meta['split']}-")
+        if folder == "val":  # GenImage's val is what runs report: test
+            assert meta["split"] == "test"
+        else:  # train's groups by the hash of their content_id, the same under every generator
+            assert meta["split"] == ("val" if carved_to_val(meta["content_id"], 0.5) else "train")
+        by_split.setdefault(meta["split"], set()).add(meta["content_id"])
+    assert set(by_split) == {"train", "val", "test"} and not by_split["train"] & by_split["val"]
+    with pytest.raises(GendetError, match=r"--val-fraction 1.0: must be in \[0, 1\)"):
+        import_genimage(str(genimage_root), str(tmp_path / "x"), val_fraction=1.0)
+
+
 def test_same_input_gives_byte_identical_shards(genimage_root, tmp_path):
     digests = []
     for name in ("a", "b"):

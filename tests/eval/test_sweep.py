@@ -69,3 +69,23 @@ def test_csv_text_round_trips_the_rows():
     read = list(csv.DictReader(io.StringIO(sweep.csv_text(rows, ["alpha", "methods", "unseen_acc", "note"]))))
     assert read[0] == {"alpha": "0.1", "methods": "gendet", "unseen_acc": "0.8125", "note": ""}
     assert float(read[0]["unseen_acc"]) == 0.8125 and math.isnan(float(read[1]["unseen_acc"]))
+
+
+def test_best_point_pools_seeds_reads_only_the_selection_numbers_and_skips_failures():
+    rows = [{"alpha": 0.1, "seed": 0, "status": "TERMINATED", "unseen_acc": 0.90},
+            {"alpha": 0.1, "seed": 1, "status": "TERMINATED", "unseen_acc": 0.70},  # mean 0.80
+            {"alpha": 1.0, "seed": 0, "status": "TERMINATED", "unseen_acc": 0.85},
+            {"alpha": 1.0, "seed": 1, "status": "TERMINATED", "unseen_acc": 0.83},  # mean 0.84: the best point
+            {"alpha": 9.0, "seed": 0, "status": "ERROR"}]
+    values, members = sweep.best_point(rows, ["alpha"])
+    assert values == ("1.0",) and [m["seed"] for m in members] == [0, 1]  # not alpha=0.1's single best trial
+    assert sweep.best_point([{"alpha": 1, "status": "ERROR"}], ["alpha"]) is None
+    assert sweep.best_point(rows[:2], [])[0] == ()  # seeds only: the one point
+
+
+def test_selected_text_reports_the_chosen_point_on_the_eval_splits():
+    selected = {"point": "alpha=1.0", "select_split": "val", "eval_splits": ["test"], "chosen_by": [0.85, 0.83],
+                "reported": [{"seed": 0, "unseen_acc": 0.81}, {"seed": 1, "unseen_acc": 0.79}]}
+    text = sweep.selected_text(selected)
+    assert text.startswith("Chosen on val (unseen accuracy, mean over seeds): alpha=1.0, 84.0 ± 1.4. Reported once, on test")
+    assert "| 80.0 ± 1.4 |" in text

@@ -51,25 +51,84 @@ def test_gate_refuses_a_challenger_that_loses_a_known_family():
     champion = _families(0.7, {"old": 0.95, "older": 0.90, "new": 0.55})
     # the new family is fixed, but "older" falls 0.05 > 0.02: refused, the reason names it (acc_calibrated, not acc)
     verdict = registry.decide(_families(0.9, {"old": 0.96, "older": 0.85, "new": 0.95}), champion,
-                              margin=0.0, real_acc_floor=0.9)
+                              margin=0.0, real_acc_floor=0.9, max_family_drop=0.02)
     assert not verdict.promoted and "family older" in verdict.reason and "max_family_drop 0.0200" in verdict.reason
     assert verdict.worst_family == "older" and verdict.worst_family_drop == pytest.approx(0.05)
     # within the allowed drop, and a family only the challenger scored passes
     verdict = registry.decide(_families(0.9, {"old": 0.94, "older": 0.895, "new": 0.95, "newest": 0.1}), champion,
-                              margin=0.0, real_acc_floor=0.9)
+                              margin=0.0, real_acc_floor=0.9, max_family_drop=0.02)
     assert verdict.promoted and verdict.worst_family == "old" and "no family falls" in verdict.reason
     # a looser rule admits the first one; the margin rule still applies after it
     assert registry.decide(_families(0.9, {"old": 0.96, "older": 0.85}), champion, margin=0.0, real_acc_floor=0.9,
                            max_family_drop=0.06).promoted
     verdict = registry.decide(_families(0.6, {"old": 0.96}), champion, margin=0.0, real_acc_floor=0.9)
     assert not verdict.promoted and "does not beat" in verdict.reason
+    # without paired evidence the default tolerance is 0: any point fall refuses
+    assert not registry.decide(_families(0.9, {"old": 0.949}), champion, margin=0.0, real_acc_floor=0.9).promoted
     assert registry.family_drops(_report(0.9, {"a": (1.0, 5)}), _report(0.9, {"a": (1.0, 5)})) == {}  # nothing to compare
     decision = registry.GateDecision(name="g", version="2", promoted=False, reason="r", metric="mean_acc",
                                      challenger_score=0.9, champion_score=0.7, champion_version="1",
                                      real_acc_calibrated=1.0, margin=0.0, real_acc_floor=0.9, worst_family="older",
-                                     worst_family_drop=0.05)
+                                     worst_family_drop=0.05, max_family_drop=0.02)
     tags = decision.tags()
     assert tags["gendet.gate.worst_family"] == "older" and tags["gendet.gate.max_family_drop"] == "0.02"
+
+
+def _paired_fix(rng, n: int, drop: float) -> tuple[dict, dict, dict]:
+    """A fix of family "new" (50 % -> 95 %) whose family "old" truly falls by ``drop`` and whose other
+    families flip 2 % of images each way (a retrain's noise): both reports and the paired evidence."""
+    from gendet.eval.paired import family_intervals
+
+    subsets, mine, theirs = [], [], []
+    for family, (both, champion_only, challenger_only) in {
+            "new": (0.48, 0.02, 0.47), "old": (0.94 - drop, 0.02 + drop, 0.02),
+            "older": (0.94, 0.02, 0.02), "oldest": (0.94, 0.02, 0.02)}.items():
+        outcome = rng.choice(4, size=n, p=[both, champion_only, challenger_only, 1 - both - champion_only - challenger_only])
+        subsets.append(np.full(n, family)), mine.append(np.isin(outcome, (0, 2))), theirs.append(np.isin(outcome, (0, 1)))
+    subsets, mine, theirs = np.concatenate(subsets), np.concatenate(mine), np.concatenate(theirs)
+    accs = {f: (mine[subsets == f].mean(), theirs[subsets == f].mean()) for f in sorted(set(subsets))}
+    return (_families(float(np.mean([a for a, _ in accs.values()])), {f: a for f, (a, _) in accs.items()}),
+            _families(float(np.mean([b for _, b in accs.values()])), {f: b for f, (_, b) in accs.items()}),
+            family_intervals(subsets, mine, theirs, resamples=1000, seed=1))
+
+
+def test_gate_on_paired_evidence_promotes_noise_and_refuses_a_real_fall():
+    rng = np.random.default_rng(0)
+    outcomes = {}
+    for drop in (0.0, 0.10):
+        decisions = []
+        for _ in range(10):
+            mine, theirs, evidence = _paired_fix(rng, 560, drop)
+            decisions.append(registry.decide(mine, theirs, margin=0.0, real_acc_floor=0.9, evidence=evidence))
+        outcomes[drop] = decisions
+    # unchanged old families are within noise (alpha 0.05 over all families: ~1 in 20 refused); a
+    # 10-point fall is refused every time, by name
+    kept = [v for v in outcomes[0.0] if v.promoted]
+    assert len(kept) >= 8, [v.reason for v in outcomes[0.0] if not v.promoted]
+    assert all("no family falls" in v.reason and "beyond noise" in v.reason for v in kept)
+    assert not any(v.promoted for v in outcomes[0.1])
+    assert all("beyond noise" in v.reason and "old: -0." in v.reason and v.worst_family == "old" for v in outcomes[0.1])
+    # identical answers on every image: no difference at all, promoted (margin 0 is met by equality)
+    same = _families(0.9, {"a": 0.9})
+    verdict = registry.decide(same, same, margin=0.0, real_acc_floor=0.9,
+                              evidence={"a": {"n": 50, "diff": 0.0, "lo": 0.0, "hi": 0.0, "challenger": 0.9, "champion": 0.9}})
+    assert verdict.promoted
+
+
+def test_paired_intervals_count_only_discordant_images():
+    from gendet.eval.paired import correct, fallen, family_intervals
+
+    assert correct(np.array([0.9, 0.2, 0.6]), np.array(["fake", "fake", "real"]), 0.5).tolist() == [True, False, False]
+    subsets = np.array(["a"] * 400 + ["b"] * 400)
+    champion = np.ones(800, dtype=bool)
+    challenger = champion.copy()
+    challenger[:40] = False  # family a: 10 % of its images lost; b unchanged
+    iv = family_intervals(subsets, challenger, champion, resamples=2000, seed=0)
+    assert iv["a"]["diff"] == pytest.approx(-0.1) and iv["a"]["hi"] < -0.05 and iv["b"] == {
+        "n": 400, "challenger": 1.0, "champion": 1.0, "diff": 0.0, "lo": 0.0, "hi": 0.0}
+    assert set(fallen(iv)) == {"a"} and fallen(iv, tolerance=0.2) == {}
+    with pytest.raises(GendetError, match="equal-length"):
+        family_intervals(subsets[:3], challenger, champion)
 
 
 def test_gate_reads_metrics_reports_written_by_evaluate():

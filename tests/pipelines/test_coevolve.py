@@ -54,6 +54,13 @@ def test_two_rounds_record_lineage_and_a_rerun_skips_them(world, monkeypatch, ca
         assert lineage["detector"]["version"] == record["detector_before"]["version"]
         assert lineage["metrics"]["after"]["psnr"] > 10
         assert 0 <= record["caught_before"] <= 1 and 0 <= record["caught_after"] <= 1
+        promoted = record["fix"]["promoted"]
+        after, before = record["detector_after"]["version"], record["detector_before"]["version"]
+        assert after == (record["fix"]["challenger_version"] if promoted else before)
+        if promoted:  # the fix trained on this generator's fakes: it catches at least as many of them on test
+            assert record["caught_after"] >= record["caught_before"], record
+        else:  # the champion stayed: the same model on the same images
+            assert record["caught_after"] == record["caught_before"], record
         assert record["held_out"]["before"]["families"] == [HELD_OUT]
         assert record["fix"]["challenger_version"] is not None
         run = client.get_run(record["mlflow_run_id"])

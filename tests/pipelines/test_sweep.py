@@ -58,7 +58,7 @@ def test_two_by_two_grid_on_tune_logs_a_child_run_per_trial_and_writes_the_table
         assert params["rotations"] == "1" and params["batch_size"] == "32" and params["seed"] == "0"
         assert params["methods"] == '["gendet"]' and params["train_subsets"] == '["seen"]'
         assert params["student_lr"] == "0.001"  # the preset's value: the whole config, not only the knobs
-        assert params["calibration_split"] == "val"  # resolved as gendet train resolves it (test is scored)
+        assert params["calibration_split"] == "train_holdout"  # val chooses and test reports: both are scored
         assert child.data.metrics["unseen_acc"] == pytest.approx(float(row["unseen_acc"]))
         assert child.data.metrics["seen_ap"] == pytest.approx(float(row["seen_ap"]))
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -72,6 +72,18 @@ def test_two_by_two_grid_on_tune_logs_a_child_run_per_trial_and_writes_the_table
         assert f"| {alpha} | {cells[0]} | {cells[1]} |" in md
     assert "| alpha | margin | trials | unseen_acc |" in md
 
+    # chosen on val, by the CSV's (val) numbers alone; then that point alone scored on test, once
+    best = max(rows, key=lambda r: float(r["unseen_acc"]))
+    selected = summary["selected"]
+    assert selected["point"] == f"alpha={best['alpha']},margin={best['margin']}" and selected["select_split"] == "val"
+    assert selected["chosen_by"] == [pytest.approx(float(best["unseen_acc"]))]
+    (reported,) = selected["reported"]
+    assert set(reported) >= {"seed", "unseen_acc", "seen_acc"} and 0.0 <= reported["unseen_acc"] <= 1.0
+    assert f"Chosen on val (unseen accuracy, mean over seeds): {selected['point']}" in md
+    assert "Reported once, on test (1 trial(s))" in md and mean_sd([reported["unseen_acc"]]) in md.split("Reported once")[1]
+    assert parent.data.metrics["selected/unseen_acc"] == pytest.approx(reported["unseen_acc"])
+    assert parent.data.tags["gendet.sweep.selected"] == selected["point"]
+
 
 @pytest.mark.parametrize("flags, message", [
     (["--grid", "alpah=0.1,1"], "--grid alpah=0.1,1: unknown field 'alpah'"),
@@ -81,6 +93,7 @@ def test_two_by_two_grid_on_tune_logs_a_child_run_per_trial_and_writes_the_table
     (["--grid", "classifier_input=raw,sideways"], "classifier_input=sideways: choose from raw, augmented, both"),
     (["--grid", "seed=0,1", "--seeds", "2"], "--seeds and --grid seed=...: give the seeds once"),
     (["--set", "rotations=0"], "rotations: 0; must be a positive integer"),
+    (["--eval-splits", "val"], "--select-split val is also in --eval-splits: the best point would be chosen on the rows"),
 ])
 def test_a_bad_grid_is_refused_in_one_line_before_ray_starts(tmp_path, capsys, monkeypatch, flags, message):
     def no_ray(**kwargs):
@@ -101,7 +114,7 @@ def test_calibrating_on_the_scored_split_is_refused_before_ray(tmp_path, capsys,
     monkeypatch.setattr("pipelines._ray.init_ray", no_ray)
     store = str(tmp_path / "store")
     write_synthetic_store(store, per_split={"train": 10, "val": 10, "test": 10})
-    args = [store, "--train-subsets", "seen", "--out", str(tmp_path / "out"), "--eval-splits", "val"]
+    args = [store, "--train-subsets", "seen", "--out", str(tmp_path / "out")]  # val is scored: it chooses
     assert run_cli(sweep_pipeline, [*args, "--set", "calibration_split=val"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "val is among the scored splits" in err, err

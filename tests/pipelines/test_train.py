@@ -33,7 +33,7 @@ def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monke
     rendezvous = set(glob.glob(os.path.join(tempfile.gettempdir(), "gendet-pg-*")))
     # val is scored (as on GenImage): calibration holds out part of the training rows instead
     with listeners_while(os.getpid()) as seen:  # DDP's rendezvous and gloo stay on loopback (issue 29)
-        assert run_cli(train_pipeline, _args(store, out, "--eval-splits", "val")) == 0
+        assert run_cli(train_pipeline, _args(store, out, "--eval-splits", "val", "--gate.split", "test")) == 0
     assert any("RayTrainWorker" in title for title in seen.values()), seen  # the check saw the workers' ports
     assert beyond_loopback(seen) == {}, f"listening beyond loopback: {beyond_loopback(seen)}"
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "gendet-pg-*"))) == rendezvous  # its file removed
@@ -53,6 +53,7 @@ def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monke
     assert summary["calibration_split"] == "train_holdout"
     assert Detector.load(str(out / "detectors" / "gendet")).calibration_split == "train_holdout"
     training_rows = sum(ParquetSource(variant, subsets=("seen",), holdout="exclude").counts().values())
+    row_count_of_test = sum(ParquetSource(variant, subsets=("seen",), splits=("test",)).counts().values())
     pretrain = json.loads((out / "history.json").read_text())[0]  # rank 0's share of 2 workers
     assert pretrain["stage"] == "pretrain" and 2 * pretrain["rows"] in (training_rows, training_rows - 1)
     client = MlflowClient(summary["tracking_uri"])
@@ -71,11 +72,17 @@ def test_two_worker_training_logs_registers_and_gates(ray_local, tmp_path, monke
     # (the gate reads the gendet rung alone: the second run trains only it)
     # (streamed from Parquet this time: Ray Data's filter leaves the same held-out rows out)
     assert run_cli(train_pipeline, _args(store, out2, "--gate.margin", "0.5", "--name", "second", "--methods", "gendet",
-                                     "--eval-splits", "val", "--in-memory-rows", "0")) == 0
+                                     "--eval-splits", "val", "--gate.split", "test", "--in-memory-rows", "0")) == 0
     pretrain = json.loads((out2 / "history.json").read_text())[0]
     assert 2 * pretrain["rows"] in (training_rows, training_rows - 1)
     gate = json.loads((out2 / "train_summary.json").read_text())["gate"]
     assert gate["promoted"] is False and "margin" in gate["reason"]
+    # both models judged the gate's split image by image: a paired interval per family, around its difference
+    assert gate["split"] == "test" and set(gate["families"]) == {"seen", "unseen"}
+    for row in gate["families"].values():
+        paired = row["paired"]
+        assert paired["n"] == row_count_of_test and paired["lo"] <= paired["diff"] <= paired["hi"]
+        assert paired["diff"] == pytest.approx(row["challenger"]["acc_calibrated"] - row["champion"]["acc_calibrated"])
     assert str(client.get_model_version_by_alias("gendet", "challenger").version) == "2"
     assert str(client.get_model_version_by_alias("gendet", "champion").version) == "1"
 

@@ -135,6 +135,26 @@ def _png_signature(data: bytes) -> tuple:
     return tuple(chunks), ihdr, zlib_header
 
 
+def test_a_world_seed_draws_another_photo_split_as_stable_as_the_first(corpus):
+    from gendet.zoo.config import same_generator
+    from gendet.zoo.photos import assign_splits
+
+    photos, _ = corpus
+    historic = {p.content_id: p.split for p in photos}
+    splits = {}
+    for seed in (1, 2):
+        assign_splits(photos, seed=seed)
+        splits[seed] = {p.content_id: p.split for p in photos}
+        assign_splits(photos, seed=seed)
+        assert {p.content_id: p.split for p in photos} == splits[seed]  # stable
+        assert sorted(splits[seed].values()) == sorted(historic.values())  # the same 70/15/15 counts
+    assign_splits(photos)
+    assert {p.content_id: p.split for p in photos} == historic  # seed 0: the historic split
+    assert splits[1] != historic and splits[2] != historic and splits[1] != splits[2]
+    # inpaint_f8 is ae_nearest_f8's network inside a mask: the same generator; vq_f4 is not
+    assert same_generator("inpaint_f8", "ae_nearest_f8") and not same_generator("vq_f4", "ae_nearest_f8")
+
+
 def test_zoo_shards_are_deterministic_and_format_unbiased(tmp_path, monkeypatch):
     monkeypatch.setenv("GENDET_ZOO_CACHE", str(tmp_path / "cache"))
     cfg = ZooShardsConfig(families=("ae_shuffle_f8", "sdedit"), photos_per_split=1, crops_per_photo=2,
@@ -196,6 +216,22 @@ def test_zoo_several_sizes_and_formats_alike_for_both_labels(tmp_path, monkeypat
         assert {r["format"] for r in seen if r["label"] == label} == {"jpg", "png"}
 
 
+def test_val_photos_give_more_crops_for_the_gate(tmp_path, monkeypatch):
+    """``val_crops_per_photo``: the gate's split gets more images per family; train and test keep theirs."""
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("GENDET_ZOO_CACHE", str(tmp_path / "cache"))
+    cfg = ZooShardsConfig(families=("ae_shuffle_f8",), photos_per_split=1, crops_per_photo=2, val_crops_per_photo=6,
+                          train_steps=2, seed=3)
+    build_zoo_shards(str(tmp_path / "w"), cfg)
+    index = pq.read_table(tmp_path / "w" / "zoo_index.parquet").to_pylist()
+    counts = {(split, label): sum(r["split"] == split and r["label"] == label for r in index)
+              for split in ("train", "val", "test") for label in ("real", "fake")}
+    assert counts == {(s, lb): 6 if s == "val" else 2 for s in ("train", "val", "test") for lb in ("real", "fake")}
+    with pytest.raises(GendetError, match="val_crops_per_photo -1"):
+        ZooShardsConfig(val_crops_per_photo=-1)
+
+
 @pytest.mark.parametrize("bad, fragment", [
     (dict(crop_sizes=(64, 520)), "16..512"), (dict(jpeg_fraction=1.5), "jpeg_fraction"),
     (dict(jpeg_quality=(90, 80)), "jpeg_quality"), (dict(jpeg_quality=(90,)), "LOW,HIGH")])
@@ -248,3 +284,28 @@ def test_inpaint_fakes_carry_their_mask_and_other_families_no_new_member(tmp_pat
         assert differs[mask == 1].mean() > 0.5, key
         assert (meta["manipulation"], meta["family"]) == ("inpaint", "inpaint_f8")
         assert meta["generated_fraction"] == pytest.approx(mask.mean()) == pytest.approx(meta["mask_fraction"], abs=1e-4)
+
+
+def test_stroke_masks_are_another_shape_process_than_the_blobs_gamma_trains_on():
+    from gendet.data.manipulations import region_masks
+    from gendet.zoo.config import family_config, same_generator
+    from gendet.zoo.regenerate import family_masks, stroke_masks
+
+    strokes = stroke_masks(40, 64, np.random.default_rng(0))
+    assert np.array_equal(strokes, stroke_masks(40, 64, np.random.default_rng(0)))  # seeded
+    assert ((strokes.mean(axis=(1, 2)) >= 0.1) & (strokes.mean(axis=(1, 2)) <= 0.5)).all()
+
+    def box_fill(masks):  # share of each mask's bounding box it covers: 1 for a rectangle, pi/4 for an ellipse
+        out = []
+        for m in masks:
+            ys, xs = np.nonzero(m)
+            out.append(m.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)))
+        return np.array(out)
+
+    assert box_fill(region_masks(40, 64, 64, np.random.default_rng(0))).min() > 0.7
+    assert np.median(box_fill(strokes)) < 0.6  # thin, wandering strokes fill little of their box
+    held_out = family_config("inpaint_strokes_f4")
+    assert held_out.mask_shape == "strokes" and not any(
+        same_generator("inpaint_strokes_f4", f) for f in ("ae_nearest_f8", "inpaint_f8", "ae_shuffle_f8"))
+    assert np.array_equal(family_masks(held_out, 3, 64, np.random.default_rng(5)),
+                          stroke_masks(3, 64, np.random.default_rng(5)))

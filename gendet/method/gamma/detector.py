@@ -16,6 +16,7 @@ turns token probabilities into pixel masks of any size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -113,7 +114,7 @@ class GammaDetector(SavedModel):
         return pixel_masks(torch.as_tensor(np.asarray(token_probs)), self.grid, size, self.net.cfg.mask_threshold)
 
     def calibrate(self, tokens: np.ndarray, labels: np.ndarray, target_fpr: float, *, split: str | None = None,
-                  platt: bool = True) -> float:
+                  platt: bool = True, subsets: Sequence[str] | None = None) -> float:
         """Platt scaling on held-out rows of both classes, then the threshold that keeps the FPR of
         their reals at ``target_fpr`` (as ``gendet.method.gendet.detector.calibrate`` does for GenDet)."""
         labels = np.asarray(labels).astype(np.int64)
@@ -123,6 +124,8 @@ class GammaDetector(SavedModel):
         if reals.any():
             self.threshold = calibrated_threshold(self.score(tokens[reals]), target_fpr)
             self.target_fpr, self.calibration_split = target_fpr, split
+            self.calibration_subsets = tuple(sorted(set(subsets))) if subsets is not None else None
+            self.calibration_rows = {"real": int(reals.sum()), "fake": int((~reals).sum())}
         return self.threshold
 
     def args(self) -> dict[str, Any]:

@@ -104,11 +104,16 @@ class TrainConfig:
     (``platt``), or the networks' raw softmax (``none``); the threshold is then set on those reals."""
     calibration_split: Literal["auto", "val", "train_holdout"] = "auto"
     """The rows thresholds and Platt scaling are fitted on, never the rows scored: ``val`` (the
-    store's val split, every subset); ``train_holdout`` (``calibration_holdout`` of the training
-    rows' content_ids, chosen by a stable hash and left out of training; the training subsets
-    only); ``auto``: ``val`` unless val is among the scored splits (GenImage has only train and
-    val, so its users score val) or the store has no val rows, then ``train_holdout``. A run
-    records the resolved choice (``resolve_calibration_split``) in its params and detector.json."""
+    store's val split of the training subsets and ``calibration_subsets``); ``train_holdout``
+    (``calibration_holdout`` of the training rows' content_ids, chosen by a stable hash and left
+    out of training; the training subsets only); ``auto``: ``val`` unless val is among the scored
+    splits (GenImage has only train and val, so its users score val) or the store has no val rows,
+    then ``train_holdout``. A run records the resolved choice (``resolve_calibration_split``), the
+    subsets and the row counts in its params and detector.json."""
+    calibration_subsets: tuple[str, ...] = ()
+    """Subsets whose val rows calibrate too, beside the training subsets' (``val`` only): sources
+    named on purpose, e.g. a team's own reals. Never by default: calibrating on the val fakes of the
+    families reported as unseen moves the threshold toward them (it did until 0.8.0)."""
     calibration_holdout: float = 0.1
     """Fraction of the training content_ids held out for calibration under ``train_holdout``
     (a photo and its crops are one content_id: they stay together)."""
@@ -189,10 +194,12 @@ class TrainConfig:
         return rows
 
     def calibration_rows(self) -> dict[str, Any]:
-        """``ParquetSource`` keyword arguments of the rows to calibrate on: the val split of every
-        subset, or the held-out part of the training rows (disjoint from ``training_rows``)."""
+        """``ParquetSource`` keyword arguments of the rows to calibrate on: the val split of the
+        training subsets (every subset when training on all) and of ``calibration_subsets``, or the
+        held-out part of the training rows (disjoint from ``training_rows``)."""
         if self._resolved_calibration() == "val":
-            return {"subsets": (), "splits": (VAL,)}
+            subsets = tuple(dict.fromkeys(self.train_subsets + self.calibration_subsets)) if self.train_subsets else ()
+            return {"subsets": subsets, "splits": (VAL,)}
         return {"subsets": self.train_subsets, "splits": self.train_splits, "holdout": "only",
                 "holdout_fraction": self.calibration_holdout}
 
@@ -221,6 +228,9 @@ def resolve_calibration_split(cfg: TrainConfig, *, eval_splits: Sequence[str], v
         check(val_rows > 0, "calibration_split=val, but the store has no val rows; use calibration_split="
                             "train_holdout (or auto), which holds out part of the training rows")
     else:
+        check(not cfg.calibration_subsets, f"calibration_subsets {list(cfg.calibration_subsets)} name val rows to "
+                                           "calibrate on, but calibration_split is train_holdout (val is scored or "
+                                           "absent); drop them, or score other splits")
         overlap = sorted(scored & set(cfg.train_splits))
         check(not overlap, f"calibration_split=train_holdout calibrates on held-out rows of {overlap}, which are "
                            f"also scored (--eval-splits); score other splits")

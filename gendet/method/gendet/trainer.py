@@ -305,6 +305,17 @@ def check_calibration(cfg: TrainConfig, source: BatchSource) -> None:
         raise ConfigError(f"calibration data ({cfg.calibration_split}): no {' or '.join(missing)} rows; {fix}")
 
 
+def calibration_record(source: BatchSource) -> tuple[tuple[str, ...] | None, dict[str, int] | None]:
+    """(the subsets, {label: rows}) of a calibration source, what a detector records of its
+    calibration; subsets None for a source that has no subset column (in-memory tensors)."""
+    if hasattr(source, "table"):
+        table = source.table(columns=("subset", "label"))
+        labels = table["label"].to_pylist()
+        return tuple(sorted(set(table["subset"].to_pylist()))), {k: labels.count(k) for k in ("real", "fake")}
+    counts = source.counts() if hasattr(source, "counts") else None
+    return None, dict(counts) if counts else None
+
+
 def train_all(cfg: TrainConfig, source: BatchSource, *, checkpoint_dir: str | None = None,
               report: Report | None = None, prepare_model: PrepareModel | None = None, device: str = "cpu",
               calibration: BatchSource | None = None, encoder: str | None = None, encoder_weights: str = "",
@@ -327,7 +338,9 @@ def train_all(cfg: TrainConfig, source: BatchSource, *, checkpoint_dir: str | No
     detectors = {m: trainer.detector(m, **info, encoder_weights=encoder_weights, encoder_precision=encoder_precision,
                                      encoder_weights_digest=encoder_weights_digest) for m in cfg.methods}
     if calibration is not None:
+        subsets, rows = calibration_record(calibration)
         for det in detectors.values():
             calibrate(det, calibration, cfg.target_fpr, platt=cfg.calibration == "platt")
             det.calibration_split = None if cfg.calibration_split == "auto" else cfg.calibration_split
+            det.calibration_subsets, det.calibration_rows = subsets, rows
     return TrainResult(detectors=detectors, history=history, config=cfg)

@@ -91,6 +91,19 @@ def test_calibration_on_scored_or_missing_rows_is_refused(choice, eval_splits, v
     assert "\n" not in str(err.value)
 
 
+def test_val_calibration_reads_the_training_families_and_the_ones_named_only():
+    """Until 0.8.0 val calibration read every subset's val rows: the fakes of the families reported
+    as unseen moved the threshold the 0.5 and calibrated tables use."""
+    cfg = resolve_calibration_split(TrainConfig(train_subsets=("seen",)), eval_splits=("test",), val_rows=10)
+    assert cfg.calibration_rows() == {"subsets": ("seen",), "splits": ("val",)}
+    named = replace(cfg, calibration_subsets=("team_reals", "seen"))
+    assert named.calibration_rows() == {"subsets": ("seen", "team_reals"), "splits": ("val",)}
+    everything = resolve_calibration_split(TrainConfig(), eval_splits=("test",), val_rows=10)
+    assert everything.calibration_rows()["subsets"] == ()  # trained on every subset: each is a training family
+    with pytest.raises(ConfigError, match="calibration_subsets .* but calibration_split is train_holdout"):
+        resolve_calibration_split(replace(named, calibration_split="auto"), eval_splits=("val",), val_rows=10)
+
+
 def test_rows_are_not_chosen_before_the_calibration_split_is_resolved():
     with pytest.raises(ConfigError, match="still auto"):
         TrainConfig().training_rows()

@@ -150,6 +150,19 @@ def test_an_arch_outside_what_gendet_writes_is_refused_before_building(detectors
         Detector.load(str(saved))
 
 
+def test_platt_on_rows_a_model_separates_stays_finite_and_short_of_certainty():
+    """A model's own training family is often separated perfectly; Platt's smoothed targets keep
+    the fit a probability (at most (N+ + 1) / (N+ + 2) on the fakes), not a step at 1e-32."""
+    from gendet.method.saved import fit_platt
+
+    margins = np.r_[np.linspace(-30, -10, 70), np.linspace(10, 30, 70)]  # a 20-wide gap: separable
+    labels = np.r_[np.zeros(70), np.ones(70)]
+    a, b = fit_platt(margins, labels)
+    p = 1 / (1 + np.exp(-(a * margins + b)))
+    assert 0 < a < 5 and p[labels == 1].min() > 0.5 > p[labels == 0].max()
+    assert p.max() < 0.9999 and p.min() > 1e-4  # not saturated: the unweighted fit gave 1 - 1e-13 here
+
+
 def test_platt_calibration_gives_probabilities_that_are_not_saturated(tmp_path):
     from gendet.features.sources import TensorSource, synthetic_clusters
     from gendet.method.gendet.config import preset

@@ -188,12 +188,22 @@ def test_per_stage_student_optimizers_are_separate():
     assert "student.gendet" in shared.opts and "student.gendet@fake" not in shared.opts
 
 
-@pytest.mark.parametrize("choice", ["raw", "augmented", "both"])
-def test_classifier_input_choice_trains_and_scores(choice):
+def test_classifier_input_choice_changes_what_the_classifier_learns():
+    """The same run but for ``classifier_input``: identical when repeated, different between choices
+    (a choice the trainer ignored would give three equal detectors)."""
     x, y = synthetic_clusters(64, DIM, seed=1)
-    result = train_all(tiny(rotations=1, methods=("gendet",), classifier_input=choice), TensorSource(x, y, batch_size=32, seed=3))
-    scores = result.detectors["gendet"].score(x)
-    assert np.isfinite(scores).all() and scores.shape == (len(x),)
+
+    def scores(choice: str) -> np.ndarray:
+        result = train_all(tiny(rotations=1, methods=("gendet",), classifier_input=choice),
+                           TensorSource(x, y, batch_size=32, seed=3))
+        out = result.detectors["gendet"].score(x)
+        assert np.isfinite(out).all() and out.shape == (len(x),)
+        return out
+
+    raw, augmented, both = scores("raw"), scores("augmented"), scores("both")
+    assert np.array_equal(scores("raw"), raw)  # deterministic: any difference below is the choice's
+    for a, b in ((raw, augmented), (raw, both), (augmented, both)):
+        assert np.abs(a - b).max() > 1e-6  # small: the tiny run's classifier barely moves off its start
 
 
 def test_diagnostics_per_rotation_in_the_history():
@@ -256,3 +266,23 @@ def test_with_val_scored_calibration_is_fitted_on_held_out_training_rows_never_o
     det.save(str(tmp_path / "d"))
     assert Detector.load(str(tmp_path / "d")).calibration_split == "train_holdout"  # recorded in detector.json
     assert result.history[0]["rows"] == len(training)  # the held-out rows were not trained on
+
+
+def test_val_calibration_reads_no_unseen_family_and_the_detector_says_which(tmp_path):
+    """With test scored, the val rows of the training subset calibrate, not those of the family
+    reported as unseen; detector.json names the subsets and counts the rows of each label."""
+    from gendet.features.sources import ParquetSource
+    from gendet.method.gendet.config import resolve_calibration_split
+    from gendet.method.gendet.detector import Detector
+    from helpers.synthetic_store import write_synthetic_store
+
+    variant = write_synthetic_store(str(tmp_path / "store"), dim=DIM, per_split={"train": 100, "val": 30, "test": 30})
+    cfg = resolve_calibration_split(tiny(rotations=1, methods=("gendet",), train_subsets=("seen",)),
+                                    eval_splits=("test",), val_rows=120)
+    assert cfg.calibration_split == "val"
+    calibration = ParquetSource(variant, **cfg.calibration_rows())
+    assert set(calibration.table(columns=("subset",))["subset"].to_pylist()) == {"seen"}  # "unseen" exists in val
+    result = train_all(cfg, ParquetSource(variant, batch_size=32, **cfg.training_rows()), calibration=calibration)
+    det = Detector.load(result.detectors["gendet"].save(str(tmp_path / "d")))
+    counts = calibration.counts()
+    assert det.calibration_subsets == ("seen",) and det.calibration_rows == counts and counts["fake"] > 0
