@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gendet.eval.tables import markdown_table, mean_sd, pct
+from gendet.eval.tables import markdown_table, mean_over, mean_sd, pct
 
 log = logging.getLogger("demo_worlds")
 METHODS = ("linear_probe", "teacher", "ts_real", "ts_fake", "gendet")
@@ -50,9 +50,7 @@ def run_seed(seed: int, out: Path) -> float:
 
 
 def unseen(report: dict[str, Any], metric: str) -> float | None:
-    values = [v.get(metric) for s, v in report["subsets"].items()
-              if s != TRAIN_FAMILY and s not in SEEN_GENERATOR and v.get(metric) is not None]
-    return sum(values) / len(values) if values else None
+    return mean_over(report, [s for s in report["subsets"] if s != TRAIN_FAMILY and s not in SEEN_GENERATOR], metric)
 
 
 def numbers(out: Path) -> dict[str, Any]:

@@ -139,22 +139,19 @@ def zoo_shards(out: str, families: list[str], small: bool, seed: int = 0, featur
     """Write the zoo's shards for ``families`` unless a matching summary says they are there. A
     world of another config (another --seed) under an --out whose features exist is refused: the
     store would mix two worlds under the same shard names."""
-    from gendet.zoo.shards import ZooShardsConfig, build_zoo_shards
+    from gendet.config import to_json
+    from gendet.zoo.shards import ZooShardsConfig, build_zoo_shards, written_config
 
     crops = SMALL_CROPS_PER_PHOTO if small else CROPS_PER_PHOTO
     cfg = ZooShardsConfig(families=tuple(families), photos_per_split=4 if small else 0, crops_per_photo=crops,
                           val_crops_per_photo=4 * crops if small else VAL_CROPS_PER_PHOTO,
                           crop_sizes=SMALL_CROP_SIZES if small else CROP_SIZES, jpeg_fraction=JPEG_FRACTION, seed=seed)
-    summary_url = gio.join(out, "zoo_summary.json")
-    if features and gio.exists(summary_url) and gio.exists(features):
-        from gendet.config import to_json
+    made = written_config(out) if features and gio.exists(features) else None
+    if made is not None and made != json.loads(to_json(cfg)):
+        from gendet import GendetError
 
-        made = gio.read_json(summary_url).get("config") or {}
-        if made != json.loads(to_json(cfg)):
-            from gendet import GendetError
-
-            raise GendetError(f"{out}: shards of another demo world (seed {made.get('seed')}, or an older version's "
-                              f"config) whose features are in {features}; pass another --out, or delete it to rebuild")
+        raise GendetError(f"{out}: shards of another demo world (seed {made.get('seed')}, or an older version's "
+                          f"config) whose features are in {features}; pass another --out, or delete it to rebuild")
     return build_zoo_shards(out, cfg, reuse=True)
 
 

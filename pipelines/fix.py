@@ -167,13 +167,11 @@ def run(job: FixJob) -> dict[str, Any]:
 
 def format_fix(result: dict[str, Any]) -> str:
     """A short table: every family's calibrated accuracy and fakes caught, before and after."""
+    from gendet.eval.paired import in_points
     from gendet.eval.tables import markdown_table, pct
 
-    def interval(paired: dict | None) -> str:
-        return "" if not paired else f"{paired['diff'] * 100:+.1f} [{paired['lo'] * 100:+.1f}, {paired['hi'] * 100:+.1f}]"
-
     rows = [[s, pct((row["before"] or {}).get("acc_calibrated")), pct(row["after"]["acc_calibrated"]),
-             interval(row.get("paired")), pct((row["before"] or {}).get("fake_acc_calibrated")),
+             in_points(row.get("paired")), pct((row["before"] or {}).get("fake_acc_calibrated")),
              pct(row["after"]["fake_acc_calibrated"])]
             for s, row in result["families"].items() if row["after"]]
     verdict = "PROMOTED" if result["promoted"] else "not promoted"

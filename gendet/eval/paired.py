@@ -76,6 +76,13 @@ def fallen(intervals: dict[str, dict[str, Any]], tolerance: float = 0.0) -> dict
     return {f: iv for f, iv in intervals.items() if iv["hi"] < -tolerance - 1e-12}
 
 
+def in_points(interval: dict[str, Any] | None) -> str:
+    """``-2.0 [-4.1, +0.4]``: the difference and its interval in points; "" when not paired."""
+    if not interval:
+        return ""
+    return f"{interval['diff'] * 100:+.1f} [{interval['lo'] * 100:+.1f}, {interval['hi'] * 100:+.1f}]"
+
+
 def describe(family: str, interval: dict[str, Any]) -> str:
     """``family: -0.050 [-0.081, -0.021] on 560 images`` (challenger - champion, the interval)."""
     return (f"{family}: {interval['diff']:+.3f} [{interval['lo']:+.3f}, {interval['hi']:+.3f}] "

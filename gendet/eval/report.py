@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from gendet import io as gio
 from gendet.eval import tables
+from gendet.eval.paired import in_points
 
 
 def markdown(sections: Sequence[tuple[str, str]], title: str = "gendet demo report") -> str:
@@ -94,11 +95,8 @@ def _fix_text(fix: dict | None) -> str:
     if not fix:
         return ""
 
-    def interval(paired: dict | None) -> str:
-        return "" if not paired else f"{paired['diff'] * 100:+.1f} [{paired['lo'] * 100:+.1f}, {paired['hi'] * 100:+.1f}]"
-
     rows = [[s, str((row.get("paired") or {}).get("n", "")), tables.pct((row.get("before") or {}).get("acc_calibrated")),
-             tables.pct(row["after"]["acc_calibrated"]), interval(row.get("paired")),
+             tables.pct(row["after"]["acc_calibrated"]), in_points(row.get("paired")),
              tables.pct((row.get("before") or {}).get("fake_acc_calibrated")), tables.pct(row["after"]["fake_acc_calibrated"])]
             for s, row in fix.get("families", {}).items() if row.get("after")]
     split, reported = fix.get("gate_split") or "val", fix.get("reported") or {}
@@ -111,17 +109,12 @@ def _fix_text(fix: dict | None) -> str:
                                      "fakes caught before", "fakes caught after"], rows))
     if reported:
         new = [s for s in fix.get("subsets", []) if s in reported]
+        others = tables.mean_over({"subsets": reported}, [s for s in reported if s not in new], "acc_calibrated")
         text += (f"\n\nReported on {','.join(fix.get('eval_splits') or ['test'])} (never read by the gate), the "
                  "challenger: " + "; ".join(f"{s} {tables.pct(reported[s].get('fake_acc_calibrated'))} of fakes caught, "
                                              f"acc_cal {tables.pct(reported[s].get('acc_calibrated'))}" for s in new)
-                 + f"; mean acc_cal of the other families {tables.pct(_mean(reported, exclude=new))}.")
+                 + f"; mean acc_cal of the other families {tables.pct(others)}.")
     return text
-
-
-def _mean(reported: dict, exclude: list[str]) -> float | None:
-    values = [row["acc_calibrated"] for s, row in reported.items()
-              if s not in exclude and row.get("acc_calibrated") is not None]
-    return sum(values) / len(values) if values else None
 
 
 def gamma_sections(gamma: dict, gendet: dict, seen: list[str], seen_generator: tuple[str, ...] = ()) -> list[tuple[str, str]]:

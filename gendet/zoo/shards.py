@@ -155,11 +155,17 @@ def _chosen_photos(photos: list, per_split: int) -> list:
     return out
 
 
+def written_config(out_url: str) -> dict | None:
+    """The config (as JSON) of the shards ``zoo_summary.json`` says are under ``out_url``; None if none."""
+    summary_url = gio.join(out_url, "zoo_summary.json")
+    return (gio.read_json(summary_url).get("config") or {}) if gio.exists(summary_url) else None
+
+
 def build_zoo_shards(out_url: str, cfg: ZooShardsConfig, *, reuse: bool = False) -> dict:
     """Write one shard set per family under ``out_url``; returns (and writes) a summary dict.
     With ``reuse``, shards whose ``zoo_summary.json`` holds the same config are kept as they are."""
     summary_url = gio.join(out_url, "zoo_summary.json")
-    if reuse and gio.exists(summary_url) and gio.read_json(summary_url).get("config") == json.loads(to_json(cfg)):
+    if reuse and written_config(out_url) == json.loads(to_json(cfg)):
         log.info("reusing %s (same zoo config)", out_url)
         return gio.read_json(summary_url)
     # photos are kept at twice the largest crop, so the crops' windows (1x, 2x, 4x) have room
