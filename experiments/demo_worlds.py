@@ -62,7 +62,7 @@ def numbers(out: Path) -> dict[str, Any]:
     gamma = read("gamma", "metrics.json") if (out / "gamma" / "metrics.json").exists() else None
     row: dict[str, Any] = {"methods": {}, "slipped": fresh["subsets"][NEW_FAMILY]["slipped"],
                            "caught_before": fresh["subsets"][NEW_FAMILY]["fake_acc_calibrated"],
-                           "promoted": fix.get("promoted"), "reason": fix.get("reason"),
+                           "promoted": fix.get("promoted"), "reason": fix.get("reason"), "shots": fix.get("shots"),
                            "caught_after_test": ((fix.get("reported") or {}).get(NEW_FAMILY) or {}).get("fake_acc_calibrated"),
                            "families": fix.get("families") or {},
                            "calibration": {k: read("train_summary.json").get(k) for k in ("calibration_split",
@@ -101,7 +101,8 @@ def write(rows: dict[int, dict[str, Any]], seconds: dict[int, float], path: Path
         f"initialisation). Trained on `{TRAIN_FAMILY}`; test split; mean ± sd over seeds {seeds}. Unseen = every "
         f"family but the training one and `{', '.join(SEEN_GENERATOR)}` (the training family's generator inside a "
         "mask, reported apart as a seen generator), %.", table,
-        f"## The closed loop: `{NEW_FAMILY}` arrives, `refresh --fix` retrains with 32 shots, the gate decides on val",
+        f"## The closed loop: `{NEW_FAMILY}` arrives, `refresh --fix` retrains with "
+        f"{'/'.join(sorted({str(rows[s].get('shots') or 'all') for s in seeds}))} shots, the gate decides on val",
         loop, reasons])
     path.write_text(text + "\n")
     path.with_suffix(".json").write_text(json.dumps({"seconds": seconds, "rows": rows}, indent=1, default=str) + "\n")

@@ -39,7 +39,7 @@ from pipelines._common import Workers
 from pipelines._jobs import Flat, Positional
 
 log = logging.getLogger(__name__)
-DEFAULT_SHOTS = 32  # measured: >= 90 % of sdedit caught in both demo worlds (docs/results.md, "Fixing what slipped")
+DEFAULT_SHOTS = 128  # chosen on val over three demo worlds (experiments/results/fix-shots-cpu2.md)
 LINEAGE_PREFIX = "gendet.fix."
 FIX_JSON = "fix.json"
 
@@ -52,7 +52,7 @@ class FixJob:
 
     Examples:
       gendet fix out/features --model models:/gendet@champion --subsets sdedit
-      gendet fix s3://bucket/features --subsets new_gen_a,new_gen_b --shots 64 --num-workers 2
+      gendet fix s3://bucket/features --subsets new_gen_a,new_gen_b --shots 256 --num-workers 2
     """
 
     features: Positional[str]
