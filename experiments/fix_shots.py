@@ -76,14 +76,17 @@ def choose(rows: dict[int, dict[int, dict[str, Any]]], bar: float) -> int:
         worlds = rows[shots].values()
         promoted = sum(r["promoted"] for r in worlds)
         worst_catch = min(r["val_caught"] for r in worlds)
-        meets = promoted == len(worlds) and worst_catch >= bar
-        return (not meets, -promoted, -worst_catch, shots if shots else 10**9)
+        size = shots if shots else 10**9  # 0: all of its training rows, more than any count
+        if promoted == len(worlds) and worst_catch >= bar:
+            return (0, size, 0.0)  # meets the bar: the smallest such count
+        return (1, -promoted, -worst_catch, size)
     return min(rows, key=key)
 
 
 def write(rows: dict[int, dict[int, dict[str, Any]]], chosen: int, bar: float, path: Path, command: str) -> None:
     label = lambda n: str(n) if n else "all"  # noqa: E731
     seeds = sorted(next(iter(rows.values())))
+    refit = any(r["worst_paired"].get("refit") for n in rows for r in rows[n].values())
     per_world = markdown_table(
         ["shots", "world", "gate (val)", f"{NEW_FAMILY} caught on val", "worst old family on val: after - before "
          "[interval], points", "its reals, fakes: after - before, points", f"{NEW_FAMILY} caught on test", "seconds"],
@@ -105,7 +108,9 @@ def write(rows: dict[int, dict[int, dict[str, Any]]], chosen: int, bar: float, p
         f"# How many shots `gendet fix` needs: chosen on val over {len(seeds)} demo worlds (seeds {seeds})",
         f"Each world's first champion (version 1) is fixed with N shots of `{NEW_FAMILY}` (N fakes and as many reals; "
         "all: every training row), retrained with its own training job, gated on val against it and promoted or "
-        f"refused. **Chosen on val:** the smallest N promoted in every world with at least {pct(bar)} % of "
+        f"refused. **The gate:** paired intervals per family, each model's threshold "
+        f"{'refitted on every resample' if refit else 'fixed (0.8.0)'}. **Chosen on val:** the smallest N "
+        f"promoted in every world with at least {pct(bar)} % of "
         f"`{NEW_FAMILY}`'s val fakes caught at the calibrated threshold in every world. Test is reported, never read "
         "by the choice.", summary, "## Per world", per_world,
         "## The gate's reasons\n\n" + "\n".join(f"- {label(n)} shots, world {s}: {r['reason']}"
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                    for s in seeds}
     chosen = choose(rows, args.bar)
     write(rows, chosen, args.bar, Path(args.result), f"python -m experiments.fix_shots --worlds {args.worlds} "
-          f"--seeds {args.seeds} --shots {args.shots} --bar {args.bar}; fixes "
+          f"--seeds {args.seeds} --shots {args.shots} --bar {args.bar} --out {args.out} --result {args.result}; fixes "
           f"{sum(r['seconds'] for n in rows for r in rows[n].values()):.0f} s")
     log.info("chosen: %s shots; wrote %s", chosen or "all", args.result)
 

@@ -39,7 +39,7 @@ from pipelines.fix import DEFAULT_SHOTS
 log = logging.getLogger(__name__)
 TRAIN_FAMILY = "ae_nearest_f8"  # SD's VAE decoder upsamples by nearest + conv at f8: the SD v1.4 role
 NEW_FAMILY = "sdedit"           # arrives last, for the refresh step: diffusion, unlike anything trained on
-FIX_SHOTS = DEFAULT_SHOTS       # refresh --fix's default, chosen on val (experiments/results/fix-shots-cpu2.md)
+FIX_SHOTS = DEFAULT_SHOTS       # refresh --fix's default, chosen on val (experiments/results/fix-shots-cpu2-refit.md)
 SAMPLE_FAMILY = "vq_f4"         # where the few files that `predict` scores come from
 ENCODER = "spectrum:v2"  # native pixels: v1 upscaled every crop under 128 px, stamping one bicubic filter on them
 # The demo's world (issue 11): native crops at several sizes (never upscaled), and half of *each* label's

@@ -39,7 +39,7 @@ from pipelines._common import Workers
 from pipelines._jobs import Flat, Positional
 
 log = logging.getLogger(__name__)
-DEFAULT_SHOTS = 128  # chosen on val over three demo worlds (experiments/results/fix-shots-cpu2.md)
+DEFAULT_SHOTS = 64  # chosen on val over three demo worlds (experiments/results/fix-shots-cpu2-refit.md)
 LINEAGE_PREFIX = "gendet.fix."
 FIX_JSON = "fix.json"
 

@@ -61,7 +61,7 @@ class RefreshJob:
 
     Examples:
       gendet refresh s3://bucket/incoming/ s3://bucket/features --model models:/gendet@champion --out out/refresh
-      gendet refresh incoming/ out/features --fix --fix-shots 128 --alert-exit 0      # under `ray job submit`
+      gendet refresh incoming/ out/features --fix --fix-shots 64 --alert-exit 0      # under `ray job submit`
     """
 
     shards: Positional[str]

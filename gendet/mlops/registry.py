@@ -158,7 +158,7 @@ def decide(challenger_metrics: Mapping[str, Any], champion_metrics: Mapping[str,
            max_family_drop: float = MAX_FAMILY_DROP, evidence: Mapping[str, Mapping[str, Any]] | None = None) -> Verdict:
     """The gate's rule alone (no registry): floor first, then the margin over the champion on
     ``metric``, then no family may fall below the champion's calibrated accuracy. With ``evidence``
-    (``gendet.eval.paired.family_intervals`` of both models on the same images) a family falls when
+    (``gendet.eval.paired.deployed_intervals`` of both models on the same images) a family falls when
     its whole interval of ``challenger - champion`` lies below ``-max_family_drop`` (worse beyond
     noise); without it, when its point drop exceeds ``max_family_drop`` (``family_drops``)."""
     score = _metric(challenger_metrics, metric, "challenger")
@@ -194,7 +194,8 @@ def _family_rule_on_evidence(evidence: Mapping[str, Mapping[str, Any]], toleranc
     from gendet.eval.paired import describe, fallen
 
     worse = fallen(dict(evidence), tolerance)
-    beyond = f"beyond noise (paired bootstrap, simultaneous over {len(evidence)} families; tolerance {tolerance:.4f})"
+    refit = "; thresholds refitted per resample" if any(iv.get("refit") for iv in evidence.values()) else ""
+    beyond = f"beyond noise (paired bootstrap, simultaneous over {len(evidence)} families{refit}; tolerance {tolerance:.4f})"
     if worse:
         named = "; ".join(describe(f, worse[f]) for f in sorted(worse, key=lambda f: worse[f]["hi"]))
         return Verdict(False, f"{FAMILY_METRIC} falls below the champion's {beyond} on {named}", score, best, real_acc,
@@ -292,17 +293,31 @@ class GateScores(NamedTuple):
     champion: dict | None
     """The champion's, on the same rows (None without a champion)."""
     evidence: dict[str, dict[str, Any]] | None = None
-    """``gendet.eval.paired.family_intervals`` of the two on the same images (None: not paired)."""
+    """``gendet.eval.paired.deployed_intervals`` of the two on the same images (None: not paired)."""
 
 
-def paired_evidence(subsets: Any, labels: Any, challenger: tuple[Any, float], champion: tuple[Any, float],
-                    gate: GateConfig) -> dict[str, dict[str, Any]]:
-    """The gate's per-family intervals from two models' scores on the same rows, each model at its
-    deployed threshold: ``challenger`` and ``champion`` are (scores, threshold)."""
-    from gendet.eval.paired import correct, family_intervals
+def deployed(model: Any, scores: Any, subsets: Any, labels: Any, split: str) -> Any:
+    """``model`` (a GenDet or GAMMA detector) as the gate judges it on ``split``'s rows: its scores and
+    deployed threshold, refitted per resample on the reals of its calibration subsets when it was
+    calibrated on this split (``gendet.eval.paired.Deployed``); a fixed threshold otherwise (calibrated
+    on a train holdout, or saved before models named their calibration subsets)."""
+    import numpy as np
 
-    return family_intervals(subsets, correct(challenger[0], labels, challenger[1]),
-                            correct(champion[0], labels, champion[1]), alpha=gate.alpha, resamples=gate.resamples)
+    from gendet.eval.metrics import as_fake_labels
+    from gendet.eval.paired import Deployed
+
+    scores, fitted_on = np.asarray(scores, dtype=np.float64), getattr(model, "calibration_subsets", None)
+    if getattr(model, "calibration_split", None) != split or not fitted_on or model.target_fpr is None:
+        return Deployed(scores, float(model.threshold))
+    reals = np.isin(np.asarray(subsets).astype(str), list(fitted_on)) & (as_fake_labels(labels) == 0)
+    return Deployed(scores, float(model.threshold), reals, float(model.target_fpr))
+
+
+def paired_evidence(subsets: Any, labels: Any, challenger: Any, champion: Any, gate: GateConfig) -> dict[str, dict[str, Any]]:
+    """The gate's per-family intervals from two deployed models (``deployed``) on the same rows."""
+    from gendet.eval.paired import deployed_intervals
+
+    return deployed_intervals(subsets, labels, challenger, champion, alpha=gate.alpha, resamples=gate.resamples)
 
 
 def register_and_gate(model_uri: str, name: str, score: Callable[[Any], GateScores], gate: GateConfig) -> dict[str, Any]:

@@ -115,22 +115,6 @@ def test_gate_on_paired_evidence_promotes_noise_and_refuses_a_real_fall():
     assert verdict.promoted
 
 
-def test_paired_intervals_count_only_discordant_images():
-    from gendet.eval.paired import correct, fallen, family_intervals
-
-    assert correct(np.array([0.9, 0.2, 0.6]), np.array(["fake", "fake", "real"]), 0.5).tolist() == [True, False, False]
-    subsets = np.array(["a"] * 400 + ["b"] * 400)
-    champion = np.ones(800, dtype=bool)
-    challenger = champion.copy()
-    challenger[:40] = False  # family a: 10 % of its images lost; b unchanged
-    iv = family_intervals(subsets, challenger, champion, resamples=2000, seed=0)
-    assert iv["a"]["diff"] == pytest.approx(-0.1) and iv["a"]["hi"] < -0.05 and iv["b"] == {
-        "n": 400, "challenger": 1.0, "champion": 1.0, "diff": 0.0, "lo": 0.0, "hi": 0.0}
-    assert set(fallen(iv)) == {"a"} and fallen(iv, tolerance=0.2) == {}
-    with pytest.raises(GendetError, match="equal-length"):
-        family_intervals(subsets[:3], challenger, champion)
-
-
 def test_gate_reads_metrics_reports_written_by_evaluate():
     labels = np.array(["real"] * 6 + ["fake"] * 6)
     subsets = np.array(["sd14", "vqdm"] * 6)
@@ -213,3 +197,15 @@ def test_register_gate_and_champion_scores(server, tiny_detector_dir, tiny_image
 
 def CHALLENGER_OF(client: MlflowClient, name: str) -> str:  # noqa: N802 (reads like the alias it returns)
     return client.get_model_version_by_alias(name, registry.CHALLENGER).version
+
+
+def test_the_gate_refits_a_threshold_only_on_the_reals_it_was_fitted_on():
+    from types import SimpleNamespace
+
+    subsets, labels = np.array(["sd", "sd", "new", "new", "old"]), np.array(["real", "fake", "real", "fake", "real"])
+    det = SimpleNamespace(threshold=0.5, target_fpr=0.05, calibration_split="val", calibration_subsets=["sd", "new"])
+    fitted = registry.deployed(det, np.zeros(5), subsets, labels, "val")
+    assert fitted.refit.tolist() == [True, False, True, False, False] and fitted.target_fpr == 0.05
+    # calibrated on another split, or saved before models named their calibration rows: fixed
+    for other in (dict(calibration_split="train_holdout"), dict(calibration_subsets=None)):
+        assert registry.deployed(SimpleNamespace(**{**vars(det), **other}), np.zeros(5), subsets, labels, "val").refit is None
