@@ -13,6 +13,14 @@ Each trial runs the gate's own code (``gendet.eval.paired.family_intervals`` the
 ``gendet.mlops.registry.decide``) and the share promoted is reported per true drop, per number of
 val images per family, for the paired rule (tolerance 0 and 0.02) and for the old point rule
 (refuse any family whose point drop exceeds 0.02).
+
+    python -m experiments.gate_power --model scores --trials 400 --sizes 280,560 --noise 0.1
+
+``--model scores`` simulates the two models' scores instead (an image's difficulty shared, each model's
+own noise), fits each threshold at 5 % FPR on its calibration reals as training does (the champion on
+the training family's, the challenger on those and the new family's), and compares the gate refitting
+both thresholds on every resample (``gendet.eval.paired.Deployed.refit``) with the same intervals at
+fixed thresholds and the point rule: writes ``results/gate-power-scores.md``.
 """
 
 from __future__ import annotations

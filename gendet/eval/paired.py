@@ -72,10 +72,11 @@ class Deployed(NamedTuple):
         scores, threshold = self.scores[rows], np.full((rows.shape[0], 1), self.threshold)
         if self.refit is not None:
             mine = self.refit[rows]
+            drew = mine.any(axis=1)  # a resample without any calibration real keeps the deployed threshold
             cols = mine.any(axis=0)  # only the columns that can hold a calibration real: fewer to sort
-            fitted = np.nanquantile(np.where(mine[:, cols], scores[:, cols], np.nan), 1.0 - float(self.target_fpr),
-                                    axis=1, method="higher", keepdims=True)  # calibrated_threshold, per resample
-            threshold = np.where(mine.any(axis=1, keepdims=True), fitted, threshold)
+            threshold[drew] = np.nanquantile(np.where(mine[drew][:, cols], scores[drew][:, cols], np.nan),
+                                             1.0 - float(self.target_fpr), axis=1, method="higher",
+                                             keepdims=True)  # calibrated_threshold, per resample
         return (scores > threshold) == fake[rows]
 
 

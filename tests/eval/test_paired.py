@@ -1,6 +1,8 @@
 """The gate's paired evidence: intervals of challenger - champion per family, with each model's
 threshold refitted on every resample when it was fitted on the compared images."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -50,6 +52,13 @@ def test_refitting_thresholds_holds_their_noise_and_cancels_between_identical_mo
     # one model against itself: every resample refits both thresholds alike, so nothing differs
     same = deployed_intervals(subsets, fake, b, b, resamples=300, seed=1)
     assert all(v["lo"] == v["hi"] == v["diff"] == 0.0 for v in same.values())
+    # a resample that draws none of a model's calibration reals keeps its deployed threshold, quietly
+    one = np.zeros(subsets.size, dtype=bool)
+    one[np.flatnonzero(~fake)[0]] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lonely = deployed_intervals(subsets, fake, a._replace(refit=one), b, resamples=200, seed=2)
+    assert lonely["f0"]["lo"] <= lonely["f0"]["diff"] <= lonely["f0"]["hi"]
     with pytest.raises(GendetError, match="target_fpr"):
         deployed_intervals(subsets, fake, a._replace(target_fpr=None), b)
 

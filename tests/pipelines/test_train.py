@@ -168,29 +168,6 @@ def test_driver_killed_then_same_command_resumes(ray_local, tmp_path, monkeypatc
     assert len(err) == 1 and "the run 'killed-driver' there trained with another train_config.alpha" in err[0], err
 
 
-def test_ray_job_submit_trains_on_a_cluster(ray_head, tmp_path):
-    import subprocess
-
-    address, env = ray_head
-    store = str(tmp_path / "store")
-    write_synthetic_store(store)
-    out = tmp_path / "out"
-    submit = subprocess.run(
-        ["ray", "job", "submit", "--address", address, "--submission-id", "train-test", "--",
-         "python", "-m", "pipelines.train", store, "--train-subsets", "seen", "--out", str(out), "--preset", "debug",
-         "--rotations", "1", "--batch-size", "32", "--num-workers", "1", "--methods", "gendet",  # DDP: the tests above
-         "--in-memory-rows", "0",  # the production path: every pass streams from Parquet
-         "--shared-fs"],  # RAY_ADDRESS is set in a job: local paths pass as a mount every node shares (one machine)
-        env=env, capture_output=True, text=True, timeout=600)
-    status = subprocess.run(["ray", "job", "status", "--address", address, "train-test"],
-                            env=env, capture_output=True, text=True, timeout=60)
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    assert "train-test' succeeded" in status.stdout, status.stdout + status.stderr
-    assert set(json.loads((out / "metrics.json").read_text())["subsets"]) == {"seen", "unseen"}
-    assert Detector.load(str(out / "detectors" / "gendet")).method == "gendet"
-    assert (out / "mlflow.db").exists()  # no MLFLOW_TRACKING_URI in the job: the SQLite store under --out
-
-
 def test_s3_out_gets_the_detectors_through_ray_train_storage_and_resumes_from_it(moto_s3, mlflow_server, tmp_path,
                                                                                  monkeypatch):
     """--out on S3 (moto), MLflow server: rank 0's detectors reach the driver through Ray Train's
