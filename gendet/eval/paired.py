@@ -102,13 +102,14 @@ def deployed_intervals(subsets: np.ndarray, labels: np.ndarray, challenger: Depl
     groups = [np.flatnonzero(codes == i) for i in range(len(families))]
     blocks = np.cumsum([0] + [g.size for g in groups])  # a resample's columns: family after family
 
-    def per_family(rows: np.ndarray, fixed: bool = False) -> np.ndarray:
-        a, b = ((m._replace(refit=None) if fixed else m).correct(rows, fake) for m in models)
+    def per_family(rows: np.ndarray) -> np.ndarray:
+        a, b = (m.correct(rows, fake) for m in models)
         diff = a.astype(np.int8) - b.astype(np.int8)
         return np.stack([diff[:, lo:hi].mean(axis=1) for lo, hi in zip(blocks[:-1], blocks[1:])], axis=1)
 
     everything = np.concatenate(groups)[None, :]
-    observed = per_family(everything, fixed=True)[0]
+    a, b = (m._replace(refit=None).correct(everything, fake)[0] for m in models)  # at the deployed thresholds
+    observed = np.array([(a[lo:hi].astype(np.int8) - b[lo:hi]).mean() for lo, hi in zip(blocks[:-1], blocks[1:])])
     shift = observed - per_family(everything)[0]
     rng = np.random.default_rng(seed)
     draws = []
@@ -117,7 +118,6 @@ def deployed_intervals(subsets: np.ndarray, labels: np.ndarray, challenger: Depl
         draws.append(per_family(np.concatenate([g[rng.integers(0, g.size, size=(count, g.size))] for g in groups], axis=1)))
     tail = alpha / max(1, len(families))
     lo, hi = np.quantile(np.concatenate(draws) + shift, [tail, 1 - tail], axis=0)
-    a, b = (m._replace(refit=None).correct(everything, fake)[0] for m in models)
     refit = any(m.refit is not None for m in models)
     out = {}
     for i, family in enumerate(families):

@@ -22,7 +22,7 @@ from gendet.features.tokens import load_token_rows
 from gendet.method.gamma.config import GammaConfig
 from gendet.method.gamma.detector import GammaDetector
 from gendet.method.gamma.eval import PIXEL_KEYS, gamma_report, overlay_figure, report_table
-from gendet.mlops.registry import GateScores, deployed, paired_evidence, register_and_gate
+from gendet.mlops.registry import GateScores, paired_evidence, register_and_gate
 from gendet.mlops.tracking import JOB_ARTIFACT
 from gendet.mlops.training_report import ReportOptions, calibration_params
 
@@ -69,9 +69,8 @@ def gate(opts: ReportOptions, model_uri: str, det: GammaDetector, features: str,
             return GateScores(mine, None)
         if isinstance(champion, GammaDetector):
             theirs, their_loc = gamma_report(champion, rows, model="champion")
-            split = opts.gate.split
-            evidence = paired_evidence(rows.subset, rows.labels, deployed(det, loc["score"], rows.subset, rows.labels, split),
-                                       deployed(champion, their_loc["score"], rows.subset, rows.labels, split), opts.gate)
+            evidence = paired_evidence(rows.subset, rows.labels, (det, loc["score"]), (champion, their_loc["score"]),
+                                       opts.gate)
             return GateScores(mine, theirs, evidence)
         from gendet.eval import scoring
 

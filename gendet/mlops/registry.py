@@ -313,11 +313,14 @@ def deployed(model: Any, scores: Any, subsets: Any, labels: Any, split: str) -> 
     return Deployed(scores, float(model.threshold), reals, float(model.target_fpr))
 
 
-def paired_evidence(subsets: Any, labels: Any, challenger: Any, champion: Any, gate: GateConfig) -> dict[str, dict[str, Any]]:
-    """The gate's per-family intervals from two deployed models (``deployed``) on the same rows."""
+def paired_evidence(subsets: Any, labels: Any, challenger: tuple[Any, Any], champion: tuple[Any, Any],
+                    gate: GateConfig) -> dict[str, dict[str, Any]]:
+    """The gate's per-family intervals from two models' scores on the same rows of ``gate.split``:
+    ``challenger`` and ``champion`` are (model, scores), each judged as ``deployed`` says."""
     from gendet.eval.paired import deployed_intervals
 
-    return deployed_intervals(subsets, labels, challenger, champion, alpha=gate.alpha, resamples=gate.resamples)
+    models = [deployed(model, scores, subsets, labels, gate.split) for model, scores in (challenger, champion)]
+    return deployed_intervals(subsets, labels, *models, alpha=gate.alpha, resamples=gate.resamples)
 
 
 def register_and_gate(model_uri: str, name: str, score: Callable[[Any], GateScores], gate: GateConfig) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from gendet.method.gendet.config import TrainConfig
 from gendet.method.gendet.detector import Detector
 from gendet.method.gendet.trainer import DIAGNOSTICS
 from gendet.mlops.gate import GateConfig
-from gendet.mlops.registry import GateScores, deployed, paired_evidence, register_and_gate
+from gendet.mlops.registry import GateScores, paired_evidence, register_and_gate
 from gendet.mlops.tracking import JOB_ARTIFACT
 
 REPORTED = "gendet"  # the method whose metrics.json is the run's headline and whose model is registered
@@ -115,9 +115,8 @@ def gate(opts: ReportOptions, variant: Variant, model_uri: str, challenger: Dete
             raise GendetError(f"models:/{opts.register}@champion is a GAMMA model; register GenDet detectors under "
                               "another name (--register)")
         reports, scored = evaluate({"challenger": challenger, "champion": champion}, variant, split)
-        models = [deployed(m, scored[f"score_{key}"], scored["subset"], scored["label"], opts.gate.split)
-                  for key, m in (("challenger", challenger), ("champion", champion))]
-        evidence = paired_evidence(scored["subset"], scored["label"], *models, opts.gate)
+        evidence = paired_evidence(scored["subset"], scored["label"], (challenger, scored["score_challenger"]),
+                                   (champion, scored["score_champion"]), opts.gate)
         return GateScores(reports["challenger"], reports["champion"], evidence)
 
     return register_and_gate(model_uri, opts.register, score, opts.gate)
