@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "sweep": ("pipelines.sweep", "a grid of training settings (alpha x M, ...) on Ray Tune, one MLflow run per trial"),
     "evaluate": ("pipelines.evaluate", "per-subset metrics table of a model on a feature store"),
     "predict": ("pipelines.predict", "score images, folders or URLs: one JSON line per image"),
+    "score": ("pipelines.score", "score a bucket of unlabelled images on Ray Data: Parquet with a verdict per image"),
     "refresh": ("pipelines.refresh", "extract new shards, score the champion on them, alert when it slips"),
     "fix": ("pipelines.fix", "retrain the champion with the subsets that slipped (few-shot), gate, promote"),
     "coevolve": ("pipelines.coevolve", "rounds: a generator aligned against the champion, the champion fixed with its fakes"),

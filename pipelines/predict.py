@@ -71,7 +71,7 @@ def run(job: PredictJob, emit=_jobs.emit) -> int:
         scorer = load_scorer(job.model, device=job.device, threshold=job.threshold, masks=bool(job.mask_dir))
         lines, scored = [], 0
         for row in iter_predictions(scorer, job.inputs, batch_size=job.batch_size, mask_dir=job.mask_dir):
-            scored += "score" in row
+            scored += row["verdict"] != "error"
             line = gio.redact(json.dumps(row, allow_nan=False))  # strict JSON: a non-finite score is an error row already
             if job.out:
                 lines.append(line)

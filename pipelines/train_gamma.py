@@ -76,6 +76,8 @@ class GammaTrainJob:
     """The token variant's encoder, when the store holds several."""
     target_fpr: float = 0.05
     """False-positive rate on held-out reals of the calibrated threshold."""
+    target_miss: float = 0.05
+    """Share of held-out fakes allowed below the uncertain band (answered ``real``)."""
     calibration_split: Literal["auto", "val", "train_holdout"] = "auto"
     """Rows the threshold and Platt scaling are fitted on (auto: val unless it is scored or absent,
     else a held-out share of the training content_ids, left out of training)."""
@@ -103,6 +105,7 @@ class GammaTrainJob:
         check(bool(self.train_subsets), "--train-subsets: empty; name the subset(s) to train on")
         check(bool(self.eval_splits), "--eval-splits: empty; name the split(s) to score, e.g. test or val")
         check(0 < self.target_fpr < 1, f"--target-fpr {self.target_fpr}: must be in (0, 1)")
+        check(0 < self.target_miss < 1, f"--target-miss {self.target_miss}: must be in (0, 1)")
         check(0 < self.calibration_holdout < 1, f"--calibration-holdout {self.calibration_holdout}: must be in (0, 1)")
         check_gate_split(self.gate, register=self.register, eval_splits=self.eval_splits)
 
@@ -283,7 +286,7 @@ def run(job: GammaTrainJob) -> dict[str, Any]:
         det = GammaDetector.load(model_url)
         cal = load_token_rows(job.features, encoder=variant.encoder, **plan.calibration_rows())
         det.calibrate(cal.tokens, cal.labels, job.target_fpr, split=plan.calibration_split,
-                      subsets=[str(s) for s in cal.subset])
+                      subsets=[str(s) for s in cal.subset], target_miss=job.target_miss)
         det.save(model_url)
         opts = ReportOptions(out=facts["out"], eval_splits=tuple(job.eval_splits), run_name=job.name,
                              params={"num_workers": job.workers.num_workers, "use_gpu": job.workers.use_gpu,

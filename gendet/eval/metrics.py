@@ -17,6 +17,11 @@ Conventions
   next real score up (``numpy.quantile(..., method="higher")``), so that with ``score > t`` at most
   ``target_fpr`` of those reals are called fake. On new reals the rate drifts; the ``*_calibrated``
   figures show it.
+* Uncertain band (``band_low``): the lower edge ``low`` below the threshold ``high``. An image is
+  ``real`` at ``score <= low``, ``fake`` at ``score > high``, ``uncertain`` between; ``low`` is just
+  under the ``floor(target_miss * n)``-th smallest held-out fake score (0-based), so at most
+  ``target_miss`` of those fakes are called real, and never above ``high`` (a model that separates
+  its calibration rows that well has no band: every verdict is ``fake`` or ``real``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,21 @@ def calibrated_threshold(real_scores: np.ndarray, target_fpr: float) -> float:
     if real_scores.size == 0:
         raise ValueError("calibrated_threshold: no real scores to calibrate on")
     return float(np.quantile(real_scores, 1.0 - target_fpr, method="higher"))
+
+
+def band_low(fake_scores: np.ndarray, target_miss: float, threshold: float) -> float:
+    """The band's lower edge (the rule above): mean(fake_scores <= low) <= target_miss, low <= threshold."""
+    fake_scores = np.sort(np.asarray(fake_scores, dtype=np.float64))
+    if fake_scores.size == 0:
+        raise ValueError("band_low: no fake scores to calibrate on")
+    k = int(math.floor(target_miss * fake_scores.size + 1e-9))
+    low = float(np.nextafter(fake_scores[k], -np.inf)) if k < fake_scores.size else float(fake_scores[-1])
+    return min(low, float(threshold))  # may sit a hair below 0: then no score is called real
+
+
+def verdict(score: float, low: float, high: float) -> str:
+    """``fake`` above ``high``, ``real`` at or below ``low``, ``uncertain`` between (the band above)."""
+    return "fake" if score > high else "real" if score <= low else "uncertain"
 
 
 def as_fake_labels(labels: Sequence[Any] | np.ndarray) -> np.ndarray:

@@ -70,6 +70,12 @@ class SavedModel:
     """The subsets those rows came from, sorted; None when not recorded (models saved before 0.8.0)."""
     calibration_rows: dict[str, int] | None = None
     """How many rows of each label calibrated (``{"real": n, "fake": n}``); None when not recorded."""
+    band_low: float | None = None
+    """The uncertain band's lower edge (``gendet.eval.metrics.band_low``): P(fake) at or below it is
+    ``real``, above ``threshold`` ``fake``, between ``uncertain``; None (models saved before 0.9.0, or
+    calibrated without fakes): no band, the verdict is ``fake`` above the threshold, else ``real``."""
+    target_miss: float | None = None
+    """The share of calibration fakes allowed at or below ``band_low`` (called real)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def calibrated(self, margin: torch.Tensor) -> torch.Tensor:
@@ -80,6 +86,19 @@ class SavedModel:
         a, b = self.platt
         return torch.sigmoid(a * margin + b)
 
+    def band(self, threshold: float | None = None) -> tuple[float, float]:
+        """(low, high) of the verdict (``band_low``'s docstring); ``threshold`` overrides high, and
+        low never rises above it."""
+        high = float(self.threshold if threshold is None else threshold)
+        return (high if self.band_low is None else min(float(self.band_low), high)), high
+
+    def fit_band(self, fake_scores: np.ndarray, target_miss: float) -> None:
+        """Set ``band_low`` from held-out fakes' P(fake) at ``target_miss`` (after the threshold is set)."""
+        from gendet.eval.metrics import band_low
+
+        if len(fake_scores):
+            self.band_low, self.target_miss = band_low(fake_scores, target_miss, self.threshold), float(target_miss)
+
     # -- files ------------------------------------------------------------------------------------
     def shared_args(self) -> dict[str, Any]:
         return {"format_version": self.FORMAT_VERSION, "encoder": self.encoder, "encoder_weights": self.encoder_weights,
@@ -88,7 +107,8 @@ class SavedModel:
                 "target_fpr": self.target_fpr, "platt": list(self.platt) if self.platt else None,
                 "calibration_split": self.calibration_split,
                 "calibration_subsets": list(self.calibration_subsets) if self.calibration_subsets is not None else None,
-                "calibration_rows": self.calibration_rows, "extra": self.extra}
+                "calibration_rows": self.calibration_rows, "band_low": self.band_low, "target_miss": self.target_miss,
+                "extra": self.extra}
 
     def args(self) -> dict[str, Any]:
         """The JSON file's content: the method's fields, then the shared ones."""
@@ -170,7 +190,8 @@ class SavedModel:
                 "threshold": float(args.get("threshold", 0.5)), "target_fpr": args.get("target_fpr"),
                 "platt": _checked_platt(args.get("platt"), args_url),
                 "calibration_split": _checked_split(args.get("calibration_split"), args_url),
-                **_checked_calibration_rows(args, args_url), "extra": extra}
+                **_checked_calibration_rows(args, args_url), "band_low": args.get("band_low"),
+                "target_miss": args.get("target_miss"), "extra": extra}
 
 
 PLATT_LIMIT = 1e6  # far beyond any fitted slope or offset; past it a probability is a step function of noise
@@ -190,6 +211,11 @@ def _check_calibration(args: dict[str, Any], where: str) -> None:
     if fpr is not None and not (_number(fpr) and 0.0 < fpr < 1.0):
         raise GendetError(f"{where}: 'target_fpr' {fpr!r} is not a rate in (0, 1); save the model again")
     _checked_platt(args.get("platt"), where)
+    low, miss = args.get("band_low"), args.get("target_miss")
+    if low is not None and not (_number(low) and -1.0 <= low <= threshold):
+        raise GendetError(f"{where}: 'band_low' {low!r} is not a probability at or below the threshold; save the model again")
+    if miss is not None and not (_number(miss) and 0.0 < miss < 1.0):
+        raise GendetError(f"{where}: 'target_miss' {miss!r} is not a rate in (0, 1); save the model again")
 
 
 def _checked_platt(raw: Any, args_url: str) -> tuple[float, float] | None:

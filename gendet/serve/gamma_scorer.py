@@ -9,7 +9,7 @@ gives P(fake) and head 1's per-token P(generated/manipulated); ``GammaDetector.m
 bool mask on the encoder's input canvas, which ``gendet.serve.masks.image_mask`` takes back to the
 image's own pixels (the inverse of the preprocessing geometry; approximations there).
 
-Each scored item's dict: ``score``, ``is_fake``, ``threshold`` (as GenDet) and ``fake_fraction``
+Each scored item's dict: the reply (``gendet.serve.scorer``, as GenDet) and ``fake_fraction``
 (the share of the pixels the encoder saw, its crop of the image, that the mask covers; the mask
 marks nothing outside that crop: ``gendet.serve.masks``); with ``masks=True`` also ``mask_png`` (8-bit greyscale PNG
 bytes of the image's size, 255 = predicted generated). A GAMMA model trained without segmentation
@@ -33,8 +33,9 @@ from gendet.serve.scorer import SMALL_BATCH, ImageScorer, one_thread_if
 class GammaScorer(ImageScorer):
     """``ImageScorer`` for a ``GammaDetector`` (module docstring)."""
 
-    def __init__(self, detector: Any, encoder: Any, threshold: float | None = None, max_pixels: int | None = None):
-        super().__init__(detector, encoder, threshold, max_pixels)
+    def __init__(self, detector: Any, encoder: Any, threshold: float | None = None, max_pixels: int | None = None,
+                 model: str = ""):
+        super().__init__(detector, encoder, threshold, max_pixels, model)
         native, grid = tuple(encoder.token_grid), tuple(detector.grid)
         if (native == (0, 0) or not reads_tokens(encoder.name, encoder.token_dim, detector.token_dim)
                 or grid[0] > native[0] or grid[1] > native[1]):
@@ -71,22 +72,24 @@ class GammaScorer(ImageScorer):
         on_canvas = self.detector.masks(np.asarray(token_probs)[None], canvas)[0]
         return image_mask(on_canvas, self.encoder.preprocess_cfg, image_size)
 
-    def score_bytes(self, items: Sequence[bytes | Exception], *, masks: bool = False) -> list[dict[str, Any]]:
-        """One dict per item (module docstring), or ``error`` for an item that failed to read or decode."""
+    def score_pixels(self, pixels: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]], *,
+                     masks: bool = False) -> list[dict[str, Any]]:
+        """One reply per image's encoder pixels (module docstring); ``sizes``: each image's (w, h)."""
         if masks and not self.has_masks:
             raise GendetError("masks need a GAMMA model with segmentation heads; this one was trained with "
                               "seg_heads=False (`gendet train-gamma` without that ablation)")
-        results, pixels, where, sizes = self.decoded(items)
-        if not pixels:
-            return results
+        if not len(pixels):
+            return []
         out = self.localize(pixels)
-        for j, i in enumerate(where):
-            results[i] = self.result(float(out["score"][j]))
-            if "token_probs" in out and "error" not in results[i]:
+        replies = []
+        for j in range(len(pixels)):
+            reply = self.result(float(out["score"][j]))
+            if "token_probs" in out and reply["verdict"] != "error":
                 canvas = pixels[j].shape[1:]
-                mask = self.image_mask(out["token_probs"][j], canvas, sizes[j])
-                box = seen_box(self.encoder.preprocess_cfg, sizes[j], canvas[::-1])
-                results[i]["fake_fraction"] = seen_fraction(mask, box)
+                mask = self.image_mask(out["token_probs"][j], canvas, tuple(sizes[j]))
+                box = seen_box(self.encoder.preprocess_cfg, tuple(sizes[j]), canvas[::-1])
+                reply["fake_fraction"] = seen_fraction(mask, box)
                 if masks:
-                    results[i]["mask_png"] = mask_png(mask)
-        return results
+                    reply["mask_png"] = mask_png(mask)
+            replies.append(reply)
+        return replies

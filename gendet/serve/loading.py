@@ -57,10 +57,33 @@ def load_model(uri: str) -> Detector | GammaDetector:
     raise GendetError(f"--model {uri}: neither a saved detector ({ARGS}) nor an MLflow model ({MLMODEL_FILE}); {USAGE}")
 
 
-def load_scorer(uri: str, *, device: str = "cpu", threshold: float | None = None, masks: bool = False) -> ImageScorer:
+def pinned(uri: str) -> tuple[str, str]:
+    """(the URI to load, the name every reply gives it): ``models:/NAME@ALIAS`` is resolved once to
+    ``models:/NAME/VERSION`` (the alias may move while a job runs; its replies keep naming one version),
+    named ``NAME/VERSION``; any other URI loads as given and is its own name (credentials redacted)."""
+    uri = str(uri)
+    if uri.startswith("models:/"):
+        name, _, rest = uri[len("models:/"):].rstrip("/").partition("@")
+        if rest:
+            from mlflow import MlflowClient
+
+            try:
+                version = MlflowClient().get_model_version_by_alias(name, rest).version
+            except Exception as exc:  # a missing alias or model, an unreachable server
+                raise GendetError(f"--model {uri}: cannot resolve this alias ({first_line(exc, 200)}); check the "
+                                  "name and alias, and MLFLOW_TRACKING_URI / --tracking-uri") from exc
+            return f"models:/{name}/{version}", f"{name}/{version}"
+        return uri, uri[len("models:/"):].rstrip("/")
+    return uri, gio.redact(uri)
+
+
+def load_scorer(uri: str, *, device: str = "cpu", threshold: float | None = None, masks: bool = False,
+                precision: str = "fp32") -> ImageScorer:
     """Load a model once (any URI ``gendet.serve.loading.load_model`` takes) with its encoder: an
     ``ImageScorer`` for a GenDet detector, a ``GammaScorer`` (fake_fraction, masks) for a GAMMA model.
-    ``masks``: refuse, before the encoder is loaded, a model that cannot make masks."""
+    ``masks``: refuse, before the encoder is loaded, a model that cannot make masks. Its replies
+    name the model (``pinned``)."""
+    uri, label = pinned(uri)
     model = load_model(uri)
     if masks and not (isinstance(model, GammaDetector) and model.has_masks):
         kind = "a GAMMA model without segmentation heads" if isinstance(model, GammaDetector) else "a GenDet detector"
@@ -69,10 +92,10 @@ def load_scorer(uri: str, *, device: str = "cpu", threshold: float | None = None
     if isinstance(model, GammaDetector):
         from gendet.serve.gamma_scorer import GammaScorer
 
-        return GammaScorer.from_detector(model, device=device, threshold=threshold)
+        return GammaScorer.from_detector(model, device=device, threshold=threshold, model=label, precision=precision)
     from gendet.serve.scorer import ImageScorer
 
-    return ImageScorer.from_detector(model, device=device, threshold=threshold)
+    return ImageScorer.from_detector(model, device=device, threshold=threshold, model=label, precision=precision)
 
 
 def _download(uri: str) -> str:

@@ -11,8 +11,15 @@ input example, and the same facts as MLmodel ``metadata`` so tools can read them
 
 Serving contract: the input is a DataFrame with a string column ``image`` holding base64-encoded
 image bytes (``dataframe_split``, ``dataframe_records`` or ``inputs`` over HTTP); the output has
-one row per input with ``score`` (P(fake)), ``is_fake``, ``threshold`` and ``error`` (empty when
-the row was scored; score and is_fake are null (None) when it was not: never a verdict of ``real``).
+one row per input, the reply every scorer gives (``gendet.serve.scorer``, CONTRACTS.md "The reply"):
+``verdict``, ``probability``, ``band``, ``model``, ``encoder``, ``encoder_digest``, ``error``, then
+0.8's ``score``, ``is_fake``, ``threshold`` (score and is_fake null when the row was not scored:
+never a verdict of ``real``). ``model`` is ``model_config["model"]`` when the server sets it, else
+the logged model's ``models:/<model_id>``. An ``image`` that is a URL is not fetched (no requests
+to addresses a client picks) unless ``model_config["allow_urls"]`` is true; then http(s) only.
+The params schema (``masks``) is the same for both methods, so asking a GenDet model for masks is
+refused (HTTP 400) instead of dropped; MLflow's server itself drops params the schema does not name
+(with a warning), which Ray Serve (``pipelines/serve.py``) refuses.
 
 A GAMMA model (``gendet.method.gamma.detector``, logged the same way under ``artifacts/detector``,
 ``GAMMA_SIGNATURE``) answers two more columns: ``fake_fraction`` (the share of the pixels the model
@@ -44,6 +51,7 @@ import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array
 
 from gendet.serve.loading import ARTIFACT
 from gendet.serve.scorer import ImageScorer, ItemError
@@ -53,22 +61,27 @@ PACKAGE_DIR = Path(__file__).parents[1]
 # The code a served model runs, relative to the package (tests/serve check it is the import
 # closure of pyfunc_model): the rest of gendet (training, extraction, the zoo and its weights) stays out.
 SERVING_CODE = ("__init__.py", "io.py", "config.py", "progress.py", "data/__init__.py", "data/decode.py", "encoders",
-                "eval/__init__.py", "eval/metrics.py", "method/__init__.py", "method/saved.py",
+                "eval/__init__.py", "eval/metrics.py", "eval/overlays.py", "method/__init__.py", "method/saved.py",
                 "method/gendet/__init__.py", "method/gendet/config.py", "method/gendet/detector.py",
                 "method/gendet/networks.py", "method/gamma/__init__.py", "method/gamma/config.py",
                 "method/gamma/networks.py", "method/gamma/detector.py", "serve")
 INPUT_COLUMN = "image"
+MASKS_PARAM = "masks"
+PARAMS = ParamSchema([ParamSpec(MASKS_PARAM, "boolean", False)])
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
-    outputs=Schema([ColSpec("double", "score"), ColSpec("boolean", "is_fake"), ColSpec("double", "threshold"),
-                    ColSpec("string", "error", required=False)]),
+    outputs=Schema([ColSpec("string", "verdict"), ColSpec("double", "probability", required=False),
+                    ColSpec(Array("double"), "band"), ColSpec("string", "model"), ColSpec("string", "encoder"),
+                    ColSpec("string", "encoder_digest"), ColSpec("string", "error", required=False),
+                    ColSpec("double", "score", required=False), ColSpec("boolean", "is_fake", required=False),
+                    ColSpec("double", "threshold")]),
+    params=PARAMS,
 )
-MASKS_PARAM = "masks"
 GAMMA_SIGNATURE = ModelSignature(
     inputs=SIGNATURE.inputs,
     outputs=Schema([*SIGNATURE.outputs.inputs, ColSpec("double", "fake_fraction", required=False),
                     ColSpec("string", "mask_png", required=False)]),
-    params=ParamSchema([ParamSpec(MASKS_PARAM, "boolean", False)]),
+    params=PARAMS,
 )
 # The library's own dependencies serve the model, pinned to what logged it; Ray is left out (the
 # library never imports it). Listed rather than inferred: inference loads the model in a subprocess.
@@ -116,17 +129,15 @@ def example_image() -> bytes:
     return buf.getvalue()
 
 
-def to_frame(results: list[dict[str, Any]], threshold: float, *, gamma: bool = False, masks: bool = False) -> pd.DataFrame:
-    """Result dicts -> the output frame of SIGNATURE (``gamma``: of GAMMA_SIGNATURE, ``mask_png``
-    only with ``masks``). An errored row has score None (JSON ``null``: a NaN would be written as
-    ``NaN``, which strict JSON parsers reject), is_fake None (not false: an image that could not be
-    scored was not found real, and a client testing ``is_fake`` must not pass it) and its error."""
-    frame = pd.DataFrame({
-        "score": pd.Series([r.get("score") for r in results], dtype=object),
-        "is_fake": pd.Series([bool(r["is_fake"]) if "score" in r else None for r in results], dtype=object),
-        "threshold": [float(r.get("threshold", threshold)) for r in results],
-        "error": [r.get("error", "") for r in results],
-    })
+REPLY_COLUMNS = [c.name for c in SIGNATURE.outputs.inputs]
+
+
+def to_frame(results: list[dict[str, Any]], *, gamma: bool = False, masks: bool = False) -> pd.DataFrame:
+    """Replies -> the output frame of SIGNATURE (``gamma``: of GAMMA_SIGNATURE, ``mask_png`` only
+    with ``masks``). An errored row has verdict ``error``, probability and score None (JSON ``null``:
+    a NaN would be written as ``NaN``, which strict JSON parsers reject), is_fake None (not false: an
+    image that could not be scored was not found real) and its reason."""
+    frame = pd.DataFrame({c: pd.Series([r[c] for r in results], dtype=object) for c in REPLY_COLUMNS})
     if gamma:
         frame["fake_fraction"] = pd.Series([r.get("fake_fraction") for r in results], dtype=object)
     if gamma and masks:
@@ -134,9 +145,23 @@ def to_frame(results: list[dict[str, Any]], threshold: float, *, gamma: bool = F
     return frame
 
 
-def decode_b64(value: Any) -> bytes | Exception:
+URL_SCHEMES = ("http://", "https://")
+
+
+def decode_b64(value: Any, *, allow_urls: bool = False) -> bytes | Exception:
+    """The image bytes of one ``image`` cell: base64, or (``allow_urls``) an http(s) URL read with
+    ``gendet predict``'s bounds; an ItemError naming the fix otherwise."""
     if not isinstance(value, str):
         return ItemError(f"image must be a base64 string, got {type(value).__name__}")
+    if "://" in value[:16]:
+        if not allow_urls:
+            return ItemError("urls_not_allowed: this server does not fetch URLs (an address chosen by a client); "
+                             "send the image bytes, base64")
+        if not value.lower().startswith(URL_SCHEMES):
+            return ItemError("urls_not_allowed: only http:// and https:// URLs are fetched")
+        from gendet.serve.predict import read_item
+
+        return read_item(value)
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -162,6 +187,7 @@ class GendetModel(mlflow.pyfunc.PythonModel):
 
         config = context.model_config or {}
         self.limits = {k: int(config.get(k, v)) for k, v in SERVING_LIMITS.items()}
+        self.allow_urls = bool(config.get("allow_urls", False))
         folder = context.artifacts[ARTIFACT]
         self.gamma = is_gamma_dir(folder)
         if self.gamma:
@@ -170,8 +196,9 @@ class GendetModel(mlflow.pyfunc.PythonModel):
             kind, model = GammaScorer, GammaDetector.load(folder)
         else:
             kind, model = ImageScorer, Detector.load(folder)
-        self.scorer = kind.from_detector(model, device=config.get("device", "cpu"), threshold=config.get("threshold"),
-                                         max_pixels=self.limits["max_pixels"])
+        self.scorer = kind.from_detector(model, device=load_device(config.get("device", "auto")),
+                                         threshold=config.get("threshold"), max_pixels=self.limits["max_pixels"],
+                                         model=str(config.get("model") or logged_model_name(folder)))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -191,8 +218,37 @@ class GendetModel(mlflow.pyfunc.PythonModel):
         if masks and not self.scorer.has_masks:
             raise bad_request('params {"masks": true}: masks need a GAMMA model with segmentation heads '
                               "(`gendet train-gamma`); send the request without them")
-        results = self.scorer.score_bytes([decode_b64(v) for v in values], masks=masks)
-        return to_frame(results, self.scorer.threshold, gamma=getattr(self, "gamma", False), masks=masks)
+        allow_urls = getattr(self, "allow_urls", False)
+        results = self.scorer.score_bytes([decode_b64(v, allow_urls=allow_urls) for v in values], masks=masks)
+        return to_frame(results, gamma=getattr(self, "gamma", False), masks=masks)
+
+
+def load_device(device: str) -> str:
+    """``auto`` (the default a model is logged with): the GPU when this process has one, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def logged_model_name(detector_folder: str) -> str:
+    """``models:/<model_id>`` (MLflow 3) or ``runs:/<run>/<path>`` of the MLflow model holding
+    ``detector_folder`` (its ``artifacts/detector``), from the MLmodel file beside it; the model's
+    directory for one saved outside any run."""
+    import yaml
+
+    root = Path(detector_folder).parent.parent
+    try:
+        with open(root / "MLmodel") as f:
+            meta = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError):
+        meta = {}
+    if meta.get("model_id"):
+        return f"models:/{meta['model_id']}"
+    if meta.get("run_id"):
+        return f"runs:/{meta['run_id']}/{meta.get('artifact_path', '')}".rstrip("/")
+    return str(root)
 
 
 def stage_serving_code(tmp: str) -> str:
@@ -238,7 +294,8 @@ def _model_kwargs(detector_dir: str, tmp: str) -> dict[str, Any]:
     return dict(python_model=str(MODEL_CODE), artifacts={ARTIFACT: detector_dir},
                 signature=GAMMA_SIGNATURE if gamma else SIGNATURE,
                 input_example=pd.DataFrame({INPUT_COLUMN: [b64(example_image())]}),
-                pip_requirements=pip_requirements(), metadata=metadata, model_config={"device": "cpu", **SERVING_LIMITS},
+                pip_requirements=pip_requirements(), metadata=metadata,
+                model_config={"device": "auto", "allow_urls": False, **SERVING_LIMITS},
                 code_paths=[stage_serving_code(tmp)])
 
 

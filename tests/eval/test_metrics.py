@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gendet.eval.metrics import best_accuracy, calibrated_threshold, metrics_report, subset_metrics
+from gendet.eval.metrics import band_low, best_accuracy, calibrated_threshold, metrics_report, subset_metrics, verdict
 
 
 def test_subset_metrics_by_hand():
@@ -75,3 +75,15 @@ def test_mismatched_lengths_fail():
     with pytest.raises(ValueError, match="equal-length"):
         metrics_report(np.zeros(3), np.zeros(2), np.array(["a"] * 3), calibrated_threshold=None,
                        target_fpr=None, model="m", encoder="e")
+
+
+def test_band_low_calls_at_most_target_miss_of_the_fakes_real_and_never_rises_above_the_threshold():
+    fakes = np.array([0.1, 0.2, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])
+    low = band_low(fakes, 0.2, threshold=0.5)  # 2 of 10 may be called real: below the 3rd smallest (0.2, tied)
+    assert np.mean(fakes <= low) <= 0.2 and low < 0.2 and low > 0.1
+    assert band_low(fakes, 0.05, threshold=0.5) < 0.1  # floor(0.5) = 0: no fake called real
+    assert band_low(fakes, 0.45, threshold=0.25) == 0.25  # the band never opens above the threshold
+    assert [verdict(s, 0.2, 0.6) for s in (0.1, 0.2, 0.3, 0.6, 0.61)] == ["real", "real", "uncertain", "uncertain", "fake"]
+    assert [verdict(s, 0.5, 0.5) for s in (0.5, 0.51)] == ["real", "fake"]  # no band: the threshold's rule
+    with pytest.raises(ValueError, match="no fake scores"):
+        band_low(np.array([]), 0.1, 0.5)

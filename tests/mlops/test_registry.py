@@ -185,6 +185,7 @@ def test_register_gate_and_champion_scores(server, tiny_detector_dir, tiny_image
     rows = predict.predict(scorer, [str(p) for p in tiny_images])
     np.testing.assert_allclose([r["score"] for r in rows], list(tiny_scores.values()), rtol=1e-5)
     assert all(r["is_fake"] and r["threshold"] == 0.0 for r in rows)
+    assert {r["model"] for r in rows} == {"gendet/2"}  # the alias, pinned to the version that answered
 
     capsys.readouterr()  # drop what MLflow printed while registering
     assert cli.main(["predict", "--model", "models:/gendet@champion", "--tracking-uri", client.tracking_uri,

@@ -93,6 +93,47 @@ def test_extract_survives_a_lost_worker_node(ray_cluster, moto_s3, tmp_path):
     cluster.wait_workers(2)
 
 
+def test_score_survives_its_actors_node_being_lost(ray_cluster, moto_s3, tmp_path, tiny_detector_dir):
+    """The scoring actor is pinned to w1 (its custom resource), so the node to lose is known before
+    the job starts; w1 is lost once a partition is written and comes back (a replaced pod). Every
+    input is scored exactly once."""
+    cluster, bucket = ray_cluster, moto_s3["bucket"]
+    fs = fsspec.filesystem("s3")
+    n_shards, per_shard = 24, 48
+    rows = write_good_shards(str(tmp_path / "shards"), "s", n_shards=n_shards, per_shard=per_shard, size=SIZE)
+    fs.put(str(tmp_path / "shards") + "/", f"{bucket}/score/shards/", recursive=True)
+    fs.put(tiny_detector_dir + "/", f"{bucket}/score/model/", recursive=True)
+    submit(cluster, "score-lost", "pipelines.score", f"s3://{bucket}/score/shards/", f"s3://{bucket}/score/out",
+           "--model", f"s3://{bucket}/score/model", "--batch-size", "16", "--actor-resources", '{"node_w1": 0.01}',
+           wait=False)
+    deadline, killed = time.monotonic() + 600, False
+    while time.monotonic() < deadline and not killed:
+        fs.invalidate_cache()
+        done = fs.glob(f"{bucket}/score/out/_done/*.json")
+        if done:
+            assert len(done) < n_shards, "the job finished before a node could be lost: make it longer"
+            cluster.kill("w1")
+            killed = True
+        else:
+            assert job_status(cluster, "score-lost") in ("PENDING", "RUNNING"), job_logs(cluster, "score-lost")[-3000:]
+        time.sleep(0.2)
+    assert killed, "no partition written in 600 s\n" + job_logs(cluster, "score-lost")[-3000:]
+    cluster.start_worker("w1")  # the node comes back, as KubeRay replaces a lost pod
+    cluster.wait_workers(2)
+    status = wait_job(cluster, "score-lost", timeout=900)
+    logs = job_logs(cluster, "score-lost")
+    assert status == "SUCCEEDED", logs[-4000:]
+    fs.invalidate_cache()
+    ids = []
+    for path in sorted(fs.glob(f"{bucket}/score/out/*.parquet")):
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f, columns=["id", "verdict"])
+        ids += table["id"].to_pylist()
+        assert set(table["verdict"].to_pylist()) <= {"fake", "real", "uncertain"}
+    assert sorted(ids) == sorted(r["key"] for r in rows), "inputs lost or scored twice"
+    assert len(fs.glob(f"{bucket}/score/out/_done/*.json")) == n_shards
+
+
 def write_world(folder, prefix: str, subsets: dict[str, str], per_subset: int = 120, size: int = 48) -> None:
     """Real/fake pairs in shards, split by content 70/15/15. Reals are full-resolution noise; the
     fakes of a subset carry its generator's trace: ``nearest`` (a x2 nearest-neighbour upsampler,

@@ -27,6 +27,8 @@ from gendet.serve.loading import load_detector
 from gendet.serve.masks import image_mask, seen_box, seen_fraction
 from pipelines import cli
 
+REPLY = {"verdict", "probability", "band", "model", "encoder", "encoder_digest", "error", "score", "is_fake", "threshold"}
+
 
 def _gamma(encoder_name: str, grid=None, seed: int = 0, seg_bias: float | None = None, token_dim: int | None = None,
            **cfg) -> GammaDetector:
@@ -97,7 +99,7 @@ def test_predict_mask_dir_writes_masks_and_overlays_of_each_images_size(gamma_di
     rows = _lines((out / "predictions.jsonl").read_text())
     direct = _direct(gamma_dir, images)
     for row, path, score in zip(rows, images, direct["score"]):
-        assert set(row) == {"path", "score", "is_fake", "threshold", "fake_fraction", "mask"}
+        assert set(row) == REPLY | {"path", "fake_fraction", "mask"} and row["verdict"] in ("fake", "real", "uncertain")
         assert row["score"] == pytest.approx(score, rel=1e-5)
         assert row["mask"] == str(masks / f"{path.stem}.mask.png")
         mask = _png(row["mask"])
@@ -107,14 +109,15 @@ def test_predict_mask_dir_writes_masks_and_overlays_of_each_images_size(gamma_di
         tinted = Image.open(masks / f"{path.stem}.overlay.png")
         assert tinted.size == (w, h) and tinted.mode == "RGB"
     assert 0 < np.mean([r["fake_fraction"] for r in rows[:4]]) < 1  # random heads: some pixels each way
-    assert rows[4] == {"path": str(tmp_path / "gone.png"), "error": "not found"}
+    assert rows[4]["path"] == str(tmp_path / "gone.png") and rows[4]["error"] == "not found"
+    assert rows[4]["verdict"] == "error" and rows[4]["probability"] is None and "fake_fraction" not in rows[4]
     assert sorted(p.name for p in masks.iterdir()) == sorted(f"{p.stem}.{k}.png" for p in images for k in ("mask", "overlay"))
     assert capsys.readouterr().out == ""
 
 
 def test_without_mask_dir_each_line_has_the_fake_fraction_only(gamma_dir, images, tmp_path):
     rows = predict.predict(gamma_dir, [str(p) for p in images], batch_size=3)
-    assert all(set(r) == {"path", "score", "is_fake", "threshold", "fake_fraction"} for r in rows)
+    assert all(set(r) == REPLY | {"path", "fake_fraction"} for r in rows)
     with_masks = predict.predict(gamma_dir, [str(p) for p in images], mask_dir=str(tmp_path / "m"))
     assert [r["fake_fraction"] for r in rows] == [r["fake_fraction"] for r in with_masks]
 
@@ -140,12 +143,12 @@ def test_a_genDet_model_with_mask_dir_is_refused_in_one_line_before_any_image(ti
     with pytest.raises(GendetError, match="without segmentation heads"):
         predict.load_scorer(no_heads, masks=True)
     rows = predict.predict(no_heads, [str(tmp_path / "never-read.png")])
-    assert rows == [{"path": str(tmp_path / "never-read.png"), "error": "not found"}]
+    assert [(r["path"], r["verdict"], r["error"]) for r in rows] == [(str(tmp_path / "never-read.png"), "error", "not found")]
 
 
 def test_genDet_lines_are_unchanged_and_verbs_for_pooled_features_refuse_gamma(tiny_detector_dir, gamma_dir, images):
     rows = predict.predict(tiny_detector_dir, [str(images[0])])
-    assert set(rows[0]) == {"path", "score", "is_fake", "threshold"}
+    assert set(rows[0]) == REPLY | {"path"}  # no fake_fraction: GenDet does not localize
     with pytest.raises(GendetError, match="a GAMMA model"):
         load_detector(gamma_dir)
 
@@ -235,7 +238,7 @@ def test_saved_gamma_model_records_its_kind_and_signature(gamma_model_dir, gamma
     assert mlmodel["metadata"]["method"] == "gamma" and mlmodel["metadata"]["token_grid"] == [8, 8]
     assert mlmodel["metadata"]["masks"] is True and mlmodel["metadata"]["sources"] == ["camera", "a", "b"]
     outputs = [c["name"] for c in json.loads(mlmodel["signature"]["outputs"])]
-    assert outputs == ["score", "is_fake", "threshold", "error", "fake_fraction", "mask_png"]
+    assert outputs == [*pyfunc.REPLY_COLUMNS, "fake_fraction", "mask_png"]
     assert [p["name"] for p in json.loads(mlmodel["signature"]["params"])] == ["masks"]
     assert GammaDetector.load(str(Path(gamma_model_dir, "artifacts", "detector"))).args() == GammaDetector.load(gamma_dir).args()
     assert predict.load_scorer(gamma_model_dir).has_masks  # a local MLflow model dir loads for predict too
@@ -245,7 +248,7 @@ def test_pyfunc_frame_with_and_without_masks(gamma_model_dir, gamma_dir, images)
     model = mlflow.pyfunc.load_model(gamma_model_dir)
     frame = pd.DataFrame({"image": [pyfunc.b64(p.read_bytes()) for p in images] + ["%%%"]})
     plain = model.predict(frame)
-    assert list(plain.columns) == ["score", "is_fake", "threshold", "error", "fake_fraction"]
+    assert list(plain.columns) == [*pyfunc.REPLY_COLUMNS, "fake_fraction"]
     n = len(images)
     np.testing.assert_allclose(plain["score"][:n].astype(float), _direct(gamma_dir, images)["score"], rtol=1e-5)
     assert plain["fake_fraction"][n] is None and plain["error"][n].startswith("bad base64")
@@ -257,14 +260,16 @@ def test_pyfunc_frame_with_and_without_masks(gamma_model_dir, gamma_dir, images)
         assert with_masks["fake_fraction"][i] == plain["fake_fraction"][i] == pytest.approx(_seen(mask == 255, path))
 
 
-def test_a_genDet_served_frame_is_unchanged_even_when_masks_are_asked(tiny_detector_dir, tmp_path, images):
-    """A GenDet model's signature declares no params: MLflow drops ``masks`` (with a warning) before
-    the model sees it, so its frame stays the four columns clients read today."""
+def test_a_genDet_served_model_refuses_masks_instead_of_dropping_them(tiny_detector_dir, tmp_path, images):
+    """Until 0.9 a GenDet model's signature declared no params: MLflow dropped ``masks`` and answered
+    200 without them. Both methods now share the params schema, so the model sees the ask and refuses."""
+    from mlflow.exceptions import MlflowException
+
     model = mlflow.pyfunc.load_model(pyfunc.save_detector_model(tiny_detector_dir, str(tmp_path / "gendet")))
     frame = pd.DataFrame({"image": [pyfunc.b64(images[0].read_bytes())]})
-    plain = model.predict(frame)
-    assert list(plain.columns) == ["score", "is_fake", "threshold", "error"]
-    pd.testing.assert_frame_equal(model.predict(frame, params={"masks": True}), plain)
+    assert list(model.predict(frame).columns) == pyfunc.REPLY_COLUMNS
+    with pytest.raises(MlflowException, match="masks need a GAMMA model"):
+        model.predict(frame, params={"masks": True})
 
 
 @pytest.mark.slow
@@ -326,3 +331,25 @@ def test_a_logged_and_registered_gamma_model_is_scored_by_its_uris(mlflow_server
             assert row["score"] == pytest.approx(expected[0]["score"]) and row["fake_fraction"] == expected[0]["fake_fraction"]
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_score_gives_gamma_rows_their_fake_fraction_and_writes_their_masks(gamma_dir, images, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.score import ScoreJob, run
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in images:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    out, masks = tmp_path / "scores", tmp_path / "masks"
+    run(ScoreJob(source=str(folder), out=str(out), model=gamma_dir, local=True, mask_dir=str(masks)))
+    rows = {r["id"]: r for p in out.glob("*.parquet") for r in pq.read_table(p).to_pylist()}
+    expected = {Path(r["path"]).name: r for r in predict.predict(gamma_dir, [str(p) for p in images])}
+    assert rows["broken.png"]["verdict"] == "error" and rows["broken.png"]["fake_fraction"] is None
+    assert rows["broken.png"]["mask"] == ""
+    for name, want in expected.items():
+        assert rows[name]["fake_fraction"] == pytest.approx(want["fake_fraction"], abs=1e-6)
+        mask = _png(rows[name]["mask"])
+        assert mask.shape == Image.open(folder / name).size[::-1] and set(np.unique(mask)) <= {0, 255}

@@ -63,7 +63,9 @@ def test_cli_scores_a_folder_and_reports_each_bad_item(messy_folder, tiny_detect
     expected = {p.rsplit("/", 1)[-1]: s for p, s in tiny_scores.items()}
     for name in ("img0.jpg", "img2.jpg", "sub/img1.png", "sub/img3.png"):
         row = by_name[name]
-        assert set(row) == {"path", "score", "is_fake", "threshold"}
+        assert set(row) == {"path", "verdict", "probability", "band", "model", "encoder", "encoder_digest", "error",
+                            "score", "is_fake", "threshold"}
+        assert row["model"] == tiny_detector_dir and row["probability"] == row["score"] and row["error"] == ""
         assert row["score"] == pytest.approx(expected[name.rsplit("/", 1)[-1]], rel=1e-5)
         assert row["threshold"] == threshold and row["is_fake"] == (row["score"] > threshold)
     assert capsys.readouterr().out == ""  # --out: nothing on stdout
@@ -88,7 +90,8 @@ def test_fsspec_urls_are_read_and_unreachable_ones_reported(scorer, tiny_images,
     assert rows[0]["score"] == pytest.approx(tiny_scores[str(tiny_images[1])], rel=1e-5)
     assert rows[1]["score"] == pytest.approx(tiny_scores[str(tiny_images[0])], rel=1e-5)
     # fsspec's http filesystem reports a refused connection as FileNotFoundError: told apart here
-    assert "score" not in rows[2] and rows[2]["error"].startswith("unreachable: ClientConnectorError")
+    assert rows[2]["verdict"] == "error" and rows[2]["score"] is None
+    assert rows[2]["error"].startswith("unreachable: ClientConnectorError")
 
 
 def test_a_missing_file_on_a_live_server_is_not_found(tmp_path):
@@ -120,8 +123,10 @@ def test_bad_model_uris_fail_before_reading_any_image(tmp_path, monkeypatch):
     for uri in (str(tmp_path / "absent"), str(tmp_path)):  # no directory; a directory of neither kind
         with pytest.raises(GendetError, match="neither a saved detector"):
             predict.load_scorer(uri)
-    with pytest.raises(GendetError, match="cannot load this MLflow model"):
+    with pytest.raises(GendetError, match="cannot resolve this alias"):
         predict.load_scorer("models:/no-such-model@champion")
+    with pytest.raises(GendetError, match="cannot load this MLflow model"):
+        predict.load_scorer("models:/no-such-model/1")
     with pytest.raises(GendetError, match="batch-size"):
         list(predict.iter_predictions(None, ["x"], batch_size=0))
 

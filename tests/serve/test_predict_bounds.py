@@ -37,7 +37,8 @@ def test_a_file_over_the_cap_is_refused_unread(scorer, tmp_path, monkeypatch):
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG" + b"\0" * 5000)
     (row,) = predict.predict(scorer, [str(big)])
-    assert row["error"].startswith("too_large") and "score" not in row and "is_fake" not in row  # never a "real"
+    assert row["error"].startswith("too_large") and row["verdict"] == "error"  # never a "real"
+    assert row["probability"] is None and row["score"] is None and row["is_fake"] is None
 
 
 def test_an_unwritable_out_fails_before_any_image_is_scored(tiny_detector_dir, tiny_images, capsys):

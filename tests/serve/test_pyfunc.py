@@ -49,7 +49,8 @@ def test_saved_model_holds_the_detector_its_facts_and_no_pickle(model_dir, tiny_
     assert Detector.load(str(saved)).args() == det.args()
     assert [c["name"] for c in json.loads(mlmodel["signature"]["inputs"])] == ["image"]
     outputs = [c["name"] for c in json.loads(mlmodel["signature"]["outputs"])]
-    assert outputs == ["score", "is_fake", "threshold", "error"]
+    assert outputs == ["verdict", "probability", "band", "model", "encoder", "encoder_digest", "error",
+                       "score", "is_fake", "threshold"]  # the reply, then 0.8's columns
     code = Path(model_dir, "code", "gendet")
     assert (code / "serve" / "pyfunc.py").is_file() and (code / "method" / "gendet" / "detector.py").is_file()
     # only what scoring imports travels with the model: no trainer, extraction, zoo or its weights
@@ -132,6 +133,21 @@ def test_mlflow_models_serve_answers_invocations(model_dir, tiny_images, tiny_sc
             assert rows[3]["score"] is None and rows[3]["is_fake"] is None, key  # not scored is not "real"
             np.testing.assert_allclose([r["score"] for r in rows[:3]], list(tiny_scores.values())[:3], rtol=1e-5)
             assert rows[3]["error"].startswith("bad base64") and rows[0]["error"] == ""
+            assert rows[3]["verdict"] == "error" and {r["verdict"] for r in rows[:3]} <= {"fake", "real", "uncertain"}
+            assert all(r["model"] == model_dir and r["encoder"] == "spectrum:v1" for r in rows)  # saved outside a run
+
+        def post(body: dict) -> list[dict]:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                             data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                return json.loads(resp.read())["predictions"]
+
+        # a URL is not fetched by default (no requests to addresses a client picks)
+        (row,) = post({"inputs": {"image": [f"http://127.0.0.1:{free_port()}/x.png"]}})
+        assert row["verdict"] == "error" and row["error"].startswith("urls_not_allowed")
+        with pytest.raises(urllib.error.HTTPError) as refused:  # a GenDet model has no masks: 400, not dropped
+            post({"inputs": {"image": images[:1]}, "params": {"masks": True}})
+        assert refused.value.code == 400 and b"masks need a GAMMA model" in refused.value.read()
         too_many = json.dumps({"inputs": {"image": ["%%%"] * (pyfunc.SERVING_LIMITS["max_images"] + 1)}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST", data=too_many,
                                          headers={"Content-Type": "application/json"})

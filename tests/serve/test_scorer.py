@@ -60,8 +60,10 @@ def test_a_non_finite_score_is_an_error_row_and_predict_writes_strict_json(tiny_
 
     scorer = ImageScorer.from_detector(__import__("gendet.method.gendet.detector", fromlist=["Detector"]).Detector.load(
         tiny_detector_dir))
-    assert scorer.result(float("nan")) == {"error": "non_finite_score: the model gave nan; the image or the model is broken"}
-    assert "error" in scorer.result(1.5) and scorer.result(0.25)["score"] == 0.25
+    nan = scorer.result(float("nan"))
+    assert nan["verdict"] == "error" and nan["probability"] is None and nan["is_fake"] is None
+    assert nan["error"] == "non_finite_score: the model gave nan; the image or the model is broken"
+    assert scorer.result(1.5)["verdict"] == "error" and scorer.result(0.25)["probability"] == 0.25
     image = tmp_path / "a.png"
     image.write_bytes(_png(Image.new("RGB", (32, 32), (1, 2, 3))))
     assert predict.run(predict.PredictJob(inputs=(str(image), str(tmp_path / "gone.png")), model=tiny_detector_dir)) == 1

@@ -114,9 +114,10 @@ class GammaDetector(SavedModel):
         return pixel_masks(torch.as_tensor(np.asarray(token_probs)), self.grid, size, self.net.cfg.mask_threshold)
 
     def calibrate(self, tokens: np.ndarray, labels: np.ndarray, target_fpr: float, *, split: str | None = None,
-                  platt: bool = True, subsets: Sequence[str] | None = None) -> float:
+                  platt: bool = True, subsets: Sequence[str] | None = None, target_miss: float | None = None) -> float:
         """Platt scaling on held-out rows of both classes, then the threshold that keeps the FPR of
-        their reals at ``target_fpr`` (as ``gendet.method.gendet.detector.calibrate`` does for GenDet)."""
+        their reals at ``target_fpr`` and the band's lower edge from their fakes at ``target_miss``
+        (as ``gendet.method.gendet.detector.calibrate`` does for GenDet)."""
         labels = np.asarray(labels).astype(np.int64)
         if platt and 0 < labels.sum() < len(labels):
             self.platt = fit_platt(self.logits(tokens), labels)
@@ -126,6 +127,8 @@ class GammaDetector(SavedModel):
             self.target_fpr, self.calibration_split = target_fpr, split
             self.calibration_subsets = tuple(sorted(set(subsets))) if subsets is not None else None
             self.calibration_rows = {"real": int(reals.sum()), "fake": int((~reals).sum())}
+            if target_miss is not None:
+                self.fit_band(self.score(tokens[~reals]) if (~reals).any() else np.zeros(0), target_miss)
         return self.threshold
 
     def args(self) -> dict[str, Any]:

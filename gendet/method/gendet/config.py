@@ -119,6 +119,8 @@ class TrainConfig:
     (a photo and its crops are one content_id: they stay together)."""
     target_fpr: float = 0.05
     """False-positive rate on held-out reals used to calibrate each detector's threshold."""
+    target_miss: float = 0.05
+    """Share of held-out fakes allowed below the uncertain band (called ``real``): the band's lower edge."""
     keep_checkpoints: int = 2
     """How many stage checkpoints to keep (the latest ones); resume needs only the last."""
     shots: tuple[str, ...] = ()
@@ -155,6 +157,7 @@ class TrainConfig:
         check(self.precision in ("fp32", "bf16"), f"precision: {self.precision!r}; use fp32 or bf16")
         check(self.calibration in ("platt", "none"), f"calibration: {self.calibration!r}; use platt or none")
         check(0 < self.target_fpr < 1, f"target_fpr: {self.target_fpr}; must be in (0, 1)")
+        check(0 < self.target_miss < 1, f"target_miss: {self.target_miss}; must be in (0, 1)")
         check(self.calibration_split in ("auto", "val", "train_holdout"),
               f"calibration_split: {self.calibration_split!r}; use auto, val or train_holdout")
         check(isinstance(self.calibration_holdout, (int, float)) and 0 < self.calibration_holdout < 1,

@@ -156,11 +156,13 @@ def _margin(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, 1].double() - logits[:, 0].double()
 
 
-def calibrate(detector: Detector, source: Any, target_fpr: float, *, epoch: int = 0, platt: bool = True) -> float:
+def calibrate(detector: Detector, source: Any, target_fpr: float, *, epoch: int = 0, platt: bool = True,
+              target_miss: float | None = None) -> float:
     """Calibrate on ``source`` (a ``BatchSource`` of held-out rows, never the split scored later):
     with ``platt`` and rows of both classes, fit Platt scaling so scores are probabilities; then
-    set ``detector.threshold`` from the (scaled) scores of its reals for ``target_fpr``. Returns
-    the threshold; leaves it unchanged when there are no reals."""
+    set ``detector.threshold`` from the (scaled) scores of its reals for ``target_fpr`` and, with
+    ``target_miss`` and fakes, the uncertain band's lower edge from theirs. Returns the threshold;
+    leaves it unchanged when there are no reals."""
     if platt:
         rows = [(detector.margins(x), np.asarray(y)) for x, y in source.batches("all", epoch)]
         if rows:
@@ -171,4 +173,7 @@ def calibrate(detector: Detector, source: Any, target_fpr: float, *, epoch: int 
     if scores and sum(len(s) for s in scores):
         detector.threshold = calibrated_threshold(np.concatenate(scores), target_fpr)
         detector.target_fpr = target_fpr
+        if target_miss is not None:
+            fakes = [detector.score(x) for x, _ in source.batches("fake", epoch)]
+            detector.fit_band(np.concatenate(fakes) if fakes else np.zeros(0), target_miss)
     return detector.threshold

@@ -340,7 +340,7 @@ def train_all(cfg: TrainConfig, source: BatchSource, *, checkpoint_dir: str | No
     if calibration is not None:
         subsets, rows = calibration_record(calibration)
         for det in detectors.values():
-            calibrate(det, calibration, cfg.target_fpr, platt=cfg.calibration == "platt")
+            calibrate(det, calibration, cfg.target_fpr, platt=cfg.calibration == "platt", target_miss=cfg.target_miss)
             det.calibration_split = None if cfg.calibration_split == "auto" else cfg.calibration_split
             det.calibration_subsets, det.calibration_rows = subsets, rows
     return TrainResult(detectors=detectors, history=history, config=cfg)

@@ -67,6 +67,22 @@ def test_calibrate_sets_threshold_from_held_out_reals(detectors):
     assert np.mean(real_scores > threshold) <= 0.1 and det.target_fpr == 0.1
 
 
+def test_calibrate_fits_the_uncertain_band_from_held_out_fakes_and_saves_it(detectors, tmp_path):
+    det = detectors["ts_real"]
+    x, y = synthetic_clusters(50, DIM, seed=5)
+    x = x + 0.8 * torch.randn_like(x)  # noisy rows: the classes overlap, so a band exists
+    calibrate(det, TensorSource(x, y, batch_size=16), 0.05, target_miss=0.1)
+    low, high = det.band()
+    fakes, reals = det.score(x[y == 1]), det.score(x[y == 0])
+    assert low < high == det.threshold and det.target_miss == 0.1
+    assert np.mean(fakes <= low) <= 0.1 and np.mean(reals > high) <= 0.05
+    det.save(str(tmp_path))
+    assert Detector.load(str(tmp_path)).band() == (low, high)
+    assert det.band(threshold=low / 2) == (low / 2, low / 2)  # an override below the band closes it
+    det.band_low, det.target_miss = None, None  # a model saved before 0.9.0: no band
+    assert det.band() == (high, high)
+
+
 def test_a_damaged_saved_detector_is_a_one_line_error_naming_the_file(detectors, tmp_path):
     saved = tmp_path / "det"
     detectors["gendet"].save(str(saved))
@@ -100,7 +116,7 @@ def test_a_changed_weight_byte_is_refused_at_load(detectors, tmp_path):
     ("threshold", -1, "'threshold' -1"), ("threshold", float("nan"), "NaN is not a number JSON allows"),
     ("threshold", "0.5", "'threshold'"),
     ("platt", [1e300, 1e300], "'platt'"), ("platt", [1.0, float("inf")], "Infinity is not a number"),
-    ("target_fpr", 2, "'target_fpr'"),
+    ("target_fpr", 2, "'target_fpr'"), ("band_low", 2.0, "'band_low' 2.0"), ("target_miss", 0, "'target_miss'"),
     ("encoder", 5, "'encoder' must be a string"), ("extra", [1], "'extra' must be an object"),
 ])
 def test_tampered_calibration_fields_are_refused_at_load(detectors, tmp_path, field, value, needle):

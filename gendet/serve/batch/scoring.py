@@ -1,0 +1,117 @@
+"""The scoring side of ``gendet score``: the model loaded once per worker, rows in, replies out.
+
+``model_files`` packs the saved detector (its JSON and safetensors, never a pickle) so a worker on
+any node loads exactly the model the driver resolved (``models:/NAME@ALIAS`` pinned to its
+version, ``gendet.serve.loading.pinned``) without reaching MLflow. ``BatchScorer`` is a plain
+class: Ray Data runs it as the actor of a pool, ``run_local`` in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from gendet import GendetError
+from gendet import io as gio
+from gendet.progress import progress
+from gendet.serve.batch.inputs import PartReader
+from gendet.serve.batch.store import SCHEMA, PartCollector, ScorePlan, shard_complete, write_part
+
+log = logging.getLogger(__name__)
+ACTOR_SCHEMA = SCHEMA.append(pa.field("n_in_part", pa.int64()))
+
+
+def model_files(uri: str) -> tuple[dict[str, bytes], str, Any]:
+    """({file name: bytes} of the model behind ``uri``, the name replies give it, the loaded model)."""
+    from gendet.serve.loading import load_model, pinned
+
+    uri, label = pinned(uri)
+    model = load_model(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}, label, model
+
+
+def load_files(files: dict[str, bytes]) -> Any:
+    """The Detector or GammaDetector ``model_files`` packed."""
+    from gendet.method.gamma.detector import GammaDetector, is_gamma_dir
+    from gendet.method.gendet.detector import Detector
+
+    folder = tempfile.mkdtemp(prefix="gendet-model-")
+    for name, data in files.items():
+        Path(folder, name).write_bytes(data)
+    return GammaDetector.load(folder) if is_gamma_dir(folder) else Detector.load(folder)
+
+
+class BatchScorer:
+    """Reader batches (``PartReader.read`` columns) -> output rows (``ACTOR_SCHEMA``, a pyarrow Table)."""
+
+    def __init__(self, files: dict[str, bytes], *, model: str, device: str = "cpu", precision: str = "fp32",
+                 threshold: float | None = None, mask_dir: str | None = None, threads: int | None = None):
+        import torch
+
+        from gendet.method.gamma.detector import GammaDetector
+
+        if threads:
+            torch.set_num_threads(threads)
+        detector = load_files(files)
+        if isinstance(detector, GammaDetector):
+            from gendet.serve.gamma_scorer import GammaScorer as kind
+        else:
+            from gendet.serve.scorer import ImageScorer as kind
+        self.scorer = kind.from_detector(detector, device=device, threshold=threshold, model=model, precision=precision)
+        if mask_dir and not self.scorer.has_masks:
+            raise GendetError(f"--mask-dir {mask_dir}: masks need a GAMMA model with segmentation heads; "
+                              f"--model {model} has none")
+        self.mask_dir = mask_dir
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        from gendet.serve.batch.store import output_rows
+
+        errors = [str(e) for e in batch["error"]]
+        ok = [i for i, e in enumerate(errors) if not e]
+        replies: list[dict[str, Any]] = [self.scorer.error(e) if e else {} for e in errors]
+        sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in ok]
+        scored = self.scorer.score_pixels([batch["pixels"][i] for i in ok], sizes, masks=bool(self.mask_dir))
+        masks = [""] * len(errors)
+        for i, reply in zip(ok, scored):
+            png = reply.pop("mask_png", None)
+            if png is not None:
+                masks[i] = gio.join(self.mask_dir, str(batch["part"][i]), f"{int(batch['index'][i]):06d}.mask.png")
+                gio.write_bytes_atomic(masks[i], png)
+            replies[i] = reply
+        columns = output_rows(batch, replies, masks)
+        columns["n_in_part"] = [int(x) for x in batch["n_in_part"]]
+        return pa.Table.from_pydict(columns, schema=ACTOR_SCHEMA)
+
+
+def write_finished(plan: ScorePlan, finished: list[tuple[str, pa.Table]]) -> list[dict[str, Any]]:
+    """Write each completed partition with its marker; the markers."""
+    url_of = {p.name: p.shard or f"{len(p.ids)} items" for p in plan.parts}
+    return [write_part(plan.out, name, table, source=url_of.get(name, name),
+                       complete=shard_complete(table) if plan.kind == "shards" else True)
+            for name, table in finished]
+
+
+def run_local(plan: ScorePlan, files: dict[str, bytes], *, model: str, encoder: str, batch_size: int = 64,
+              device: str = "cpu", precision: str = "fp32", threshold: float | None = None,
+              mask_dir: str | None = None, max_pixels: int | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Score ``plan`` in this process: (markers written, {} of failed partitions)."""
+    reader, scorer = PartReader(encoder, max_pixels), BatchScorer(files, model=model, device=device, precision=precision,
+                                                                  threshold=threshold, mask_dir=mask_dir)
+    collector, written = PartCollector(), []
+    with progress(total=len(plan.parts), unit="part", desc="score") as bar:
+        for part in plan.parts:
+            columns = reader.read(part.item())
+            n = len(columns["id"])
+            for start in range(0, n, batch_size):
+                piece = {k: v[start:start + batch_size] for k, v in columns.items()}
+                written += write_finished(plan, collector.add(scorer(piece).to_pydict()))
+            bar.update(1)
+            bar.set_postfix(images=sum(m["rows"] for m in written))
+    return written, {name: "not every row was scored" for name in collector.pending}
