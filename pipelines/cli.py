@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("pipelines.evaluate", "per-subset metrics table of a model on a feature store"),
     "predict": ("pipelines.predict", "score images, folders or URLs: one JSON line per image"),
     "score": ("pipelines.score", "score a bucket of unlabelled images on Ray Data: Parquet with a verdict per image"),
+    "calibrate": ("pipelines.calibrate", "move a model's threshold and band to your own labelled rows, without retraining"),
     "refresh": ("pipelines.refresh", "extract new shards, score the champion on them, alert when it slips"),
     "fix": ("pipelines.fix", "retrain the champion with the subsets that slipped (few-shot), gate, promote"),
     "coevolve": ("pipelines.coevolve", "rounds: a generator aligned against the champion, the champion fixed with its fakes"),

@@ -73,7 +73,8 @@ def judge(report: Mapping[str, Any], reference: float | None, rule: SlipRule) ->
             alerts.append(f"only {fake_acc:.1%} of its fakes are caught at the calibrated threshold "
                           f"(floor {rule.min_fake_acc:.1%})")
         if alerts:
-            advice = "recalibrate or retrain" if ap is not None and ap >= 0.9 else "retrain with this generator"
+            advice = ("recalibrate on rows of it (`gendet calibrate --subsets SUBSET`) or retrain (`gendet fix`)"
+                      if ap is not None and ap >= 0.9 else "retrain with this generator (`gendet fix`)")
             reason = "; ".join(alerts) + (f"; AP {ap:.3f}: {advice}" if ap is not None else "")
         else:
             reason = ("holds: calibrated accuracy " + ("–" if acc is None else f"{acc:.3f}")
