@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "sweep": ("pipelines.sweep", "a grid of training settings (alpha x M, ...) on Ray Tune, one MLflow run per trial"),
     "evaluate": ("pipelines.evaluate", "per-subset metrics table of a model on a feature store"),
     "predict": ("pipelines.predict", "score images, folders or URLs: one JSON line per image"),
+    "serve": ("pipelines.serve", "a model online on Ray Serve: batched, autoscaled, MLflow's request format"),
     "score": ("pipelines.score", "score a bucket of unlabelled images on Ray Data: Parquet with a verdict per image"),
     "calibrate": ("pipelines.calibrate", "move a model's threshold and band to your own labelled rows, without retraining"),
     "refresh": ("pipelines.refresh", "extract new shards, score the champion on them, alert when it slips"),

@@ -39,7 +39,6 @@ at reduced size (JPEG draft mode): that would change the features from the store
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import shutil
 import tempfile
@@ -54,7 +53,8 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
 from gendet.serve.loading import ARTIFACT
-from gendet.serve.scorer import ImageScorer, ItemError
+from gendet.serve.request_format import LIMITS, decode_b64
+from gendet.serve.scorer import ImageScorer
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(__file__).parents[1]
@@ -86,7 +86,7 @@ GAMMA_SIGNATURE = ModelSignature(
 # The library's own dependencies serve the model, pinned to what logged it; Ray is left out (the
 # library never imports it). Listed rather than inferred: inference loads the model in a subprocess.
 _NOT_FOR_SERVING = {"ray"}
-SERVING_LIMITS = {"max_images": 64, "max_request_bytes": 64 << 20, "max_pixels": 50_000_000}
+SERVING_LIMITS = LIMITS  # the same limits as every server of a gendet model (request_format)
 
 
 def pin(name: str, installed: str) -> str:
@@ -143,29 +143,6 @@ def to_frame(results: list[dict[str, Any]], *, gamma: bool = False, masks: bool 
     if gamma and masks:
         frame["mask_png"] = pd.Series([b64(r["mask_png"]) if "mask_png" in r else None for r in results], dtype=object)
     return frame
-
-
-URL_SCHEMES = ("http://", "https://")
-
-
-def decode_b64(value: Any, *, allow_urls: bool = False) -> bytes | Exception:
-    """The image bytes of one ``image`` cell: base64, or (``allow_urls``) an http(s) URL read with
-    ``gendet predict``'s bounds; an ItemError naming the fix otherwise."""
-    if not isinstance(value, str):
-        return ItemError(f"image must be a base64 string, got {type(value).__name__}")
-    if "://" in value[:16]:
-        if not allow_urls:
-            return ItemError("urls_not_allowed: this server does not fetch URLs (an address chosen by a client); "
-                             "send the image bytes, base64")
-        if not value.lower().startswith(URL_SCHEMES):
-            return ItemError("urls_not_allowed: only http:// and https:// URLs are fetched")
-        from gendet.serve.predict import read_item
-
-        return read_item(value)
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        return ItemError(f"bad base64: {exc}")
 
 
 def bad_request(message: str) -> Exception:

@@ -69,6 +69,8 @@ def cluster_specs(obj: dict) -> list[dict]:
     """The RayCluster specs a Ray object carries (a RayJob's own cluster, a RayCronJob's template's)."""
     spec = obj["spec"]
     job = spec.get("jobTemplate", spec)
+    if obj["kind"] == "RayService":
+        return [spec["rayClusterConfig"]]
     return [spec] if obj["kind"] == "RayCluster" else [job["rayClusterSpec"]] if "rayClusterSpec" in job else []
 
 
@@ -227,7 +229,7 @@ def test_the_schemas_refuse_a_broken_manifest():
 
 # ------------------------------------------------------------------ the KubeRay 1.7 operator's checks
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-MAX_NAME = {"RayCluster": 53, "RayJob": 47, "RayCronJob": 36}  # utils/constant.go
+MAX_NAME = {"RayCluster": 53, "RayJob": 47, "RayCronJob": 36, "RayService": 40}  # utils/constant.go
 
 
 def operator_errors(obj: dict) -> list[str]:
@@ -352,7 +354,7 @@ def test_every_ray_pod_runs_the_one_image_with_token_auth_storage_role_and_mlflo
     assert re.fullmatch(r"arn:aws:iam::\d{12}:role/.+", account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"])
     assert objects[("ConfigMap", "gendet-config")]["data"]["MLFLOW_TRACKING_URI"].startswith("http")
     specs = [(w, s) for w, o in ray_objects() for s in cluster_specs(o)]
-    assert len(specs) == 3  # the RayCluster and the two RayJobs' own clusters; the RayCronJob uses the RayCluster
+    assert len(specs) == 4  # the RayCluster, the two RayJobs' and the RayService's clusters; the RayCronJob uses the RayCluster
     for where, spec in specs:
         assert spec["rayVersion"] == ray_version, where
         assert spec["authOptions"] == {"mode": "token"} and spec["enableInTreeAutoscaling"] is True, where
@@ -382,3 +384,20 @@ def test_jobs_fit_their_clusters_and_the_refresh_reports_through_the_metric():
     assert parse_entrypoint(refresh["entrypoint"])[1].alert_exit == 0  # exit code = crashed or not; the alert is the gauge
     assert not (CLUSTER / "refresh-cronjob.yaml").exists()
     assert not [w for w, o in documents() if o["kind"] == "CronJob"]
+
+
+def test_the_rayservice_builds_the_serve_app_from_valid_args():
+    """serveConfigV2 is a string the operator hands to Serve: its app's import_path must be gendet's
+    builder and its args fields of ``gendet serve`` that validate (build_app converts and checks them)."""
+    from pipelines.serve import ServeJob, _converted
+
+    service = next(o for _, o in ray_objects() if o["kind"] == "RayService")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    (app,) = config["applications"]
+    assert app["import_path"] == "pipelines.serve:build_app" and config["http_options"]["port"] == 8000
+    fields = {f.name: f.type for f in __import__("dataclasses").fields(ServeJob)}
+    assert set(app["args"]) <= set(fields), set(app["args"]) - set(fields)
+    job = ServeJob(**{k: _converted(v, fields[k]) for k, v in app["args"].items()})
+    gpu = next(g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert job.num_gpus == 1 and job.max_replicas <= gpu["maxReplicas"]  # every replica can get a GPU pod
+    assert job.model.startswith("models:/")
