@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gendet import GendetError, first_line
-from gendet.serve.scorer import ItemError
+from gendet.serve.errors import ItemError
 
 INPUT_COLUMN = "image"
 URL_SCHEMES = ("http://", "https://")

@@ -27,6 +27,7 @@ from PIL import Image
 
 from gendet import GendetError
 from gendet.data import decode
+from gendet.serve.errors import ItemError
 
 NO_MASKS = "masks need a GAMMA model with segmentation heads (`gendet train-gamma`); this model has none"
 SMALL_BATCH = 256  # up to this many rows the heads run single-threaded (see one_thread_if)
@@ -51,10 +52,6 @@ def one_thread_if(condition: bool) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
-
-
-class ItemError(Exception):
-    """One input that cannot be scored; its message becomes that item's ``error``."""
 
 
 def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
