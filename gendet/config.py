@@ -115,3 +115,21 @@ def parse_value(cls: type, name: str, text: str) -> Any:
     if "choices" in extra and value not in extra["choices"]:
         raise ConfigError(f"{name}={text}: choose from {', '.join(map(str, extra['choices']))}")
     return value
+
+
+def parse_resources(text: str, flag: str) -> dict[str, float]:
+    """A JSON object of custom resource names and positive amounts (``'{"gpu_node": 1}'``) as a dict;
+    empty text: none; a one-line error naming ``flag`` otherwise."""
+    import json
+
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not (isinstance(value, dict) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                                      for v in value.values())):
+        raise ConfigError(f"{flag} {text}: give a JSON object of resource names and positive amounts, "
+                          "e.g. '{\"gpu_node\": 1}'")
+    return {str(k): float(v) for k, v in value.items()}

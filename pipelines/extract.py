@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+from gendet.config import parse_resources
 from gendet.extract.config import ExtractConfig
 from pipelines import _jobs
 from pipelines._jobs import Flat, Inputs
@@ -82,8 +83,10 @@ def build_dataset(plan: Any) -> Any:
     # --head --num-cpus 0`), which is kept free of work. GPU encoders are capped by their GPUs and reserve
     # their host CPUs as asked.
     actor_cpus = cfg.cpus_per_actor if cfg.num_gpus > 0 else CPU_ACTOR_CPUS
+    pinned = {"resources": parse_resources(cfg.actor_resources, "--actor-resources")} if cfg.actor_resources.strip() else {}
     return images.map_batches(PartWritingMapper, fn_constructor_kwargs=mapper_args, batch_size=cfg.batch_size,
-                              compute=pool, num_gpus=cfg.num_gpus or None, num_cpus=actor_cpus, batch_format="numpy")
+                              compute=pool, num_gpus=cfg.num_gpus or None, num_cpus=actor_cpus, batch_format="numpy",
+                              **pinned)
 
 
 def write_shards(plan: Any, summaries: Any) -> tuple[list, dict]:
@@ -149,9 +152,10 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
         if not plan.todo:
             return finish(plan, [], {})
         init_ray()
-        if cfg.num_gpus > 0:  # CPU actors reserve a token of a CPU and always fit
-            check_feasible({"CPU": cfg.cpus_per_actor, "GPU": cfg.num_gpus}, 1, "encoder actors",
-                           "--num-gpus / --cpus-per-actor")
+        wanted = {**parse_resources(cfg.actor_resources, "--actor-resources"),
+                  **({"CPU": cfg.cpus_per_actor, "GPU": cfg.num_gpus} if cfg.num_gpus > 0 else {})}
+        if wanted:  # CPU actors reserve a token of a CPU and always fit
+            check_feasible(wanted, 1, "encoder actors", "--num-gpus / --cpus-per-actor / --actor-resources")
         clear_parts(plan.info.url, [shard_stem(url) for url in plan.todo])  # a killed run's leftovers
         summaries = build_dataset(plan).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
         done, failed = write_shards(plan, summaries)

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from gendet.config import check
+from gendet.config import check, parse_resources
 from pipelines import _jobs
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,10 @@ class ScoreJob:
     """Override the model's calibrated threshold (the band's upper edge)."""
     mask_dir: str | None = None
     """GAMMA models: write each scored image's mask as DIR/<part>/<index>.mask.png (the row's mask column)."""
+    features: str | None = None
+    """A feature store of SOURCE's shards (gendet extract's, the model's encoder): shards it holds are
+    scored from its rows (the heads alone, nothing decoded or encoded; its quarantined samples as error
+    rows), the others from their images."""
     mode: Literal["incremental", "overwrite"] = "incremental"
     """incremental: score only inputs OUT does not hold; overwrite: score everything again."""
     local: bool = False
@@ -96,26 +100,7 @@ class ScoreJob:
         check(self.read_tasks is None or self.read_tasks >= 1, f"--read-tasks {self.read_tasks}: must be >= 1")
         check(self.threshold is None or 0.0 <= self.threshold <= 1.0,
               f"--threshold {self.threshold}: a probability, in [0, 1]")
-        resources_of(self.actor_resources)
-
-
-def resources_of(text: str) -> dict[str, float]:
-    """``--actor-resources`` as a dict; a one-line error unless it is a JSON object of positive numbers."""
-    import json
-
-    from gendet.config import ConfigError
-
-    if not text.strip():
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
-    if not (isinstance(value, dict) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                                                      for v in value.values())):
-        raise ConfigError(f"--actor-resources {text}: give a JSON object of resource names and positive amounts, "
-                          "e.g. '{\"node_gpu\": 1}'")
-    return {str(k): float(v) for k, v in value.items()}
+        parse_resources(self.actor_resources, "--actor-resources")
 
 
 def build_dataset(job: ScoreJob, plan: Any, files: dict[str, bytes], label: str, encoder: str) -> Any:
@@ -137,7 +122,7 @@ def build_dataset(job: ScoreJob, plan: Any, files: dict[str, bytes], label: str,
     kwargs = {"files": files, "model": label, "device": "cuda" if job.num_gpus > 0 else "cpu",
               "precision": job.precision, "threshold": job.threshold, "mask_dir": job.mask_dir,
               "threads": max(1, int(job.cpus_per_actor))}
-    pinned = {"resources": resources_of(job.actor_resources)} if job.actor_resources.strip() else {}
+    pinned = {"resources": parse_resources(job.actor_resources, "--actor-resources")} if job.actor_resources.strip() else {}
     return rows.map_batches(BatchScorer, fn_constructor_kwargs=kwargs, batch_size=job.batch_size, compute=pool,
                             num_gpus=job.num_gpus or None, num_cpus=job.cpus_per_actor if job.num_gpus else CPU_ACTOR_CPUS,
                             batch_format="numpy", **pinned)
@@ -151,7 +136,8 @@ def score_on_ray(job: ScoreJob, plan: Any, files: dict[str, bytes], label: str,
     from pipelines._ray import check_feasible, init_ray
 
     init_ray()
-    wanted = {**resources_of(job.actor_resources), **({"CPU": job.cpus_per_actor, "GPU": job.num_gpus} if job.num_gpus else {})}
+    wanted = {**parse_resources(job.actor_resources, "--actor-resources"),
+              **({"CPU": job.cpus_per_actor, "GPU": job.num_gpus} if job.num_gpus else {})}
     if wanted:  # CPU actors reserve a token of a CPU and always fit
         check_feasible(wanted, 1, "scoring actors", "--num-gpus / --cpus-per-actor / --actor-resources")
     collector, written = PartCollector(), []
@@ -189,8 +175,12 @@ def run(job: ScoreJob) -> dict[str, Any]:
                           f"--model {job.model} has none")
     plan = store.plan_score(job.source, job.out, kind=job.format, rows_per_part=job.rows_per_part,
                             overwrite=job.mode == "overwrite")
+    variant_url = stored_variant(job, plan, model) if job.features else None
+    if variant_url:
+        store.with_stored_features(plan, variant_url)
     log.info("%s: %d %s, %d already scored in %s; %d partitions to score with %s", gio.redact(job.source), plan.inputs,
              plan.kind, plan.skipped, gio.redact(job.out), len(plan.parts), label)
+    stored = scoring.run_stored(plan, model, variant_url, model=label, threshold=job.threshold) if plan.stored else []
     if not plan.parts:
         written, failed = [], {}
     elif job.local:
@@ -199,7 +189,24 @@ def run(job: ScoreJob) -> dict[str, Any]:
                                             mask_dir=job.mask_dir)
     else:
         written, failed = score_on_ray(job, plan, files, label, model.encoder)
-    return store.summary(plan, written, failed)
+    return store.summary(plan, stored + written, failed)
+
+
+def stored_variant(job: ScoreJob, plan: Any, model: Any) -> str:
+    """The store variant whose rows score SOURCE's shards: the model's encoder and preprocessing (one line otherwise)."""
+    from gendet import GendetError
+    from gendet.eval.scoring import check_matches
+    from gendet.features.store import resolve_variant
+    from gendet.method.gendet.detector import Detector
+
+    if plan.kind != "shards":
+        raise GendetError(f"--features {job.features}: stored features are per shard; SOURCE is {plan.kind}, so every "
+                          "image is encoded (drop --features, or score the shards the store was extracted from)")
+    if not isinstance(model, Detector):
+        raise GendetError(f"--features: {job.model} is a GAMMA model, which scores token grids; drop --features")
+    variant = resolve_variant(job.features, model.encoder)
+    check_matches({"model": model}, variant)
+    return variant.url
 
 
 def main(job: ScoreJob) -> int:

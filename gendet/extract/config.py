@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gendet.config import check
+from gendet.config import check, parse_resources
 from gendet.extract.tokens import parse_grid
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -40,6 +40,9 @@ class ExtractConfig:
     """GPUs per encoder actor (Ray pipeline)."""
     concurrency: int = 1
     """Number of encoder actors (Ray pipeline)."""
+    actor_resources: str = ""
+    """Custom Ray resources each encoder actor needs, as JSON ('{"gpu_node": 1}'): the actors run only on
+    nodes that have them (a node type of `ray up`, a KubeRay group's rayStartParams resources)."""
     read_tasks: int | None = None
     """Most reader (decode) tasks at once on Ray; None: physical cores - 1 on a Ray this job starts
     itself, Ray Data's choice on a cluster."""
@@ -77,6 +80,7 @@ class ExtractConfig:
         check(self.cpus_per_actor > 0, f"cpus_per_actor {self.cpus_per_actor}: must be > 0")
         check(self.decode_workers >= 0, f"decode_workers {self.decode_workers}: must be >= 0")
         check(self.max_retries >= 0, f"max_retries {self.max_retries}: must be >= 0")
+        parse_resources(self.actor_resources, "actor_resources")
         if str(self.token_grid).strip():
             check(self.tokens, f"--token-grid {self.token_grid}: it shapes token variants; add --tokens")
             parse_grid(self.token_grid)  # the encoder's limits are checked by prepare (gendet.extract.tokens)

@@ -65,7 +65,42 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
         raise ItemError(str(exc).split(" <_io.")[0]) from None
 
 
-class ImageScorer:
+class Replier:
+    """A model's replies (module docstring) from its probabilities: no encoder needed (``gendet score
+    --features`` scores stored features with it)."""
+
+    def __init__(self, detector: Any, threshold: float | None = None, model: str = ""):
+        self.detector = detector
+        self.band = detector.band(threshold)
+        self.threshold = self.band[1]
+        self.model = model
+        """What answered, in every reply: ``name/version`` of a registered model, else its URI."""
+
+    def reply(self, verdict: str, probability: float | None, error: str = "") -> dict[str, Any]:
+        """One item's reply (module docstring)."""
+        low, high = self.band
+        return {"verdict": verdict, "probability": probability, "band": [low, high], "model": self.model,
+                "encoder": self.detector.encoder, "encoder_digest": getattr(self.detector, "encoder_weights_digest", ""),
+                "error": error, "score": probability, "is_fake": None if probability is None else verdict == "fake",
+                "threshold": high}
+
+    def error(self, reason: str) -> dict[str, Any]:
+        """The reply of an item that was not scored: ``verdict`` ``error``, never a verdict of real."""
+        return self.reply("error", None, reason or "error")
+
+    def result(self, score: float) -> dict[str, Any]:
+        """A scored row; a score that is not a finite probability is an error row, never a verdict
+        (and never a bare NaN, which strict JSON parsers refuse)."""
+        from gendet.eval.metrics import verdict
+
+        score = float(score)
+        if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+            return self.error(f"non_finite_score: the model gave {score}; the image or the model is broken")
+        return self.reply(verdict(score, *self.band), score)
+
+
+
+class ImageScorer(Replier):
     """A Detector with its encoder, loaded once: encoded image bytes in, one result dict out each."""
 
     def __init__(self, detector: Any, encoder: Any, threshold: float | None = None, max_pixels: int | None = None,
@@ -74,12 +109,9 @@ class ImageScorer:
             raise GendetError(f"encoder {encoder.name}: preprocess_hash {encoder.preprocess_hash[:12]} differs "
                               f"from the detector's {detector.preprocess_hash[:12]}; load the encoder version "
                               "the detector was trained with")
-        self.detector, self.encoder = detector, encoder
-        self.band = detector.band(threshold)
-        self.threshold = self.band[1]
+        super().__init__(detector, threshold, model)
+        self.encoder = encoder
         self.max_pixels = max_pixels
-        self.model = model
-        """What answered, in every reply: ``name/version`` of a registered model, else its URI."""
 
     @classmethod
     def from_detector(cls, detector: Any, *, device: str = "cpu", threshold: float | None = None,
@@ -112,28 +144,6 @@ class ImageScorer:
         with one_thread_if(len(features) <= SMALL_BATCH):
             scores = self.detector.score(features)
         return np.asarray(scores, dtype=np.float64).reshape(-1)
-
-    def reply(self, verdict: str, probability: float | None, error: str = "") -> dict[str, Any]:
-        """One item's reply (module docstring)."""
-        low, high = self.band
-        return {"verdict": verdict, "probability": probability, "band": [low, high], "model": self.model,
-                "encoder": self.detector.encoder, "encoder_digest": getattr(self.detector, "encoder_weights_digest", ""),
-                "error": error, "score": probability, "is_fake": None if probability is None else verdict == "fake",
-                "threshold": high}
-
-    def error(self, reason: str) -> dict[str, Any]:
-        """The reply of an item that was not scored: ``verdict`` ``error``, never a verdict of real."""
-        return self.reply("error", None, reason or "error")
-
-    def result(self, score: float) -> dict[str, Any]:
-        """A scored row; a score that is not a finite probability is an error row, never a verdict
-        (and never a bare NaN, which strict JSON parsers refuse)."""
-        from gendet.eval.metrics import verdict
-
-        score = float(score)
-        if not (math.isfinite(score) and 0.0 <= score <= 1.0):
-            return self.error(f"non_finite_score: the model gave {score}; the image or the model is broken")
-        return self.reply(verdict(score, *self.band), score)
 
     def decoded(self, items: Sequence[bytes | Exception]) -> tuple[list[dict[str, Any]], list[np.ndarray],
                                                                    list[int], list[tuple[int, int]]]:

@@ -90,12 +90,55 @@ class BatchScorer:
         return pa.Table.from_pydict(columns, schema=ACTOR_SCHEMA)
 
 
+def score_stored(detector: Any, variant_url: str, part: Any, *, model: str,
+                 threshold: float | None = None) -> pa.Table:
+    """One shard scored from the features a store already holds for it (``gendet score --features``):
+    its rows in the store's order, then its quarantined samples as ``error`` rows with their reasons."""
+    import pyarrow.parquet as pq
+
+    from gendet.features.store import QUARANTINE_SUFFIX, feature_matrix
+    from gendet.serve.batch.store import output_rows
+    from gendet.serve.scorer import Replier
+
+    replier = Replier(detector, threshold, model)
+    fs, path = gio.fs_and_path(gio.join(variant_url, f"{part.name}.parquet"))
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f, columns=["key", "label", "feature"])
+    probabilities = detector.score(feature_matrix(table["feature"])) if table.num_rows else []
+    replies = [replier.result(p) for p in probabilities]
+    keys, labels = table["key"].to_pylist(), table["label"].to_pylist()
+    quarantine = gio.join(variant_url, f"{part.name}{QUARANTINE_SUFFIX}")
+    if gio.exists(quarantine):
+        fs, path = gio.fs_and_path(quarantine)
+        with fs.open(path, "rb") as f:
+            bad = pq.read_table(f, columns=["key", "reason"])
+        keys += bad["key"].to_pylist()
+        labels += [""] * bad.num_rows
+        replies += [replier.error(f"quarantined: {r}") for r in bad["reason"].to_pylist()]
+    n = len(keys)
+    batch = {"id": keys, "path": [gio.redact(part.shard)] * n, "label": labels, "part": [part.name] * n,
+             "index": list(range(n))}
+    return pa.Table.from_pydict(output_rows(batch, replies), schema=SCHEMA)
+
+
 def write_finished(plan: ScorePlan, finished: list[tuple[str, pa.Table]]) -> list[dict[str, Any]]:
     """Write each completed partition with its marker; the markers."""
-    url_of = {p.name: p.shard or f"{len(p.ids)} items" for p in plan.parts}
+    url_of = {p.name: p.shard or f"{len(p.ids)} items" for p in plan.parts + plan.stored}
     return [write_part(plan.out, name, table, source=url_of.get(name, name),
                        complete=shard_complete(table) if plan.kind == "shards" else True)
             for name, table in finished]
+
+
+def run_stored(plan: ScorePlan, detector: Any, variant_url: str, *, model: str,
+               threshold: float | None = None) -> list[dict[str, Any]]:
+    """Score ``plan.stored`` from the store's rows in this process (the heads alone: cheap); the markers."""
+    written = []
+    with progress(total=len(plan.stored), unit="shard", desc="score --features") as bar:
+        for part in plan.stored:
+            table = score_stored(detector, variant_url, part, model=model, threshold=threshold)
+            written += write_finished(plan, [(part.name, table)])
+            bar.update(1)
+    return written
 
 
 def run_local(plan: ScorePlan, files: dict[str, bytes], *, model: str, encoder: str, batch_size: int = 64,

@@ -51,6 +51,8 @@ class ScorePlan:
     """Inputs listed: shards for ``shards``, items otherwise."""
     skipped: int
     """Of those, already scored (done partitions' shards or ids)."""
+    stored: list[Part] = field(default_factory=list)
+    """Shards scored from a feature store's rows instead (``with_stored_features``)."""
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -109,6 +111,34 @@ def plan_score(source: str, out: str, *, kind: str = "auto", rows_per_part: int 
     todo = [(i, u) for i, u in zip(ids, urls) if i not in seen]
     parts = item_parts([i for i, _ in todo], [u for _, u in todo], rows_per_part)
     return ScorePlan(source, out, kind, parts, inputs=len(ids), skipped=len(ids) - len(todo))
+
+
+def with_stored_features(plan: ScorePlan, variant_url: str) -> ScorePlan:
+    """Move the shards whose features ``variant_url`` holds (a finished file of the same stem) from
+    ``parts`` to ``stored``: they are scored from those rows, nothing decoded or encoded."""
+    from gendet.features.store import QUARANTINE_SUFFIX, STATS_SUFFIX
+
+    have = {gio.basename(u)[: -len(STATS_SUFFIX)] for u in gio.glob(variant_url, f"*{STATS_SUFFIX}")}
+    plan.stored = [p for p in plan.parts if p.shard and p.name in have
+                   and only_image_reasons(gio.join(variant_url, f"{p.name}{QUARANTINE_SUFFIX}"))]
+    plan.parts = [p for p in plan.parts if p not in plan.stored]
+    return plan
+
+
+IMAGE_REASONS = ("empty_image", "not_an_image", "corrupt_image", "truncated_image", "decompression_bomb", "too_large",
+                 "no_image", "preprocess_error")
+
+
+def only_image_reasons(quarantine_url: str) -> bool:
+    """Whether every sample extraction left out of a shard was left out for its image: a sample
+    quarantined for its metadata (no label: ``missing_label``, ``missing_json``, ...) has an image to
+    score, so such a shard is read from its images, not the store."""
+    if not gio.exists(quarantine_url):
+        return True
+    fs, path = gio.fs_and_path(quarantine_url)
+    with fs.open(path, "rb") as f:
+        reasons = pq.read_table(f, columns=["reason"])["reason"].to_pylist()
+    return all(str(r).split(":")[0] in IMAGE_REASONS for r in reasons)
 
 
 def output_rows(batch: dict[str, Any], replies: list[dict[str, Any]], masks: list[str] | None = None) -> dict[str, list]:
@@ -185,6 +215,7 @@ def summary(plan: ScorePlan, written: Iterable[dict[str, Any]], failed: dict[str
         this.update(m["verdicts"])
     return {"source": gio.redact(plan.source), "out": gio.redact(plan.out), "kind": plan.kind, "inputs": plan.inputs,
             "already_scored": plan.skipped, "parts_written": len(written), "parts_failed": failed,
+            "parts_from_store": [p.name for p in plan.stored],
             "rows_written": int(sum(m["rows"] for m in written)), "verdicts": {v: int(this.get(v, 0)) for v in VERDICTS},
             "total_rows": int(sum(m.get("rows", 0) for m in totals.values())),
             "total_verdicts": {v: int(count.get(v, 0)) for v in VERDICTS},

@@ -87,3 +87,34 @@ def test_a_row_delivered_twice_counts_once():
     assert collector.add(batch) == [] and collector.pending == ["p"]
     (name, table), = collector.add({**batch, "index": [1, 0]})
     assert name == "p" and table["index"].to_pylist() == [0, 1] and collector.pending == []
+
+
+def test_features_a_store_holds_are_scored_without_decoding_and_shards_with_unlabelled_samples_are_not(
+        tmp_path, tiny_detector_dir):
+    """``--features``: a shard the store holds is scored from its rows (its image-quarantined samples as
+    error rows); a shard whose samples extraction left out for their metadata is read from its images,
+    so none of them is lost as "quarantined"."""
+    from gendet.extract.config import ExtractConfig
+    from gendet.extract.runner import run_local
+    from helpers.bad_shards import image_bytes, meta, raw_tar, write_bad_shard, write_good_shards
+
+    shards, features = tmp_path / "shards", tmp_path / "features"
+    write_good_shards(str(shards), "good", n_shards=2, per_shard=5)
+    write_good_shards(str(tmp_path / "more"), "images", n_shards=1, per_shard=4)
+    expected = write_bad_shard(str(shards / "bad-000000.tar"))
+    (shards / "q-000000.tar").write_bytes(raw_tar([("q_ok.png", image_bytes(1)), ("q_ok.json", meta()),
+                                                    ("q_zero.jpg", b""), ("q_zero.json", meta())]))
+    run_local(ExtractConfig(shards=str(shards), features=str(features), encoder="spectrum:v1", decode_workers=0))
+    shutil.copy(tmp_path / "more" / "images-000000.tar", shards / "images-000000.tar")  # not in the store
+    (shards / "late-000000.tar").write_bytes((shards / "good-000000.tar").read_bytes())
+    stored = run(ScoreJob(source=str(shards), out=str(tmp_path / "a"), model=tiny_detector_dir, local=True,
+                          features=str(features)))
+    assert sorted(stored["parts_from_store"]) == ["good-000000", "good-000001", "q-000000"]
+    assert stored["rows_written"] == 10 + 2 + 4 + 5 + len(expected)
+    fresh = run(ScoreJob(source=str(shards), out=str(tmp_path / "b"), model=tiny_detector_dir, local=True))
+    assert fresh["parts_from_store"] == [] and fresh["rows_written"] == stored["rows_written"]
+    a, b = rows_of(tmp_path / "a"), rows_of(tmp_path / "b")
+    for key in (k for k in a if k.startswith("good")):
+        assert a[key]["probability"] == pytest.approx(b[key]["probability"], abs=2e-3)  # float16 features, same images
+    assert a["no_label"]["verdict"] != "error" and a["zero_bytes"]["verdict"] == "error"  # bad-000000: from its images
+    assert a["q_zero"]["error"] == "quarantined: empty_image" and a["q_ok"]["verdict"] != "error"  # the store's quarantine
