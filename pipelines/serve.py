@@ -97,7 +97,7 @@ class Replica:
         from gendet.serve.batch.scoring import load_files
         from gendet.serve.pyfunc import load_device
 
-        detector = load_files(files)
+        detector, bundled = load_files(files)
         if isinstance(detector, GammaDetector):
             from gendet.serve.gamma_scorer import GammaScorer as kind
         else:
@@ -106,7 +106,7 @@ class Replica:
         self.allow_urls = bool(options.get("allow_urls", False))
         self.scorer = kind.from_detector(detector, device=load_device(str(options.get("device", "auto"))),
                                          threshold=options.get("threshold"), max_pixels=self.limits["max_pixels"],
-                                         model=model)
+                                         model=model, bundled=bundled)
 
     def parse(self, body: bytes, content_type: str) -> tuple[list, dict]:
         from gendet.serve.request_format import parse_request

@@ -41,16 +41,21 @@ def load_detector(uri: str) -> Detector:
 
 def load_model(uri: str) -> Detector | GammaDetector:
     """The Detector or GammaDetector behind ``uri`` (see the module docstring)."""
+    return load_located(uri)[0]
+
+
+def load_located(uri: str) -> tuple[Detector | GammaDetector, str]:
+    """(the model behind ``uri``, the detector folder it was read from: a registry model's download)."""
     uri = str(uri)
     if uri.startswith(REGISTRY_SCHEMES):
         folder = _download(uri)
-        return GammaDetector.load(folder) if is_gamma_dir(folder) else Detector.load(folder)
+        return (GammaDetector.load(folder) if is_gamma_dir(folder) else Detector.load(folder)), folder
     url = uri[len("file://"):] if uri.startswith("file://") else uri
     for folder in (url, gio.join(url, "artifacts", ARTIFACT)):
         if gio.exists(gio.join(folder, ARGS)):
-            return Detector.load(folder)
+            return Detector.load(folder), folder
         if is_gamma_dir(folder):
-            return GammaDetector.load(folder)
+            return GammaDetector.load(folder), folder
     if gio.exists(gio.join(url, MLMODEL_FILE)):
         raise GendetError(f"--model {uri}: an MLflow model, but not a gendet detector (no artifacts/{ARTIFACT}/{ARGS}); "
                           "log one with gendet.serve.pyfunc.log_detector")
@@ -83,19 +88,23 @@ def load_scorer(uri: str, *, device: str = "cpu", threshold: float | None = None
     ``ImageScorer`` for a GenDet detector, a ``GammaScorer`` (fake_fraction, masks) for a GAMMA model.
     ``masks``: refuse, before the encoder is loaded, a model that cannot make masks. Its replies
     name the model (``pinned``)."""
+    from gendet.serve.bundle import bundled_weights
+
     uri, label = pinned(uri)
-    model = load_model(uri)
+    model, folder = load_located(uri)
     if masks and not (isinstance(model, GammaDetector) and model.has_masks):
-        kind = "a GAMMA model without segmentation heads" if isinstance(model, GammaDetector) else "a GenDet detector"
+        what = "a GAMMA model without segmentation heads" if isinstance(model, GammaDetector) else "a GenDet detector"
         raise GendetError(f"--mask-dir: masks need a GAMMA model with segmentation heads (`gendet train-gamma`); "
-                          f"--model {uri} is {kind}")
+                          f"--model {uri} is {what}")
     if isinstance(model, GammaDetector):
         from gendet.serve.gamma_scorer import GammaScorer
 
-        return GammaScorer.from_detector(model, device=device, threshold=threshold, model=label, precision=precision)
-    from gendet.serve.scorer import ImageScorer
-
-    return ImageScorer.from_detector(model, device=device, threshold=threshold, model=label, precision=precision)
+        kind = GammaScorer
+    else:
+        from gendet.serve.scorer import ImageScorer as kind
+    bundled = bundled_weights(folder, model) if gio.is_local(gio.fs_and_path(folder)[0]) else None
+    return kind.from_detector(model, device=device, threshold=threshold, model=label, precision=precision,
+                              bundled=bundled)
 
 
 def _download(uri: str) -> str:

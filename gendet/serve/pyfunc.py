@@ -52,6 +52,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
+from gendet import io as gio
 from gendet.serve.loading import ARTIFACT
 from gendet.serve.request_format import LIMITS, decode_b64
 from gendet.serve.scorer import ImageScorer
@@ -173,9 +174,12 @@ class GendetModel(mlflow.pyfunc.PythonModel):
             kind, model = GammaScorer, GammaDetector.load(folder)
         else:
             kind, model = ImageScorer, Detector.load(folder)
+        from gendet.serve.bundle import bundled_weights
+
         self.scorer = kind.from_detector(model, device=load_device(config.get("device", "auto")),
                                          threshold=config.get("threshold"), max_pixels=self.limits["max_pixels"],
-                                         model=str(config.get("model") or logged_model_name(folder)))
+                                         model=str(config.get("model") or logged_model_name(folder)),
+                                         bundled=bundled_weights(folder, model))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -241,16 +245,26 @@ def stage_serving_code(tmp: str) -> str:
     return str(root)
 
 
-def _detector_dir(detector: Any, tmp: str) -> str:
+def _detector_dir(detector: Any, tmp: str, *, bundle: bool = True) -> str:
     """``detector`` (a Detector or GammaDetector, or a saved one's directory or URL) saved as
     ``<tmp>/detector``, so the artifact is always ``artifacts/detector`` inside the model
-    (``gendet.serve.loading`` reads it there)."""
+    (``gendet.serve.loading`` reads it there), with its encoder weights when they are a file or URL
+    (``gendet.serve.bundle``; a directory's own bundle is carried over)."""
     from gendet.method.gamma.detector import GammaDetector, is_gamma_dir
     from gendet.method.gendet.detector import Detector
+    from gendet.serve.bundle import BUNDLE_DIR, bundle_weights, bundled_weights
 
+    source = None
     if isinstance(detector, (str, Path)):
-        detector = (GammaDetector if is_gamma_dir(str(detector)) else Detector).load(str(detector))
-    return detector.save(str(Path(tmp) / ARTIFACT))
+        source = str(detector)
+        detector = (GammaDetector if is_gamma_dir(source) else Detector).load(source)
+    folder = detector.save(str(Path(tmp) / ARTIFACT))
+    if bundle:
+        if source and gio.is_local(gio.fs_and_path(source)[0]) and bundled_weights(source, detector):
+            shutil.copytree(Path(source) / BUNDLE_DIR, Path(folder) / BUNDLE_DIR)
+        else:
+            bundle_weights(detector, folder)
+    return folder
 
 
 def _model_kwargs(detector_dir: str, tmp: str) -> dict[str, Any]:

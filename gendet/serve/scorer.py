@@ -115,9 +115,15 @@ class ImageScorer(Replier):
 
     @classmethod
     def from_detector(cls, detector: Any, *, device: str = "cpu", threshold: float | None = None,
-                      max_pixels: int | None = None, model: str = "", precision: str = "fp32") -> ImageScorer:
+                      max_pixels: int | None = None, model: str = "", precision: str = "fp32",
+                      bundled: str | None = None) -> ImageScorer:
+        """``bundled``: the model's own copy of the encoder weights, already checked
+        (``gendet.serve.bundle.bundled_weights``); otherwise the detector's reference is read."""
         from gendet.encoders.registry import encoder_weights_arg, load_encoder, weights_identity
 
+        if bundled:
+            encoder = load_encoder(detector.encoder, weights=bundled, device=device, precision=precision)
+            return cls(detector, encoder, threshold, max_pixels, model)
         weights = encoder_weights_arg(detector.encoder_weights)
         recorded = getattr(detector, "encoder_weights_digest", "")  # empty: saved before 0.4.0
         if recorded and (now := weights_identity(detector.encoder, weights)[1]) != recorded:

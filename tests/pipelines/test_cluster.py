@@ -102,7 +102,7 @@ def test_score_survives_its_actors_node_being_lost(ray_cluster, moto_s3, tmp_pat
     fs.put(tiny_detector_dir + "/", f"{bucket}/score/model/", recursive=True)
     submit(cluster, "score-lost", "pipelines.score", f"s3://{bucket}/score/shards/", f"s3://{bucket}/score/out",
            "--model", f"s3://{bucket}/score/model", "--batch-size", "16", "--actor-resources", '{"node_w1": 0.01}',
-           wait=False)
+           "--read-tasks", "1", wait=False)  # shards read one after another: partitions finish over seconds, not at once
     deadline, killed = time.monotonic() + 600, False
     while time.monotonic() < deadline and not killed:
         fs.invalidate_cache()

@@ -1,6 +1,7 @@
 """The scoring side of ``gendet score``: the model loaded once per worker, rows in, replies out.
 
-``model_files`` packs the saved detector (its JSON and safetensors, never a pickle) so a worker on
+``model_files`` packs the saved detector (its JSON and safetensors, never a pickle; its bundled encoder
+weights when it has them, ``gendet.serve.bundle``) so a worker on
 any node loads exactly the model the driver resolved (``models:/NAME@ALIAS`` pinned to its
 version, ``gendet.serve.loading.pinned``) without reaching MLflow. ``BatchScorer`` is a plain
 class: Ray Data runs it as the actor of a pool, ``run_local`` in this process.
@@ -27,25 +28,33 @@ ACTOR_SCHEMA = SCHEMA.append(pa.field("n_in_part", pa.int64()))
 
 
 def model_files(uri: str) -> tuple[dict[str, bytes], str, Any]:
-    """({file name: bytes} of the model behind ``uri``, the name replies give it, the loaded model)."""
-    from gendet.serve.loading import load_model, pinned
+    """({relative path: bytes} of the model behind ``uri``, its bundled encoder weights included
+    (``gendet.serve.bundle``), the name replies give it, the loaded model)."""
+    from gendet.serve.bundle import bundle_files
+    from gendet.serve.loading import load_located, pinned
 
     uri, label = pinned(uri)
-    model = load_model(uri)
+    model, folder = load_located(uri)
     with tempfile.TemporaryDirectory() as tmp:
         model.save(tmp)
-        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}, label, model
+        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+    return {**files, **bundle_files(folder)}, label, model
 
 
-def load_files(files: dict[str, bytes]) -> Any:
-    """The Detector or GammaDetector ``model_files`` packed."""
+def load_files(files: dict[str, bytes]) -> tuple[Any, str | None]:
+    """(the Detector or GammaDetector ``model_files`` packed, its checked bundled weights or None)."""
     from gendet.method.gamma.detector import GammaDetector, is_gamma_dir
     from gendet.method.gendet.detector import Detector
+    from gendet.serve.bundle import bundled_weights
 
     folder = tempfile.mkdtemp(prefix="gendet-model-")
     for name, data in files.items():
+        if name.startswith(("/", "..")) or "/../" in name:
+            raise GendetError(f"model file {name!r}: not a path inside the model")
+        Path(folder, name).parent.mkdir(parents=True, exist_ok=True)
         Path(folder, name).write_bytes(data)
-    return GammaDetector.load(folder) if is_gamma_dir(folder) else Detector.load(folder)
+    model = GammaDetector.load(folder) if is_gamma_dir(folder) else Detector.load(folder)
+    return model, bundled_weights(folder, model)
 
 
 class BatchScorer:
@@ -59,12 +68,13 @@ class BatchScorer:
 
         if threads:
             torch.set_num_threads(threads)
-        detector = load_files(files)
+        detector, bundled = load_files(files)
         if isinstance(detector, GammaDetector):
             from gendet.serve.gamma_scorer import GammaScorer as kind
         else:
             from gendet.serve.scorer import ImageScorer as kind
-        self.scorer = kind.from_detector(detector, device=device, threshold=threshold, model=model, precision=precision)
+        self.scorer = kind.from_detector(detector, device=device, threshold=threshold, model=model, precision=precision,
+                                         bundled=bundled)
         if mask_dir and not self.scorer.has_masks:
             raise GendetError(f"--mask-dir {mask_dir}: masks need a GAMMA model with segmentation heads; "
                               f"--model {model} has none")
