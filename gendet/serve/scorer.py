@@ -31,8 +31,6 @@ from gendet.serve.errors import ItemError
 
 NO_MASKS = "masks need a GAMMA model with segmentation heads (`gendet train-gamma`); this model has none"
 SMALL_BATCH = 256  # up to this many rows the heads run single-threaded (see one_thread_if)
-REPLY_FIELDS = ("verdict", "probability", "band", "model", "encoder", "encoder_digest", "error")
-VERDICTS = ("fake", "real", "uncertain", "error")
 
 
 @contextlib.contextmanager
@@ -97,7 +95,6 @@ class Replier:
         if not (math.isfinite(score) and 0.0 <= score <= 1.0):
             return self.error(f"non_finite_score: the model gave {score}; the image or the model is broken")
         return self.reply(verdict(score, *self.band), score)
-
 
 
 class ImageScorer(Replier):

@@ -114,13 +114,25 @@ def plan_score(source: str, out: str, *, kind: str = "auto", rows_per_part: int 
 
 
 def with_stored_features(plan: ScorePlan, variant_url: str) -> ScorePlan:
-    """Move the shards whose features ``variant_url`` holds (a finished file of the same stem) from
-    ``parts`` to ``stored``: they are scored from those rows, nothing decoded or encoded."""
-    from gendet.features.store import QUARANTINE_SUFFIX, STATS_SUFFIX
+    """Move the shards whose features ``variant_url`` holds from ``parts`` to ``stored``: they are
+    scored from those rows, nothing decoded or encoded. A shard is held when the store finished one of
+    its stem (a valid stats file) from the same input (size and ETag/mtime as its stats recorded: a
+    shard replaced since is read again) and left nothing out for its metadata (``only_image_reasons``)."""
+    from gendet.features.markers import damaged_shards, done_shards
+    from gendet.features.store import QUARANTINE_SUFFIX
 
-    have = {gio.basename(u)[: -len(STATS_SUFFIX)] for u in gio.glob(variant_url, f"*{STATS_SUFFIX}")}
-    plan.stored = [p for p in plan.parts if p.shard and p.name in have
-                   and only_image_reasons(gio.join(variant_url, f"{p.name}{QUARANTINE_SUFFIX}"))]
+    done = done_shards(variant_url)
+    damaged = damaged_shards(variant_url, done)
+    now = gio.fingerprints([p.shard for p in plan.parts if p.shard and p.name in done])
+
+    def held(part: Part) -> bool:
+        recorded = done.get(part.name, {}).get("source")
+        current = now.get(part.shard)
+        return (isinstance(recorded, dict) and current is not None and part.name not in damaged
+                and {k: recorded.get(k) for k in current} == current
+                and only_image_reasons(gio.join(variant_url, f"{part.name}{QUARANTINE_SUFFIX}")))
+
+    plan.stored = [p for p in plan.parts if p.shard and held(p)]
     plan.parts = [p for p in plan.parts if p not in plan.stored]
     return plan
 

@@ -107,9 +107,10 @@ def test_features_a_store_holds_are_scored_without_decoding_and_shards_with_unla
     run_local(ExtractConfig(shards=str(shards), features=str(features), encoder="spectrum:v1", decode_workers=0))
     shutil.copy(tmp_path / "more" / "images-000000.tar", shards / "images-000000.tar")  # not in the store
     (shards / "late-000000.tar").write_bytes((shards / "good-000000.tar").read_bytes())
+    (shards / "good-000001.tar").write_bytes((shards / "good-000001.tar").read_bytes() + b"\0" * 1024)  # replaced since
     stored = run(ScoreJob(source=str(shards), out=str(tmp_path / "a"), model=tiny_detector_dir, local=True,
                           features=str(features)))
-    assert sorted(stored["parts_from_store"]) == ["good-000000", "good-000001", "q-000000"]
+    assert sorted(stored["parts_from_store"]) == ["good-000000", "q-000000"]  # good-000001 changed: read again
     assert stored["rows_written"] == 10 + 2 + 4 + 5 + len(expected)
     fresh = run(ScoreJob(source=str(shards), out=str(tmp_path / "b"), model=tiny_detector_dir, local=True))
     assert fresh["parts_from_store"] == [] and fresh["rows_written"] == stored["rows_written"]
