@@ -18,12 +18,14 @@ SPLITS = ("train", "val", "test")
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ImportJob:
     """Turn a dataset's folders into WebDataset shards (one image + one .json per sample):
-      genimage  ROOT/<subset>/{train,val}/{ai,nature}/*   ai -> fake, nature -> real; reals grouped by ImageNet stem
+      genimage  ROOT/<generator>/<subset>/{train,val}/{ai,nature}/* (GenImage as distributed; or one level less)
+                ai -> fake, nature -> real; reals grouped by ImageNet stem; subsets named sdv14, midjourney, ...
       ufd       ROOT/<subset>/[<class>/]{0_real,1_fake}/* UniversalFakeDetect / ForenSynths; the class kept in the json
       folder    DIR/**/*                                   every image, one --label and --subset
 
     Examples:
-      gendet import genimage /data/GenImage/stable_diffusion_v_1_4 out/shards --val-fraction 0.05
+      gendet import genimage /data/GenImage out/shards --val-fraction 0.05      # every generator
+      gendet import genimage /data/GenImage out/shards --generators sdv14,midjourney --val-fraction 0.05
       gendet import ufd /data/UniversalFakeDetect/test out/shards --split test
       gendet import folder /data/my_reals out/shards --label real --subset mine --split test
     """
@@ -44,6 +46,11 @@ class ImportJob:
     """genimage: carve this fraction of train (whole content groups) into a val split and name
     GenImage's val test, so choices (calibration, the gate, a sweep) read val and runs report test;
     e.g. 0.05. 0 keeps GenImage's train/val."""
+    generators: tuple[str, ...] = ()
+    """genimage: import only these generators (canonical names such as sdv14, or folder names); empty: all."""
+    names: Literal["canonical", "folder"] = "canonical"
+    """genimage: subsets named canonically (sdv14, sdv15, midjourney, adm, glide, wukong, vqdm, biggan:
+    the paper's columns) or by their folders as on disk (imagenet_ai_0419_sdv4: 0.8's names)."""
     shard_size: int = 1000
     """Samples per shard."""
     overwrite: bool = False
@@ -61,6 +68,7 @@ class ImportJob:
         check(not (self.layout == "genimage" and self.split), "import genimage: the split comes from the folders")
         check(0.0 <= self.val_fraction < 1.0, f"--val-fraction {self.val_fraction}: must be in [0, 1)")
         check(self.layout == "genimage" or not self.val_fraction, "--val-fraction: genimage only")
+        check(self.layout == "genimage" or not self.generators, "--generators: genimage only")
 
 
 def run(job: ImportJob) -> dict:
@@ -68,7 +76,8 @@ def run(job: ImportJob) -> dict:
 
     common = {"shard_size": job.shard_size, "overwrite": job.overwrite}
     if job.layout == "genimage":
-        return import_genimage(job.root, job.out, val_fraction=job.val_fraction, **common)
+        return import_genimage(job.root, job.out, val_fraction=job.val_fraction, names=job.names,
+                               generators=tuple(job.generators), **common)
     if job.layout == "ufd":
         return import_ufd(job.root, job.out, split=job.split, **common)
     return import_folder(job.root, job.out, label=job.label, subset=job.subset, split=job.split or "", **common)

@@ -9,7 +9,7 @@ work; this module only names things consistently:
 - params: the whole config, flattened (nested fields as ``outer.inner``, tuples as JSON text);
 - metrics: each training job's loss per stage as ``loss/<job>`` (``loss/real.gendet``) with the
   stage's position as ``step``; per-subset results of every method as ``<method>/<subset>/<metric>``
-  (e.g. ``gendet/sd14/acc``) plus ``<method>/mean_acc``, ``<method>/mAP``, ...;
+  (e.g. ``gendet/sdv14/acc``) plus ``<method>/mean_acc``, ``<method>/mAP``, ...;
 - artifacts: ``metrics.json`` files and PNG plots.
 """
 

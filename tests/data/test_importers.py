@@ -64,7 +64,7 @@ def genimage_root(tmp_path) -> Path:
 
 def test_genimage_import_labels_subsets_content_ids(genimage_root, tmp_path):
     out = tmp_path / "shards"
-    summary = import_genimage(str(genimage_root), str(out), shard_size=2)
+    summary = import_genimage(str(genimage_root), str(out), shard_size=2, names="folder")  # 0.8's names
     samples = _read_samples(out)
     assert summary["written"] == len(samples) == 2 * 2 * 6 + 1
     assert summary["skipped"] == {"empty_file": 1, "not_an_image": 1, "outside_layout": 1, "unsupported_image_format": 1}
@@ -93,6 +93,31 @@ def test_genimage_import_labels_subsets_content_ids(genimage_root, tmp_path):
         per_shard.setdefault(s["shard"], []).append(s["json"]["label"])
     assert max(len(v) for v in per_shard.values()) == 2
     assert sum(sorted(v) == ["fake", "real"] for v in per_shard.values()) >= 10
+
+
+def test_genimage_as_distributed_two_levels_canonical_names_and_a_choice_of_generators(tmp_path, capsys):
+    """GenImage's own tree, GenImage/<generator>/<imagenet_ai_...>/{train,val}/{ai,nature}: one command
+    for the whole dataset, each subset under the paper's name, or only the generators asked for."""
+    root = tmp_path / "GenImage"
+    for generator, subset in (("stable_diffusion_v_1_4", "imagenet_ai_0419_sdv4"), ("Midjourney", "imagenet_midjourney"),
+                              ("new_model", "imagenet_new_model"), ("BigGAN", "some_other_name")):
+        for split in ("train", "val"):
+            _write(root / generator / subset / split / "ai" / f"{generator}_0.png", _image_bytes(1))
+            _write(root / generator / subset / split / "nature" / "n0144_1.JPEG", _image_bytes(2, "JPEG"))
+    summary = import_genimage(str(root), str(tmp_path / "all"), shard_size=100)
+    assert summary["subsets"] == {s: {"real": 2, "fake": 2} for s in ("sdv14", "midjourney", "imagenet_new_model", "biggan")}
+    samples = _read_samples(tmp_path / "all")
+    metas = {s["json"]["source"]: s["json"] for s in samples.values()}
+    assert metas["genimage:stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/val/ai/stable_diffusion_v_1_4_0.png"]["subset"] == "sdv14"
+    # the same ImageNet photo is one content group under every generator, whichever layout
+    assert len({m["content_id"] for m in metas.values() if m["label"] == "real"}) == 1
+    assert gendet_main(["import", "genimage", str(root), str(tmp_path / "two"), "--generators",
+                        "sdv14,imagenet_midjourney", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["subsets"]) == {"sdv14", "midjourney"}
+    one = import_genimage(str(root / "stable_diffusion_v_1_4"), str(tmp_path / "one"))  # one generator's folder
+    assert set(one["subsets"]) == {"sdv14"}
+    with pytest.raises(GendetError, match="no generator dalle3 here .*found biggan, imagenet_new_model, midjourney, sdv14"):
+        import_genimage(str(root), str(tmp_path / "none"), generators=("dalle3",))
 
 
 def test_genimage_val_fraction_carves_val_from_train_and_names_genimage_val_test(genimage_root, tmp_path):
@@ -146,7 +171,7 @@ def test_existing_shards_refused_unless_overwrite(genimage_root, tmp_path):
 @pytest.mark.parametrize("layout, make, fragment", [
     ("genimage", lambda r: _write(r / "train" / "ai" / "x.png", _image_bytes(0)), "looks like one subset"),
     ("genimage", lambda r: _write(r / "sd" / "test" / "fake" / "x.png", _image_bytes(0)),
-     "expected ROOT/<subset>/{train,val}/{ai,nature}"),
+     "expected ROOT/<generator>/<subset>/{train,val}/{ai,nature}"),
     ("ufd", lambda r: _write(r / "0_real" / "x.png", _image_bytes(0)), "looks like one subset"),
     ("ufd", lambda r: _write(r / "progan" / "real" / "x.png", _image_bytes(0)),
      "expected ROOT/<subset>/[<class>/]{0_real,1_fake}"),
