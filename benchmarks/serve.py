@@ -34,18 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.cluster_harness import _free_port as free_port
 from benchmarks.score import make_images, make_model
 from benchmarks.train import result_tag, write_results
 
 CLIENTS = (1, 8, 32)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: bytes) -> float:

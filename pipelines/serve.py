@@ -93,20 +93,16 @@ class Replica:
     limits, and the request handling of one batch."""
 
     def __init__(self, files: dict[str, bytes], model: str, options: dict[str, Any]):
-        from gendet.method.gamma.detector import GammaDetector
         from gendet.serve.batch.scoring import load_files
+        from gendet.serve.loading import scorer_for
         from gendet.serve.pyfunc import load_device
 
         detector, bundled = load_files(files)
-        if isinstance(detector, GammaDetector):
-            from gendet.serve.gamma_scorer import GammaScorer as kind
-        else:
-            from gendet.serve.scorer import ImageScorer as kind
         self.limits = {k: int(options.get(k, v)) for k, v in LIMITS.items()}
         self.allow_urls = bool(options.get("allow_urls", False))
-        self.scorer = kind.from_detector(detector, device=load_device(str(options.get("device", "auto"))),
-                                         threshold=options.get("threshold"), max_pixels=self.limits["max_pixels"],
-                                         model=model, bundled=bundled)
+        self.scorer = scorer_for(detector, device=load_device(str(options.get("device", "auto"))),
+                                 threshold=options.get("threshold"), max_pixels=self.limits["max_pixels"],
+                                 model=model, bundled=bundled)
 
     def parse(self, body: bytes, content_type: str) -> tuple[list, dict]:
         from gendet.serve.request_format import parse_request

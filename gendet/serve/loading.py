@@ -13,7 +13,7 @@ returns either, ``load_detector`` (the verbs that read pooled features) a Detect
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gendet import GendetError, first_line
 from gendet import io as gio
@@ -96,15 +96,20 @@ def load_scorer(uri: str, *, device: str = "cpu", threshold: float | None = None
         what = "a GAMMA model without segmentation heads" if isinstance(model, GammaDetector) else "a GenDet detector"
         raise GendetError(f"--mask-dir: masks need a GAMMA model with segmentation heads (`gendet train-gamma`); "
                           f"--model {uri} is {what}")
-    if isinstance(model, GammaDetector):
+    bundled = bundled_weights(folder, model) if gio.is_local(gio.fs_and_path(folder)[0]) else None
+    return scorer_for(model, device=device, threshold=threshold, model=label, precision=precision, bundled=bundled)
+
+
+def scorer_for(detector: Detector | GammaDetector, /, **kwargs: Any) -> ImageScorer:
+    """The scorer of a loaded model, its encoder loaded (``ImageScorer.from_detector``'s keywords):
+    a ``GammaScorer`` for a GAMMA model, an ``ImageScorer`` otherwise. Every loader goes through it."""
+    if isinstance(detector, GammaDetector):
         from gendet.serve.gamma_scorer import GammaScorer
 
-        kind = GammaScorer
-    else:
-        from gendet.serve.scorer import ImageScorer as kind
-    bundled = bundled_weights(folder, model) if gio.is_local(gio.fs_and_path(folder)[0]) else None
-    return kind.from_detector(model, device=device, threshold=threshold, model=label, precision=precision,
-                              bundled=bundled)
+        return GammaScorer.from_detector(detector, **kwargs)
+    from gendet.serve.scorer import ImageScorer
+
+    return ImageScorer.from_detector(detector, **kwargs)
 
 
 def _download(uri: str) -> str:

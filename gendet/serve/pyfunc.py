@@ -160,26 +160,19 @@ class GendetModel(mlflow.pyfunc.PythonModel):
     scorer: ImageScorer
 
     def load_context(self, context: Any) -> None:
-        from gendet.method.gamma.detector import GammaDetector, is_gamma_dir
-        from gendet.method.gendet.detector import Detector
+        from gendet.method.gamma.detector import GammaDetector
+        from gendet.serve.bundle import bundled_weights
+        from gendet.serve.loading import load_located, scorer_for
 
         config = context.model_config or {}
         self.limits = {k: int(config.get(k, v)) for k, v in SERVING_LIMITS.items()}
         self.allow_urls = bool(config.get("allow_urls", False))
-        folder = context.artifacts[ARTIFACT]
-        self.gamma = is_gamma_dir(folder)
-        if self.gamma:
-            from gendet.serve.gamma_scorer import GammaScorer
-
-            kind, model = GammaScorer, GammaDetector.load(folder)
-        else:
-            kind, model = ImageScorer, Detector.load(folder)
-        from gendet.serve.bundle import bundled_weights
-
-        self.scorer = kind.from_detector(model, device=load_device(config.get("device", "auto")),
-                                         threshold=config.get("threshold"), max_pixels=self.limits["max_pixels"],
-                                         model=str(config.get("model") or logged_model_name(folder)),
-                                         bundled=bundled_weights(folder, model))
+        model, folder = load_located(context.artifacts[ARTIFACT])
+        self.gamma = isinstance(model, GammaDetector)
+        self.scorer = scorer_for(model, device=load_device(config.get("device", "auto")),
+                                 threshold=config.get("threshold"), max_pixels=self.limits["max_pixels"],
+                                 model=str(config.get("model") or logged_model_name(folder)),
+                                 bundled=bundled_weights(folder, model))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)

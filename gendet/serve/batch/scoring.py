@@ -64,17 +64,13 @@ class BatchScorer:
                  threshold: float | None = None, mask_dir: str | None = None, threads: int | None = None):
         import torch
 
-        from gendet.method.gamma.detector import GammaDetector
+        from gendet.serve.loading import scorer_for
 
         if threads:
             torch.set_num_threads(threads)
         detector, bundled = load_files(files)
-        if isinstance(detector, GammaDetector):
-            from gendet.serve.gamma_scorer import GammaScorer as kind
-        else:
-            from gendet.serve.scorer import ImageScorer as kind
-        self.scorer = kind.from_detector(detector, device=device, threshold=threshold, model=model, precision=precision,
-                                         bundled=bundled)
+        self.scorer = scorer_for(detector, device=device, threshold=threshold, model=model, precision=precision,
+                                 bundled=bundled)
         if mask_dir and not self.scorer.has_masks:
             raise GendetError(f"--mask-dir {mask_dir}: masks need a GAMMA model with segmentation heads; "
                               f"--model {model} has none")
